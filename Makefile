@@ -1,0 +1,30 @@
+# Two entry points: `make run` (the main job) and `make test` (the whole suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench system-deps clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Debian packages: gcc/binutils build the guests, cpuid cross-checks the decoders.
+system-deps:
+	@command -v cpuid >/dev/null && command -v gcc >/dev/null && command -v objcopy >/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpuid gcc binutils)
+
+run: $(STAMP) system-deps
+	$(VENV)/bin/vlbr cpuid show --host
+	$(VENV)/bin/vlbr kvm supported --host
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+bench: $(STAMP) system-deps
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Architectural facts and codecs: CPUID leaves, XSAVE layout, Arch LBR MSRs."""

@@ -1,0 +1,1 @@
+"""The unicorn software-CPU backend."""

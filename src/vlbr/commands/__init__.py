@@ -1,0 +1,1 @@
+"""One module per `vlbr` subcommand; each exposes a click `command`."""

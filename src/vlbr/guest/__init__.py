@@ -1,0 +1,1 @@
+"""Guest programs, their freestanding runtime, and the Arch LBR conformance suite."""

@@ -1,0 +1,1 @@
+"""Where host truth comes from: CPUID dump files, /dev/cpu, /dev/kvm."""

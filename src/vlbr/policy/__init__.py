@@ -1,0 +1,1 @@
+"""KVM's rules for exposing Arch LBR to a guest, as pure functions of the host."""
