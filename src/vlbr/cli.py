@@ -41,3 +41,7 @@ def main() -> None:
     except VlbrError as err:
         click.echo(f"vlbr: error: {err}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
