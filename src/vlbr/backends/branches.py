@@ -1,0 +1,137 @@
+"""Classify an executed x86 instruction (decoded by iced-x86) as an Arch LBR branch type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import iced_x86
+from iced_x86 import Code, ConditionCode, FlowControl, Instruction, Mnemonic
+
+from vlbr.arch.msrs import BranchType
+
+MAX_INSTRUCTION_LENGTH = 15
+
+
+@dataclass(frozen=True, slots=True)
+class BranchClass:
+    """What kind of control transfer an instruction makes, as LBR_INFO.BR_TYPE sees it.
+
+    is_call / is_return are the *near* calls and returns that call-stack mode tracks; far
+    transfers (far jmp/call/ret, iret, syscall/sysret, sysenter/sysexit, int n) are OTHER
+    with is_far set; interrupt marks the ones that enter through the IDT.
+    """
+
+    kind: BranchType
+    is_call: bool = False
+    is_return: bool = False
+    is_far: bool = False
+    interrupt: bool = False
+    conditional: bool = False  # may fall through: Jcc, J*CXZ, LOOP*, INTO
+
+
+JCC = BranchClass(BranchType.JCC, conditional=True)
+NEAR_REL_JMP = BranchClass(BranchType.NEAR_REL_JMP)
+NEAR_IND_JMP = BranchClass(BranchType.NEAR_IND_JMP)
+NEAR_REL_CALL = BranchClass(BranchType.NEAR_REL_CALL, is_call=True)
+NEAR_IND_CALL = BranchClass(BranchType.NEAR_IND_CALL, is_call=True)
+NEAR_RET = BranchClass(BranchType.NEAR_RET, is_return=True)
+FAR = BranchClass(BranchType.OTHER, is_far=True)
+SOFTWARE_INTERRUPT = BranchClass(BranchType.OTHER, is_far=True, interrupt=True)
+INTO = BranchClass(BranchType.OTHER, is_far=True, interrupt=True, conditional=True)
+EVENT = BranchClass(BranchType.OTHER, is_far=True, interrupt=True)  # exception/interrupt delivery
+
+_FAR_RETURNS = {Mnemonic.RETF, Mnemonic.IRET, Mnemonic.IRETD, Mnemonic.IRETQ,
+                Mnemonic.SYSRET, Mnemonic.SYSRETQ, Mnemonic.SYSEXIT, Mnemonic.SYSEXITQ}
+_CODE_NAMES = {value: name for name, value in vars(Code).items() if not name.startswith("_")}
+
+
+def classify(insn: Instruction) -> BranchClass | None:
+    """The branch class of an instruction, or None when it never transfers control.
+
+    UD0/UD1/UD2 and faults are not branches of their own: the exception they raise is an
+    event (EVENT) the backend records when it delivers it. XBEGIN/XABORT are not recorded.
+    """
+    flow = insn.flow_control
+    if flow == FlowControl.NEXT or flow == FlowControl.EXCEPTION:
+        return None
+    if flow == FlowControl.CONDITIONAL_BRANCH:
+        return JCC
+    if flow == FlowControl.UNCONDITIONAL_BRANCH:
+        return FAR if insn.is_jmp_far else NEAR_REL_JMP
+    if flow == FlowControl.INDIRECT_BRANCH:
+        return FAR if insn.is_jmp_far_indirect else NEAR_IND_JMP
+    if flow == FlowControl.CALL:
+        if insn.is_call_near:
+            return NEAR_REL_CALL
+        return FAR  # call far ptr16:32, syscall, sysenter
+    if flow == FlowControl.INDIRECT_CALL:
+        return FAR if insn.is_call_far_indirect else NEAR_IND_CALL
+    if flow == FlowControl.RETURN:
+        return FAR if insn.mnemonic in _FAR_RETURNS else NEAR_RET
+    if flow == FlowControl.INTERRUPT:
+        return INTO if insn.mnemonic == Mnemonic.INTO else SOFTWARE_INTERRUPT
+    return None  # XBEGIN_XABORT_XEND
+
+
+def decode(code: bytes, ip: int, bitness: int = 64) -> Instruction:
+    """Decode the one instruction at the start of code, located at ip."""
+    return iced_x86.Decoder(bitness, bytes(code[:MAX_INSTRUCTION_LENGTH]), ip=ip).decode()
+
+
+def classify_bytes(code: bytes, ip: int, bitness: int = 64) -> tuple[Instruction, BranchClass | None]:
+    insn = decode(code, ip, bitness)
+    return insn, classify(insn)
+
+
+_RFLAGS_CF, _RFLAGS_PF, _RFLAGS_ZF, _RFLAGS_SF, _RFLAGS_OF = 1, 1 << 2, 1 << 6, 1 << 7, 1 << 11
+
+
+def condition_holds(cc: int, rflags: int) -> bool:
+    """Evaluate an iced-x86 ConditionCode against RFLAGS."""
+    cf, pf, zf = bool(rflags & _RFLAGS_CF), bool(rflags & _RFLAGS_PF), bool(rflags & _RFLAGS_ZF)
+    sf, of = bool(rflags & _RFLAGS_SF), bool(rflags & _RFLAGS_OF)
+    table = {
+        ConditionCode.O: of, ConditionCode.NO: not of,
+        ConditionCode.B: cf, ConditionCode.AE: not cf,
+        ConditionCode.E: zf, ConditionCode.NE: not zf,
+        ConditionCode.BE: cf or zf, ConditionCode.A: not (cf or zf),
+        ConditionCode.S: sf, ConditionCode.NS: not sf,
+        ConditionCode.P: pf, ConditionCode.NP: not pf,
+        ConditionCode.L: sf != of, ConditionCode.GE: sf == of,
+        ConditionCode.LE: zf or sf != of, ConditionCode.G: not zf and sf == of,
+    }
+    try:
+        return table[cc]
+    except KeyError:
+        raise ValueError(f"not a condition code: {cc}") from None
+
+
+def _count_register_mask(insn: Instruction) -> int:
+    name = _CODE_NAMES.get(insn.code, "")
+    if name.endswith("_ECX") or name.startswith("JECXZ"):
+        return 0xFFFF_FFFF
+    if name.endswith("_CX") or name.startswith("JCXZ"):
+        return 0xFFFF
+    return 0xFFFF_FFFF_FFFF_FFFF
+
+
+def taken_after(insn: Instruction, rflags: int, rcx: int) -> bool:
+    """Whether a conditional branch was taken, from RFLAGS and RCX *after* it executed.
+
+    Jcc and J*CXZ change neither; LOOP* has already decremented the count register, so the
+    test is on the new count (and ZF for LOOPE/LOOPNE), exactly as the instruction does.
+    INTO is taken when OF is set.
+    """
+    mnemonic = insn.mnemonic
+    if mnemonic in (Mnemonic.JRCXZ, Mnemonic.JECXZ, Mnemonic.JCXZ):
+        return rcx & _count_register_mask(insn) == 0
+    if mnemonic in (Mnemonic.LOOP, Mnemonic.LOOPE, Mnemonic.LOOPNE):
+        count_nonzero = rcx & _count_register_mask(insn) != 0
+        if mnemonic == Mnemonic.LOOPE:
+            return count_nonzero and bool(rflags & _RFLAGS_ZF)
+        if mnemonic == Mnemonic.LOOPNE:
+            return count_nonzero and not rflags & _RFLAGS_ZF
+        return count_nonzero
+    if mnemonic == Mnemonic.INTO:
+        return bool(rflags & _RFLAGS_OF)
+    return condition_holds(insn.condition_code, rflags)
