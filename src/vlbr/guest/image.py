@@ -1,0 +1,74 @@
+"""A guest program as the backends load it: a flat image, where it goes, its entry and symbols."""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from dataclasses import dataclass, field
+
+from vlbr.errors import VlbrError
+
+
+class GuestImageError(VlbrError):
+    """A guest image was asked for something it does not have (e.g. an unknown symbol)."""
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    data: bytes
+    load_address: int
+    entry: int
+    symbols: dict[str, int] = field(default_factory=dict)
+    name: str = "guest"
+
+    @property
+    def end(self) -> int:
+        return self.load_address + len(self.data)
+
+    def address(self, symbol: str) -> int:
+        try:
+            return self.symbols[symbol]
+        except KeyError:
+            raise GuestImageError(f"guest {self.name!r} has no symbol {symbol!r}") from None
+
+    def contains(self, address: int) -> bool:
+        return self.load_address <= address < self.end
+
+    def with_u64(self, symbol: str, value: int) -> "GuestImage":
+        """A copy with the 64-bit variable at `symbol` set to value (e.g. vlbr_lbr_ctl)."""
+        if not 0 <= value < 1 << 64:
+            raise GuestImageError(f"{value!r} does not fit the 64-bit variable {symbol}")
+        offset = self.address(symbol) - self.load_address
+        if not 0 <= offset <= len(self.data) - 8:
+            raise GuestImageError(f"symbol {symbol} at {self.address(symbol):#x} is outside the image")
+        data = bytearray(self.data)
+        data[offset:offset + 8] = struct.pack("<Q", value)
+        return GuestImage(bytes(data), self.load_address, self.entry, dict(self.symbols), self.name)
+
+    def read_u64(self, symbol: str) -> int:
+        offset = self.address(symbol) - self.load_address
+        return struct.unpack_from("<Q", self.data, offset)[0]
+
+    def symbolize(self, address: int) -> str | None:
+        """'name+0xoff' for the nearest symbol at or below address inside the image, else None."""
+        if not self.contains(address):
+            return None
+        table = self._sorted_symbols()
+        i = bisect.bisect_right(table, (address, "\uffff")) - 1
+        if i < 0:
+            return None
+        base, name = table[i]
+        return name if base == address else f"{name}+{address - base:#x}"
+
+    def _sorted_symbols(self) -> list[tuple[int, str]]:
+        # Several labels can share an address (kl_top and kl_call): prefer the longest-lived
+        # name order-independently by taking the alphabetically last, which is stable.
+        cached = self.__dict__.get("_symtab")
+        if cached is None:
+            by_address: dict[int, str] = {}
+            for name, addr in self.symbols.items():
+                if self.contains(addr) and not name.startswith("__"):
+                    by_address[addr] = max(by_address.get(addr, name), name)
+            cached = sorted(by_address.items())
+            object.__setattr__(self, "_symtab", cached)
+        return cached
