@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from vlbr.errors import CpuidFormatError
 
-from . import aida64
+from . import aida64, cpuid_raw, firecracker, libvirt, vlbr_json
 from .cpus import LogicalCpu
+
+FORMATS = ("aida64", "cpuid-raw", "libvirt", "firecracker", "vlbr-json")
 
 
 def read_cpuid_file(path: str | Path) -> list[LogicalCpu]:
@@ -24,9 +27,36 @@ def parse_cpuid_bytes(data: bytes, source: str = "<bytes>") -> list[LogicalCpu]:
     if not data.strip():
         raise CpuidFormatError(source, None, "empty file")
     text = data.decode("utf-8", errors="replace")
-    return detect(text).parse(text, source)
+    kind = detect_format(text)
+    if kind == "libvirt":
+        return libvirt.parse(text, source)
+    if kind == "cpuid-raw":
+        return cpuid_raw.parse(text, source)
+    if kind == "aida64":
+        return aida64.parse(text, source)
+    doc = _load_json(text, source)
+    if vlbr_json.looks_like(doc):
+        return vlbr_json.parse(doc, source)
+    if firecracker.looks_like(doc):
+        return firecracker.parse(doc, source)
+    raise CpuidFormatError(source, None, "JSON is neither vlbr's {'cpus': [...]} nor a Firecracker "
+                                         "fingerprint (guest_cpu_config.cpuid_modifiers)")
 
 
-def detect(text: str):
-    """The reader module for this text; AIDA64 is the lenient fallback."""
-    return aida64
+def detect_format(text: str) -> str:
+    """'libvirt', 'json', 'cpuid-raw' or 'aida64' (the lenient fallback) from the content."""
+    head = text.lstrip()
+    if head.startswith("<"):
+        return "libvirt"
+    if head.startswith(("{", "[")):
+        return "json"
+    if cpuid_raw.looks_like(text):
+        return "cpuid-raw"
+    return "aida64"
+
+
+def _load_json(text: str, source: str) -> object:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise CpuidFormatError(source, getattr(err, "lineno", None), f"malformed JSON: {err}") from None
