@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include <stdarg.h>
+#include <stddef.h>
 
 typedef uint8_t u8;
 typedef uint16_t u16;

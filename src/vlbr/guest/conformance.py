@@ -1,0 +1,217 @@
+"""The Arch LBR conformance runner: build the suite's guests, run them on a backend, and turn
+their console lines (PASS/FAIL/SKIP, docs/design.md) into a report."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from vlbr.arch.cpuid import CpuidTable
+from vlbr.backends.base import Backend, BackendUnavailable, MachineConfig, RunResult
+from vlbr.errors import VlbrError
+
+from .build import build_guest
+from .image import GuestImage
+
+DEFAULT_DEPTH = 32  # the depth KVM's Arch LBR patches expose on their reference hosts
+STATUSES = ("pass", "fail", "skip")
+BACKEND_NAMES = ("kvm", "software")
+_LINE = re.compile(r"^(PASS|FAIL|SKIP) ([A-Za-z0-9_.\-]+)(?:: ?(.*))?$")
+
+
+class UnknownBackend(VlbrError):
+    """A backend name other than kvm or software."""
+
+
+@dataclass(frozen=True)
+class SuiteProgram:
+    """One guest program of the suite, the vCPUs it needs and the checks it must report."""
+
+    guest: str
+    vcpus: int
+    checks: tuple[str, ...]
+
+
+CONFORMANCE_CHECKS = (
+    "cpuid_arch_lbr_enumerated", "cpuid_1c_depth_mask", "cpuid_1c_reserved_zero",
+    "cpuid_d1_xss_bit15", "cpuid_d_component15_size", "cpuid_d_component15_supervisor",
+    "lbr_ctl_reset_zero", "lbr_depth_reset_max", "debugctl_lbr_reads_zero",
+    "perf_capabilities_lbr_fmt",
+    "lbr_ctl_reserved_bit4_gp", "lbr_ctl_reserved_bit15_gp", "lbr_ctl_reserved_bit23_gp",
+    "lbr_ctl_reserved_bit32_gp", "lbr_ctl_reserved_bit63_gp",
+    "lbr_ctl_lbren_accepted", "lbr_ctl_cpl_bits", "lbr_ctl_call_stack_bit",
+    "lbr_ctl_branch_type_bits",
+    "lbr_depth_legal", "lbr_depth_0_gp", "lbr_depth_7_gp", "lbr_depth_72_gp",
+    "lbr_depth_not_enumerated_gp", "lbr_depth_write_clears", "lbr_record_beyond_depth_gp",
+    "known_loop_records", "known_loop_newest_first", "lbren_clear_records_nothing",
+    "filter_jcc", "filter_near_rel_jmp", "filter_near_ind_jmp", "filter_near_rel_call",
+    "filter_near_ret", "filter_near_ind_call", "filter_other",
+    "branch_zoo_all_types", "br_type_encoding",
+    "call_stack_off_records_all", "call_stack_mode",
+    "ler_after_exception", "db_clears_lbren",
+    "cpl_os_only", "cpl_usr_only", "cpl_os_and_usr",
+    "xss_other_bits_gp", "xss_bit15_write", "xsaves_component15", "xrstors_component15",
+)
+SMP_CHECKS = ("abi_entry_0", "abi_entry_1", "vcpu_isolation_0", "vcpu_isolation_1",
+              "vcpu_clear_private")
+SUITE = (SuiteProgram("conformance", 1, CONFORMANCE_CHECKS), SuiteProgram("smp", 2, SMP_CHECKS))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # "pass" | "fail" | "skip"
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class ConformanceReport:
+    backend: str
+    results: list[CheckResult] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def passed(self) -> int:
+        return self.count("pass")
+
+    @property
+    def failed(self) -> int:
+        return self.count("fail")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skip")
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "results": [r.to_json() for r in self.results],
+                "passed": self.passed, "failed": self.failed, "skipped": self.skipped}
+
+
+def parse_console(text: str) -> list[CheckResult]:
+    """Every PASS/FAIL/SKIP line of a console, in order; other lines are ignored."""
+    results = []
+    for line in text.splitlines():
+        m = _LINE.match(line.rstrip("\r"))
+        if m:
+            results.append(CheckResult(m.group(2), m.group(1).lower(), (m.group(3) or "").strip()))
+    return results
+
+
+def collect(program: SuiteProgram, run: RunResult) -> list[CheckResult]:
+    """The program's expected checks in order, each as its guest reported it; a check never
+    reported (the guest crashed or stopped early) is a failure that says how the run ended.
+    Lines for names the suite does not list (e.g. unexpected_exception) are kept as reported."""
+    reported: dict[str, CheckResult] = {}
+    extra: list[CheckResult] = []
+    for console in run.console:
+        for result in parse_console(console):
+            if result.name in program.checks and result.name not in reported:
+                reported[result.name] = result
+            elif result.name not in program.checks:
+                extra.append(result)
+    ending = _how_it_ended(run)
+    results = [reported.get(name) or CheckResult(name, "fail", f"not reported by guest "
+                                                 f"{program.guest}: {ending}")
+               for name in program.checks]
+    return results + extra
+
+
+def _how_it_ended(run: RunResult) -> str:
+    parts = []
+    for n, status in enumerate(run.exit_status):
+        lines = run.console[n].splitlines() if n < len(run.console) else []
+        last = f", last line {lines[-1]!r}" if lines else ", no console output"
+        state = "never exited" if status is None else f"exit status {status}"
+        parts.append(f"vCPU {n} {state}{last}")
+    return "; ".join(parts) or "no vCPU ran"
+
+
+def guest_cpuid(backend_name: str, depth: int | None = DEFAULT_DEPTH) -> CpuidTable:
+    """The guest CPUID for a backend: vlbr's emulated Arch LBR over KVM's supported CPUID
+    (kvm) or over the live host's table (software)."""
+    from vlbr.policy import emulated_guest_cpuid
+    if backend_name == "kvm":
+        from vlbr.host.kvm import Kvm
+        base = Kvm().supported_cpuid()
+    else:
+        from vlbr.host import live_host_cpus
+        base = live_host_cpus()[0].table
+    return emulated_guest_cpuid(base, depth)
+
+
+def machine_for(backend_name: str, vcpus: int = 1, depth: int | None = DEFAULT_DEPTH,
+                cpuid: CpuidTable | None = None, **extra) -> MachineConfig:
+    from vlbr.vcpu import LbrConfig
+    table = cpuid if cpuid is not None else guest_cpuid(backend_name, depth)
+    return MachineConfig(cpuid=table, lbr=LbrConfig.from_cpuid(table), vcpus=vcpus, **extra)
+
+
+_BACKEND_CLASSES = {"kvm": ("vlbr.backends.kvm", "KvmBackend"),
+                    "software": ("vlbr.backends.software", "SoftwareBackend")}
+
+
+def make_backend(name: str) -> Backend:
+    """A backend object by name (kvm or software)."""
+    try:
+        module_name, class_name = _BACKEND_CLASSES[name]
+    except KeyError:
+        raise UnknownBackend(f"unknown backend {name!r}: choose {' or '.join(BACKEND_NAMES)}") from None
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)()
+
+
+def pick_backend(name: str = "auto") -> Backend:
+    """`auto`: kvm when it can run here, else software."""
+    if name != "auto":
+        return make_backend(name)
+    kvm = make_backend("kvm")
+    return kvm if kvm.unavailable_reason() is None else make_backend("software")
+
+
+def all_skipped(backend_name: str, reason: str, programs: Iterable[SuiteProgram] = SUITE
+                ) -> ConformanceReport:
+    return ConformanceReport(backend_name, [CheckResult(name, "skip", reason)
+                                            for p in programs for name in p.checks])
+
+
+def run_conformance(backend: Backend | str, *, depth: int | None = DEFAULT_DEPTH,
+                    programs: Iterable[SuiteProgram] = SUITE,
+                    build: Callable[[str], GuestImage] = build_guest,
+                    on_result: Callable[[RunResult, SuiteProgram], None] | None = None
+                    ) -> ConformanceReport:
+    """Run every suite program on the backend; an unavailable backend gives all-skip with
+    its reason."""
+    if isinstance(backend, str):
+        backend = make_backend(backend)
+    programs = tuple(programs)
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        return all_skipped(backend.name, reason, programs)
+    report = ConformanceReport(backend.name)
+    table = guest_cpuid(backend.name, depth)
+    for program in programs:
+        image = build(program.guest)
+        try:
+            run = backend.run(image, machine_for(backend.name, program.vcpus, cpuid=table))
+        except BackendUnavailable as err:
+            report.results += all_skipped(backend.name, str(err), (program,)).results
+            continue
+        except Exception as err:  # a backend failure fails its checks; the report goes on
+            detail = f"backend {backend.name} failed running {program.guest}: {type(err).__name__}: {err}"
+            report.results += [CheckResult(name, "fail", detail) for name in program.checks]
+            continue
+        if on_result is not None:
+            on_result(run, program)
+        report.results += collect(program, run)
+    return report
