@@ -1,0 +1,117 @@
+"""The KVM backend: guests run on /dev/kvm, their Arch LBR MSRs and branches go to vlbr's model."""
+
+from __future__ import annotations
+
+import time
+
+from vlbr.backends.base import BackendUnavailable, MachineConfig, RunResult
+from vlbr.backends.kvm.ioctls import Vm
+from vlbr.backends.kvm.machine import create_machine
+from vlbr.backends.kvm.runner import VcpuRunner
+from vlbr.host import kvm as k
+from vlbr.host.kvm import Kvm, KvmError
+from vlbr.vcpu.lbr import ArchLbrVcpu
+
+MSR_SCAN_BLOCKS = (0x0000_0000, 0xC000_0000)  # the MSR ranges KVM's filter commonly covers
+MSR_BLOCK = 0x2000
+
+# Capabilities run() cannot do without, each with what vlbr uses it for.
+REQUIRED_CAPS = {
+    k.KVM_CAP_X86_USER_SPACE_MSR: "KVM_CAP_X86_USER_SPACE_MSR (Arch LBR MSRs to user space)",
+    k.KVM_CAP_X86_MSR_FILTER: "KVM_CAP_X86_MSR_FILTER (deny the model's MSRs to KVM)",
+    k.KVM_CAP_SET_GUEST_DEBUG: "KVM_CAP_SET_GUEST_DEBUG (single-step while recording)",
+    k.KVM_CAP_XCRS: "KVM_CAP_XCRS (XCR0 of the entry state)",
+}
+
+
+def owned_msrs(model: ArchLbrVcpu) -> set[int]:
+    """Every MSR the model owns in the ranges the filter covers: exactly the ones denied."""
+    return {msr for base in MSR_SCAN_BLOCKS for msr in range(base, base + MSR_BLOCK)
+            if model.owns(msr)}
+
+
+class KvmBackend:
+    """Backend "kvm": one VM per run, its vCPUs interleaved on this thread."""
+
+    name = "kvm"
+
+    def __init__(self, path: str = k.KVM_PATH, msr_filter: bool = True):
+        self.path = path
+        self.msr_filter = msr_filter  # False only for the benchmark's no-filter baseline
+
+    def unavailable_reason(self) -> str | None:
+        reason = Kvm.unavailable_reason(self.path)
+        if reason is not None:
+            return reason
+        with Kvm(self.path) as kvm:
+            for cap, what in REQUIRED_CAPS.items():
+                if not kvm.check_extension(cap):
+                    return f"KVM_CHECK_EXTENSION({cap}): 0, no {what}"
+        return None
+
+    def unavailable_features(self) -> dict[str, str]:
+        """Guest features this KVM cannot provide, name -> reason (the ioctl/exit and errno)."""
+        from vlbr.backends.kvm.probe import unavailable_features
+        return unavailable_features(self.path)
+
+    def run(self, image, machine: MachineConfig) -> RunResult:
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(reason)
+        with Kvm(self.path) as kvm:
+            vm, memory, vcpus = create_machine(kvm, image, machine.cpuid, machine.vcpus)
+            try:
+                return self._run(kvm, vm, memory, vcpus, machine)
+            finally:
+                for vcpu in vcpus:
+                    vcpu.close()
+                vm.close()
+                memory.close()
+
+    def _run(self, kvm: Kvm, vm: Vm, memory, vcpus, machine: MachineConfig) -> RunResult:
+        models = [ArchLbrVcpu(machine.lbr) for _ in vcpus]
+        if self.msr_filter:
+            self._route_msrs(vm, models[0])
+        sync = bool(kvm.check_extension(k.KVM_CAP_SYNC_REGS) & k.KVM_SYNC_X86_SREGS)
+        runners = [VcpuRunner(vcpu, model, memory, sync) for vcpu, model in zip(vcpus, models)]
+        for model in models:
+            model.put()  # every vCPU starts scheduled out, as KVM's vCPU threads would
+        budget, switches = machine.max_steps, 0
+        start = time.perf_counter()
+        while budget > 0 and not all(r.exited for r in runners):
+            for runner in runners:
+                if runner.exited or budget <= 0:
+                    continue
+                runner.model.load()  # sched-in
+                budget -= runner.run_slice(budget)
+                runner.model.put()  # sched-out
+                switches += 1
+        elapsed = time.perf_counter() - start
+        for model in models:
+            model.load()  # results are read with the state in registers
+        return RunResult(
+            console=[r.console.decode("latin-1") for r in runners],
+            exit_status=[r.exit_status for r in runners],
+            vcpus=models,
+            stats={
+                "backend": self.name,
+                "exits": sum(r.exits for r in runners),
+                "steps": sum(r.steps for r in runners),
+                "branches": sum(r.branches for r in runners),
+                "msr_exits": sum(r.msr_exits for r in runners),
+                "switches": switches,
+                "seconds": elapsed,
+                "out_of_budget": any(not r.exited for r in runners),
+                "stop_reasons": [r.stop_reason for r in runners],
+                "msr_filter": self.msr_filter,
+                "sync_regs": sync,
+            },
+        )
+
+    @staticmethod
+    def _route_msrs(vm: Vm, model: ArchLbrVcpu) -> None:
+        try:
+            vm.enable_cap(k.KVM_CAP_X86_USER_SPACE_MSR, k.KVM_MSR_EXIT_REASON_FILTER)
+            vm.set_msr_filter(owned_msrs(model))
+        except KvmError as err:
+            raise BackendUnavailable(str(err)) from None

@@ -1,0 +1,256 @@
+"""One vCPU's exit loop: ports, MSRs routed to the Arch LBR model, branch recording by stepping.
+
+While the model is recording, KVM single-steps the guest (KVM_SET_GUEST_DEBUG SINGLESTEP) and
+every step is classified with backends.branches: the instruction is decoded from guest memory
+before the step and the registers KVM syncs into kvm_run after it tell where it went. With
+recording off, guest debug is off too and the guest runs at full speed until the next exit.
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+
+from iced_x86 import Code, Instruction
+
+from vlbr.backends import branches
+from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE
+from vlbr.backends.kvm.ioctls import Vcpu
+from vlbr.host import kvm as k
+from vlbr.vcpu.lbr import ArchLbrVcpu, Branch, GeneralProtection
+
+STEP_CONTROL = k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP
+SYNC = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
+KVM_INTERNAL_ERROR_EMULATION = 1
+VECTOR_DB, VECTOR_GP = 1, 13
+RFLAGS_TF = 1 << 8
+
+
+@dataclass
+class Step:
+    """The instruction about to execute under single-step, decoded before it runs."""
+
+    insn: Instruction
+    cls: branches.BranchClass | None
+
+
+class VcpuRunner:
+    """Runs one vCPU until it yields or exits; holds its console, exit status and model."""
+
+    def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, memory: mmap.mmap, use_sync_regs: bool):
+        self.vcpu = vcpu
+        self.model = model
+        self.memory = memory
+        self.run_struct = vcpu.run_struct
+        self.sync = use_sync_regs
+        self.console = bytearray()
+        self.exit_status: int | None = None
+        self.exited = False
+        self.stop_reason: str | None = None  # why it stopped, when not by port 0xF4
+        self.stepping = False
+        self.pending: Step | None = None
+        self._gp_pending = False  # a #GP we asked KVM to inject (msr.error = 1)
+        self._decoded: dict[int, tuple[bytes, Step]] = {}
+        self.exits = 0
+        self.steps = 0
+        self.branches = 0
+        self.msr_exits = 0
+
+    # --- the loop -------------------------------------------------------------------------
+    def run_slice(self, budget: int) -> int:
+        """Run until yield, exit or `budget` exits; returns the exits used."""
+        used = 0
+        self._sync_stepping(at_msr_exit=False)
+        while not self.exited and used < budget:
+            used += 1
+            if self.stepping and self.sync:
+                self.run_struct.kvm_valid_regs = SYNC
+            reason = self.vcpu.run()
+            if reason == k.KVM_EXIT_DEBUG:
+                self._after_step()
+            elif reason == k.KVM_EXIT_IO:
+                if self._io():
+                    break  # yield
+            elif reason in (k.KVM_EXIT_X86_RDMSR, k.KVM_EXIT_X86_WRMSR):
+                self._msr(reason)
+            elif reason == k.KVM_EXIT_INTR:
+                continue
+            elif reason == k.KVM_EXIT_INTERNAL_ERROR and self._emulate():
+                continue
+            else:
+                self._stop(self._describe_exit(reason))
+        self.exits += used
+        return used
+
+    def _stop(self, why: str | None) -> None:
+        self.exited = True
+        self.stop_reason = why
+        self._set_stepping(False)
+
+    # --- port I/O (Guest ABI) -------------------------------------------------------------
+    def _io(self) -> bool:
+        io = self.run_struct.io
+        if io.direction == k.KVM_EXIT_IO_IN:
+            self.vcpu.set_io_data(b"\xff" * (io.size * io.count))  # no device: bus floats high
+            return False
+        data = self.vcpu.io_data()
+        if io.port == PORT_CONSOLE:
+            self.console += data[::io.size]
+        elif io.port == PORT_EXIT:
+            self.exit_status = int.from_bytes(data[:io.size], "little")
+            self._stop(None)
+        elif io.port == PORT_YIELD:
+            return True
+        return False
+
+    # --- MSRs routed to the model ---------------------------------------------------------
+    def _msr(self, reason: int) -> None:
+        msr = self.run_struct.msr
+        self.msr_exits += 1
+        try:
+            if reason == k.KVM_EXIT_X86_RDMSR:
+                msr.data = self.model.rdmsr(msr.index)
+            else:
+                self.model.wrmsr(msr.index, msr.data)
+            msr.error = 0
+        except (GeneralProtection, KeyError):
+            msr.error = 1  # KVM injects #GP(0) when it completes the instruction
+            self._gp_pending = True
+        self._sync_stepping(at_msr_exit=True)
+
+    # --- recording ------------------------------------------------------------------------
+    def _sync_stepping(self, at_msr_exit: bool) -> None:
+        """Step exactly while the model records; at an MSR exit RIP is still the RDMSR/WRMSR."""
+        want = self.model.loaded and self.model.recording
+        if want == self.stepping:
+            return
+        self._set_stepping(want)
+        if want and at_msr_exit:
+            self.pending = self._decode(self.vcpu.get_regs().rip)
+
+    def _set_stepping(self, on: bool) -> None:
+        if on != self.stepping:
+            self.vcpu.set_guest_debug(STEP_CONTROL if on else 0)
+            self.stepping = on
+        if not on:
+            self.pending = None
+
+    def _regs(self):
+        if self.sync:
+            return self.run_struct.s.regs.regs, self.run_struct.s.regs.sregs
+        return self.vcpu.get_regs(), self.vcpu.get_sregs()
+
+    def _after_step(self) -> None:
+        if not self.stepping:
+            return
+        self.steps += 1
+        regs, sregs = self._regs()
+        rip, cpl = regs.rip, sregs.cs.selector & 3
+        step, self.pending = self.pending, None
+        if step is not None:
+            self._retire(step, regs, rip, cpl, sregs)
+        if not self.exited and self.stepping:
+            self._sync_stepping(at_msr_exit=False)
+        if self.stepping:
+            self.pending = self._decode(rip)
+
+    def _retire(self, step: Step, regs, rip: int, cpl: int, sregs) -> None:
+        insn, cls = step.insn, step.cls
+        gp, self._gp_pending = self._gp_pending, False
+        if gp or not self._went_as_expected(insn, cls, regs, rip):
+            self._event(insn, rip, cpl, sregs, VECTOR_GP if gp else None)
+            return
+        if cls is None or (cls.conditional and rip == insn.next_ip
+                           and not branches.taken_after(insn, regs.rflags, regs.rcx)):
+            return
+        self.branches += 1
+        self.model.retire_branch(Branch(insn.ip, rip, cls.kind, cpl, is_call=cls.is_call,
+                                        is_return=cls.is_return))
+
+    @staticmethod
+    def _went_as_expected(insn: Instruction, cls, regs, rip: int) -> bool:
+        if cls is None:
+            return rip == insn.next_ip
+        if cls.interrupt or cls.is_far:
+            return True  # targets come from descriptors and the stack
+        if insn.is_jcc_short_or_near or insn.is_jmp_short_or_near or insn.is_call_near:
+            return rip in (insn.near_branch_target, insn.next_ip)
+        return True  # indirect jumps, calls and returns go where their operand says
+
+    def _event(self, insn: Instruction, rip: int, cpl: int, sregs, vector: int | None) -> None:
+        """An exception was delivered during the step: KVM's step also ran the handler's first
+        instruction, so find the handler in the guest IDT and retire both."""
+        handler = self._handler_before(rip, sregs, vector)
+        if handler is None:
+            return  # not explainable from the IDT (e.g. a nested fault): record nothing
+        self.model.exception(insn.ip, handler, cpl)
+        first = self._decode(handler)
+        if first.cls is not None and rip != first.insn.next_ip:
+            self.model.retire_branch(Branch(handler, rip, first.cls.kind, cpl,
+                                            is_call=first.cls.is_call,
+                                            is_return=first.cls.is_return))
+
+    def _handler_before(self, rip: int, sregs, vector: int | None) -> int | None:
+        base, limit = sregs.idt.base, sregs.idt.limit
+        vectors = [vector] if vector is not None else range(min(256, (limit + 1) // 16))
+        for v in vectors:
+            gate = self._read(base + 16 * v, 16)
+            if len(gate) < 16 or not gate[5] & 0x80:
+                continue
+            handler = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little")
+                       << 16 | int.from_bytes(gate[8:12], "little") << 32)
+            first = self._decode(handler)
+            if rip == first.insn.next_ip or rip == handler or (
+                    first.cls is not None and rip == first.insn.near_branch_target):
+                return handler
+        return None
+
+    # --- guest memory and decoding --------------------------------------------------------
+    def _read(self, address: int, size: int) -> bytes:
+        if not 0 <= address < RAM_SIZE:
+            return b""
+        return self.memory[address:min(address + size, RAM_SIZE)]
+
+    def _decode(self, rip: int) -> Step:
+        raw = self._read(rip, branches.MAX_INSTRUCTION_LENGTH)
+        cached = self._decoded.get(rip)
+        if cached is not None and raw.startswith(cached[0]):
+            return cached[1]
+        insn = branches.decode(raw, rip)
+        step = Step(insn, branches.classify(insn))
+        self._decoded[rip] = (raw[:insn.len], step)
+        return step
+
+    # --- what KVM here cannot run ---------------------------------------------------------
+    def _emulate(self) -> bool:
+        """KVM here fails to emulate ICEBP (INT1): do it, as a trap-like #DB (SDM 17.3.1.2)."""
+        if self.run_struct.internal.suberror != KVM_INTERNAL_ERROR_EMULATION:
+            return False
+        regs = self.vcpu.get_regs()
+        step = self._decode(regs.rip)
+        if step.insn.code != Code.INT1:
+            return False
+        regs.rip = step.insn.next_ip
+        self.vcpu.set_regs(regs)
+        self.model.debug_exception()
+        self._set_stepping(self.model.recording)
+        control = STEP_CONTROL if self.stepping else k.KVM_GUESTDBG_ENABLE
+        self.vcpu.set_guest_debug(control | k.KVM_GUESTDBG_INJECT_DB)
+        if not self.stepping:
+            self.vcpu.set_guest_debug(0)  # the #DB stays queued; debug itself goes off again
+        self.pending = None  # the #DB delivery is not a recorded branch (LBREn is now clear)
+        return True
+
+    def _describe_exit(self, reason: int) -> str:
+        name = k.EXIT_NAMES.get(reason, f"exit reason {reason}")
+        try:
+            rip = self.vcpu.get_regs().rip
+        except k.KvmError:
+            return name
+        text = f"{name} at rip {rip:#x}"
+        if reason == k.KVM_EXIT_INTERNAL_ERROR:
+            insn = self._decode(rip).insn
+            text += f" (suberror {self.run_struct.internal.suberror}, instruction {insn})"
+        elif reason == k.KVM_EXIT_SHUTDOWN:
+            text += " (triple fault: no IDT or a fault while delivering one)"
+        return text

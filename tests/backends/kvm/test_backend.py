@@ -1,0 +1,191 @@
+"""The KVM backend on /dev/kvm with tiny guests encoded by iced-x86 (tests/backends/kvm/guest_asm).
+
+Expected values come from: the Guest ABI (docs/design.md), the SDM bit positions of CR0/CR4/
+EFER, the addresses iced-x86's encoder gave the guest's labels, and the Arch LBR reference
+(/work/shared/docs/arch-lbr-reference.md) for LBR_CTL/DEPTH rules.
+"""
+
+from __future__ import annotations
+
+from conftest import machine_config
+from guest_asm import Asm, R, image
+from iced_x86 import Code, Instruction, MemoryOperand
+
+from vlbr.arch.msrs import IA32_LBR_CTL, IA32_LBR_DEPTH, BranchType, LbrCtl
+from vlbr.backends.kvm import KvmBackend
+
+LBR_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | 0x7F0000  # every branch type
+EFER = 0xC0000080
+
+
+def _gp_handler(status: int = 13) -> Asm:
+    return Asm().print("GP\n").exit(status=status)
+
+
+def _mov_cr(cr) -> Instruction:
+    return Instruction.create_reg_reg(Code.MOV_R64_CR, R.RAX, cr)
+
+
+def test_long_mode_entry_state(backend):
+    # docs/design.md entry state; bit values: SDM vol. 3A 2.5 (CR0/CR4), 2.2.1 (EFER).
+    a = Asm()
+    for cr in (R.CR0, R.CR4):
+        a.emit(_mov_cr(cr)).print_hex(R.RAX).print(" ")
+    a.rdmsr(EFER).print_hex(R.RAX).print(" ")
+    a.emit(Instruction.create_reg_reg(Code.MOV_R32M16_SREG, R.EAX, R.CS)).print_hex(R.RAX).print(" ")
+    a.emit(Instruction.create_reg_reg(Code.MOV_R32M16_SREG, R.EAX, R.SS)).print_hex(R.RAX).print(" ")
+    a.emit(Instruction.create_reg_reg(Code.MOV_R64_RM64, R.RAX, R.RSP)).print_hex(R.RAX)
+    a.exit(status=0)
+    result = backend.run(image(a), machine_config())
+    cr0, cr4, efer, cs, ss, rsp = (int(x, 16) for x in result.console[0].split())
+    assert cr0 == 0x80010033  # PE|MP|ET|NE|WP|PG
+    assert cr4 == 0x40620  # PAE|OSFXSR|OSXMMEXCPT|OSXSAVE
+    assert efer & 0x501 == 0x501  # SCE|LME|LMA
+    assert (cs, ss) == (0x08, 0x10)
+    assert rsp == 0x700000
+    assert result.exit_status == [0]
+
+
+def test_console_and_exit_status(backend):
+    a = Asm().print("hello\n").exit(status=0xC0FFEE)
+    result = backend.run(image(a), machine_config())
+    assert result.console == ["hello\n"]
+    assert result.exit_status == [0xC0FFEE]
+    assert result.lines() == ["hello"]
+    assert result.stats["stop_reasons"] == [None]
+
+
+def test_no_idt_fault_stops_the_vcpu_with_a_reason(backend):
+    a = Asm().emit(Instruction.create(Code.UD2)).exit(status=0)
+    result = backend.run(image(a), machine_config())
+    assert result.exit_status == [None]
+    assert "SHUTDOWN" in result.stats["stop_reasons"][0]
+
+
+def test_lbr_msrs_are_routed_to_the_model(backend):
+    # ref 2: a legal DEPTH write; the model holds it, the guest reads it back through RDMSR.
+    a = (Asm().wrmsr(IA32_LBR_DEPTH, 32).wrmsr(IA32_LBR_CTL, int(LbrCtl.OS | LbrCtl.USR))
+         .rdmsr(IA32_LBR_CTL).print_hex(R.RAX).print(" ").rdmsr(IA32_LBR_DEPTH).print_hex(R.RAX)
+         .exit(status=0))
+    result = backend.run(image(a), machine_config(depth=32))
+    ctl, depth = (int(x, 16) for x in result.console[0].split())
+    assert (ctl, depth) == (int(LbrCtl.OS | LbrCtl.USR), 32)
+    model = result.vcpus[0]
+    assert model.rdmsr(IA32_LBR_CTL, host_initiated=True) == ctl
+    assert result.stats["msr_exits"] == 4
+
+
+def test_reserved_lbr_ctl_bit_gp_reaches_the_guest_idt(backend):
+    # ref 2: LBR_CTL valid mask 0x7F000F; bit 4 set -> #GP, delivered through the guest IDT.
+    a = Asm().lidt().wrmsr(IA32_LBR_CTL, 1 << 4).print("no fault\n").exit(status=0)
+    result = backend.run(image(a, {13: _gp_handler()}), machine_config())
+    assert result.console == ["GP\n"]
+    assert result.exit_status == [13]
+    assert result.vcpus[0].rdmsr(IA32_LBR_CTL, host_initiated=True) == 0
+
+
+def test_illegal_depth_gp(backend):
+    # ref 2: a depth CPUID does not enumerate (here 16 with only 32 offered) -> #GP.
+    a = Asm().lidt().wrmsr(IA32_LBR_DEPTH, 16).exit(status=0)
+    result = backend.run(image(a, {13: _gp_handler()}), machine_config(depth=32))
+    assert result.exit_status == [13]
+
+
+def _loop_guest(iterations: int = 3, ctl: int = LBR_ALL) -> Asm:
+    a = Asm().wrmsr(IA32_LBR_CTL, ctl)
+    a.mov(R.RCX, iterations)
+    a.label("loop").branch(Code.CALL_REL32_64, "fn")
+    a.label("after_call").emit(Instruction.create_reg(Code.DEC_RM64, R.RCX))
+    a.label("jnz").branch(Code.JNE_REL32_64, "loop")
+    a.label("stop").wrmsr(IA32_LBR_CTL, 0).exit(status=0)
+    a.label("fn").op(Code.RETNQ)
+    return a
+
+
+def _expected_loop_records(sym: dict[str, int], iterations: int) -> list[tuple[int, int, int]]:
+    calls = (sym["loop"], sym["fn"], BranchType.NEAR_REL_CALL)
+    rets = (sym["fn"], sym["after_call"], BranchType.NEAR_RET)
+    jnz = (sym["jnz"], sym["loop"], BranchType.JCC)
+    oldest_first = []
+    for i in range(iterations):
+        oldest_first += [calls, rets] + ([jnz] if i < iterations - 1 else [])
+    return oldest_first[::-1]
+
+
+def test_recorded_branches_are_the_loops(backend):
+    img = image(_loop_guest(3))
+    result = backend.run(img, machine_config(depth=32))
+    assert result.exit_status == [0]
+    records = result.vcpus[0].records()
+    want = _expected_loop_records(img.symbols, 3)
+    got = [(f, t, (info >> 56) & 0xF) for f, t, info in records[:len(want)]]
+    assert got == [(f, t, int(kind)) for f, t, kind in want]
+    assert all(r == (0, 0, 0) for r in records[len(want):])
+    assert result.stats["branches"] == len(want)
+
+
+def test_lbren_clear_runs_without_stepping(backend):
+    img = image(_loop_guest(50, ctl=int(LbrCtl.OS)))
+    result = backend.run(img, machine_config())
+    assert result.exit_status == [0]
+    assert result.stats["steps"] == 0
+    assert all(r == (0, 0, 0) for r in result.vcpus[0].records())
+
+
+def test_call_stack_mode_pops_on_return(backend):
+    # ref 2: call-stack mode; a NEAR_RET pops the matching call record, so only the Jcc stay.
+    ctl = LBR_ALL | int(LbrCtl.CALL_STACK)
+    img = image(_loop_guest(3, ctl=ctl))
+    result = backend.run(img, machine_config())
+    kinds = [(info >> 56) & 0xF for _, _, info in result.vcpus[0].records() if info]
+    assert int(BranchType.NEAR_RET) not in kinds and int(BranchType.NEAR_REL_CALL) not in kinds
+    assert kinds.count(int(BranchType.JCC)) == 2
+
+
+def test_int1_debug_exception_clears_lbren(backend):
+    # ref 2 "Events: #DB clears LBREn"; the #DB handler reads LBR_CTL back.
+    handler = Asm().rdmsr(IA32_LBR_CTL).print_hex(R.RAX).exit(status=1)
+    a = Asm().lidt().wrmsr(IA32_LBR_CTL, LBR_ALL).op(Code.NOPD).op(Code.INT1).exit(status=0)
+    result = backend.run(image(a, {1: handler}), machine_config())
+    assert result.exit_status == [1]
+    assert int(result.console[0], 16) == LBR_ALL & ~int(LbrCtl.LBREN)
+
+
+def test_gp_during_recording_is_an_other_branch_to_the_handler(backend):
+    handler = Asm().wrmsr(IA32_LBR_CTL, 0).exit(status=13)
+    a = Asm().lidt().wrmsr(IA32_LBR_CTL, LBR_ALL).label("bad").wrmsr(IA32_LBR_CTL, 1 << 5)
+    a.exit(status=0)
+    img = image(a, {13: handler})
+    result = backend.run(img, machine_config())
+    assert result.exit_status == [13]
+    frm, to, info = result.vcpus[0].records()[0]
+    bad_wrmsr = img.symbols["bad"] + 3 * 5  # three `mov r32, imm32` (5 bytes each) precede it
+    assert (frm, to, (info >> 56) & 0xF) == (bad_wrmsr, img.symbols["handler13"], 8)
+
+
+def test_two_vcpus_interleave_and_keep_their_own_records(backend):
+    # Guest ABI: RDI = vCPU index; vCPU n loops n+2 times, yielding inside the loop, so the
+    # two run interleaved; each model must hold only its own vCPU's branches.
+    a = Asm().wrmsr(IA32_LBR_CTL, LBR_ALL)
+    a.emit(Instruction.create_reg_mem(Code.LEA_R64_M, R.RCX, MemoryOperand(R.RDI, displ=2)))
+    a.label("loop").emit(Instruction.create_reg(Code.PUSH_R64, R.RCX)).yield_()
+    a.emit(Instruction.create_reg(Code.POP_R64, R.RCX))
+    a.emit(Instruction.create_reg(Code.DEC_RM64, R.RCX))
+    a.label("jnz").branch(Code.JNE_REL32_64, "loop")
+    a.wrmsr(IA32_LBR_CTL, 0).exit(R.EDI)
+    img = image(a)
+    result = backend.run(img, machine_config(vcpus=2))
+    assert result.exit_status == [0, 1]
+    assert result.stats["switches"] >= 4
+    jcc = (img.symbols["jnz"], img.symbols["loop"])
+    for n, model in enumerate(result.vcpus):
+        live = [(f, t) for f, t, info in model.records() if info or f]
+        assert live == [jcc] * (n + 1)
+
+
+def test_without_filter_kvm_handles_the_msrs():
+    # The benchmark's baseline: no filter, so KVM itself answers (and #GPs) LBR_CTL.
+    a = Asm().lidt().rdmsr(IA32_LBR_CTL).exit(status=0)
+    result = KvmBackend(msr_filter=False).run(image(a, {13: _gp_handler()}), machine_config())
+    assert result.exit_status == [13]  # KVM here has no Arch LBR: the MSR does not exist
+    assert result.stats["msr_exits"] == 0
