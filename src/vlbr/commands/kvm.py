@@ -160,8 +160,9 @@ def check(guest, host_file, kvm, live, variant, cpu, vmx_load_lbr_ctl, vmx_clear
     _, host_cpus = load_source(host_file, live, kvm)
     host = describe_host(host_cpus, cpu, vmx_load_lbr_ctl, vmx_clear_lbr_ctl, host_xss)
     reasons = []
-    for t in core_types(read_cpuid_file(guest)):
-        prefix = f"vCPUs {','.join(map(str, t.cpus))}: " if len(t.cpus) > 0 and _many(guest) else ""
+    types = core_types(read_cpuid_file(guest))
+    for t in types:
+        prefix = f"vCPUs {','.join(map(str, t.cpus))}: " if len(types) > 1 else ""
         reasons += [prefix + r for r in check_guest_cpuid(host, t.table, variant)]
     if not reasons:
         click.echo(f"accepted: KVM_SET_CPUID2 ({variant}) takes {guest}")
@@ -169,7 +170,3 @@ def check(guest, host_file, kvm, live, variant, cpu, vmx_load_lbr_ctl, vmx_clear
     for reason in reasons:
         click.echo(f"-EINVAL: {reason}")
     raise click.exceptions.Exit(1)
-
-
-def _many(path: Path) -> bool:
-    return len(core_types(read_cpuid_file(path))) > 1
