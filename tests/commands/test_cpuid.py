@@ -133,3 +133,20 @@ def test_convert_round_trips(corpus_dir, tmp_path, to):
                                 catch_exceptions=False)
     assert result.exit_code == 0
     assert read_cpuid_file(out) == read_cpuid_file(src)
+
+
+@pytest.mark.skipif(not os.access("/dev/cpu/0/cpuid", os.R_OK), reason="/dev/cpu/0/cpuid not readable")
+def test_vlbr_cpuid_show_host_end_to_end():
+    # What `make run` executes: the real entry point in a fresh process.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "vlbr.cli", "cpuid", "show", "--host", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["cpus"] and all(isinstance(c["lbr_depths"], list) for c in doc["cpus"])
+    bad = subprocess.run([sys.executable, "-m", "vlbr.cli", "cpuid", "show", "/nonexistent/dump.txt"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "/nonexistent/dump.txt" in bad.stderr and "cannot read" in bad.stderr

@@ -60,3 +60,12 @@ def test_fuzz_parse_or_raise(parts):
         libvirt.parse("".join(parts), "fuzz")
     except CpuidFormatError:
         pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=300))
+def test_fuzz_any_text_parse_or_raise(text):
+    try:
+        libvirt.parse("<cpudata>" + text, "fuzz")
+    except CpuidFormatError:
+        pass
