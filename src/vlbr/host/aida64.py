@@ -20,10 +20,6 @@ CPU_HEADER = re.compile(r"^\s*-*\[\s*(?:CPUID Registers\s*/\s*)?Logical CPU #(\d
 OTHER_HEADER = re.compile(r"^\s*-+\[.*\]-+\s*$")
 
 
-def looks_like(text: str) -> bool:
-    return any(DATA.match(line) for line in text.splitlines()[:400])
-
-
 def parse(text: str, source: str) -> list[LogicalCpu]:
     out = CpusBuilder(source)
     for number, line in enumerate(text.splitlines(), start=1):
@@ -52,7 +48,7 @@ def _add_line(out: CpusBuilder, leaf: int, regs: tuple[int, int, int, int],
     tag = SUBLEAF.search(decorations)
     rows = out.rows() if out.current is not None else None
     # Without a header per CPU, leaf 0 starting again means the next logical CPU.
-    if rows is None or (leaf == 0 and tag is None and any(k[0] == 0 for k in rows)):
+    if rows is None or (leaf == 0 and tag is None and (0, 0) in rows):
         out.start_cpu(out.next_index(), None)
         rows = out.rows()
     if tag is not None:

@@ -45,10 +45,9 @@ def parse_cpuid_bytes(data: bytes, source: str = "<bytes>") -> list[LogicalCpu]:
 
 def detect_format(text: str) -> str:
     """'libvirt', 'json', 'cpuid-raw' or 'aida64' (the lenient fallback) from the content."""
-    head = text.lstrip()
-    if head.startswith("<"):
+    if libvirt.looks_like(text):
         return "libvirt"
-    if head.startswith(("{", "[")):
+    if text.lstrip().startswith(("{", "[")):
         return "json"
     if cpuid_raw.looks_like(text):
         return "cpuid-raw"
