@@ -154,3 +154,18 @@ def _synthetic_host(leaf_1c_eax: int) -> CpuidTable:
         **({(0xD, 0xF): Registers(808, 0, 1, 0)} if arch else {}),
         (0x1C, 0): Registers(leaf_1c_eax, 7 if arch else 0, 7 if arch else 0, 0),
     })
+
+
+def test_event_logging_passes_through_v3_but_not_vlbr(corpus_dir):
+    # INDEX.md: Lunar Lake's leaf 0x1C ECX is 0x000F0007 (event-logging bitmap in 19:16).
+    (p_core, _) = types_of(instlat("GenuineIntel00B06D1_LunarLake_04_CPUID.txt"))
+    assert p_core.table.regs(0x1C).ecx == 0x000F0007
+    v3 = supported_cpuid(host_of(p_core), "v3")
+    assert v3.table.regs(0x1C).ecx == 0x000F0007
+    assert any("event logging" in n for n in v3.notes)
+    vlbr = supported_cpuid(host_of(p_core), "vlbr")
+    assert vlbr.table.regs(0x1C).ecx == 0x7  # the emulation logs no branch counters
+    from vlbr.policy import LbrEmulationCaps
+
+    no_stack = supported_cpuid(host_of(p_core), "vlbr", caps=LbrEmulationCaps(call_stack=False))
+    assert no_stack.table.regs(0x1C).ebx == 0x3

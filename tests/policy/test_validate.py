@@ -118,3 +118,80 @@ def test_mainline_and_email_v2_never_reject(host):
     guest = emulated_guest_cpuid(host.table, depth=24)
     assert check_guest_cpuid(host, guest, "mainline") == []
     assert check_guest_cpuid(host, guest, "email-v2") == []
+
+
+# --- every rule has a guest that breaks exactly it ---------------------------------------------
+
+from vlbr.policy.validate import RULES  # noqa: E402
+
+BREAKS = {  # rule -> how to break the v3 table of the Raptor Lake P-core for that rule alone
+    "arch_lbr_not_offered": None,  # needs a host without Arch LBR: test_arch_lbr_where_kvm...
+    "arch_lbr_without_leaf": lambda t: with_rows(t, l1c=Registers()),
+    "depth_not_allowed": lambda t: with_rows(t, l1c=edit(t, (0x1C, 0), eax=0x40000004),
+                                             d15=Registers(40 + 24 * 24, 0, 1, 0)),
+    "capability_bits_not_offered": lambda t: with_rows(t, l1c=edit(t, (0x1C, 0), ebx=0xF)),
+    "lip_differs": lambda t: with_rows(t, l1c=edit(t, (0x1C, 0), eax=0xC0000008)),
+    "comp15_size_mismatch": lambda t: with_rows(t, d15=Registers(1000, 0, 1, 0)),
+    "comp15_not_supervisor": lambda t: with_rows(t, d15=Registers(808, 0, 0, 0)),
+    "xss_lbr_not_supported": None,  # needs a host IA32_XSS without bit 15: test_xss_bit_15_rules
+    "xss_lbr_without_arch_lbr": lambda t: with_rows(
+        t, l7=edit(t, (7, 0), edx=t.regs(7, 0).edx & ~(1 << 19)), l1c=Registers()),
+    "xss_lbr_without_xsaves": lambda t: with_rows(t, d1=edit(t, (0xD, 1), eax=0x7)),
+}
+
+
+def test_every_rule_is_listed_here():
+    assert set(BREAKS) == {rule.__name__ for rule in RULES}
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if BREAKS[r.__name__]], ids=lambda r: r.__name__)
+def test_one_break_one_reason(host, offered, rule):
+    guest = BREAKS[rule.__name__](offered)
+    got = reasons(host, guest)
+    assert len(got) == 1, got
+    assert got == [rule(supported_cpuid(host, "v3"), guest, variant_named("v3"), VLBR_EMULATION_CAPS)]
+
+
+# --- properties over synthetic hosts ------------------------------------------------------------
+
+from vlbr.policy import VLBR_EMULATION_CAPS, variant_named  # noqa: E402
+
+
+def synthetic(eax: int, ebx: int, ecx: int, xss: int) -> CpuidTable:
+    arch = eax & 0xFF != 0
+    return CpuidTable({
+        (0x0, 0): Registers(0x1C, 0, 0, 0), (0x7, 0): Registers(0, 0, 0, (1 << 19) if arch else 0),
+        (0xD, 0): Registers(0x3, 576, 576, 0), (0xD, 1): Registers(0xF, 576, xss, 0),
+        (0xD, 0xB): Registers(16, 0, 1, 0), (0xD, 0xC): Registers(24, 0, 1, 0),
+        (0xD, 0xF): Registers(40 + 24 * 8 * (eax & 0xFF).bit_length(), 0, 1, 0),
+        (0x1C, 0): Registers(eax, ebx, ecx, 0)})
+
+
+hosts = st.builds(
+    synthetic, eax=st.integers(0, 0xFF) | st.integers(0, 0xFF).map(lambda m: m | 0xC0000000),
+    ebx=st.integers(0, 7), ecx=st.integers(0, 7) | st.just(0xF0007),
+    xss=st.sampled_from([0, 0x8000, 0x1800, 0x9800]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(table=hosts, vmx=st.booleans(), variant=st.sampled_from(["v3", "vlbr"]))
+def test_v3_and_vlbr_accept_what_they_offer(table, vmx, variant):
+    host = HostDescription(table, vmx_load_lbr_ctl=vmx)
+    sup = supported_cpuid(host, variant)
+    assert check_guest_cpuid(host, sup.table, variant) == []
+    leaf = sup.table.regs(0x1C).eax & 0xFF
+    mask = table.regs(0x1C).eax & 0xFF
+    assert leaf == (1 << (mask.bit_length() - 1) if mask and vmx else 0)
+    if sup.arch_lbr and sup.supported_xss & (1 << 15):
+        assert sup.table.regs(0xD, 0xF).eax == 40 + 24 * sup.depth
+
+
+@settings(max_examples=150, deadline=None)
+@given(table=hosts)
+def test_v3_rejects_what_email_v2_offers(table):
+    host = HostDescription(table)
+    email = supported_cpuid(host, "email-v2")
+    if email.arch_lbr:  # 1 << fls(mask) is never the host's top bit
+        assert check_guest_cpuid(host, email.table, "v3") != []
+    else:
+        assert email.table.regs(0x1C) == Registers() and not email.supported_xss & (1 << 15)

@@ -7,7 +7,7 @@
 - migration_check() / host_migration_check(): what breaks when a guest moves."""
 
 from .caps import VLBR_EMULATION_CAPS, LbrEmulationCaps
-from .emulated import XCR0_INITIAL, emulated_guest_cpuid
+from .emulated import EMULATED_SUPPORTED_XSS, XCR0_INITIAL, emulated_guest_cpuid
 from .errors import PolicyError, UnknownVariant, UnsupportedDepth, XssWriteFault
 from .host import HostDescription, common_table
 from .migration import MigrationIssue, host_migration_check, migration_check
@@ -18,7 +18,7 @@ from .xss import guest_supported_xss, guest_xss_write
 
 __all__ = [
     "HostDescription", "common_table", "SupportedCpuid", "supported_cpuid", "check_guest_cpuid",
-    "guest_xss_write", "guest_supported_xss", "emulated_guest_cpuid", "XCR0_INITIAL",
+    "guest_xss_write", "guest_supported_xss", "emulated_guest_cpuid", "EMULATED_SUPPORTED_XSS", "XCR0_INITIAL",
     "LbrEmulationCaps", "VLBR_EMULATION_CAPS", "MigrationIssue", "migration_check",
     "host_migration_check", "PolicyError", "UnknownVariant", "UnsupportedDepth",
     "XssWriteFault", "Variant", "VARIANTS", "VARIANT_NAMES", "variant_named",

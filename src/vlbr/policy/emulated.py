@@ -6,7 +6,7 @@ LBR of its own; this adds exactly the rows a guest needs to find and use the emu
 from __future__ import annotations
 
 from vlbr.arch.cpuid import CpuidTable, Registers
-from vlbr.arch.leaves import ARCH_LBR_LEAF, PerfMon, depth_bit, perfmon
+from vlbr.arch.leaves import ARCH_LBR_LEAF, PerfMon, depth_bit, perfmon, xsave_extended
 from vlbr.arch.xsave import ARCH_LBR_COMPONENT, XsaveLayout
 
 from . import rules
@@ -14,6 +14,7 @@ from .caps import VLBR_EMULATION_CAPS, LbrEmulationCaps
 from .errors import UnsupportedDepth
 from .supported import XSAVES
 
+EMULATED_SUPPORTED_XSS = 1 << ARCH_LBR_COMPONENT  # the supervisor states the backends provide
 XCR0_INITIAL = 0x3  # x87 | SSE: the Guest ABI's entry XCR0 (docs/design.md)
 XSS_INITIAL = 0  # IA32_XSS resets to 0
 CPUID1_ECX_PDCM = 1 << 15  # IA32_PERF_CAPABILITIES exists (LBR_FMT reads 0x3F)
@@ -28,7 +29,10 @@ def emulated_guest_cpuid(base: CpuidTable, depth: int | None = 32,
     migration stay fixed); None enumerates every depth `caps` implements (up to 64), and
     component 15 is then sized for the largest. UnsupportedDepth for any other depth.
     caps: what the backend's model implements (default: vlbr's vcpu model, all of it).
-    The vendor and every other row stay the base's: a guest finds Arch LBR by CPUID bits."""
+    The vendor and every other row stay the base's (a guest finds Arch LBR by CPUID bits),
+    except the base's other supervisor (IA32_XSS) states: no backend saves them, so they are
+    dropped and CPUID.(0xD,1):ECX/EDX is EMULATED_SUPPORTED_XSS, the mask to hand to
+    guest_xss_write()."""
     caps = caps or VLBR_EMULATION_CAPS
     mask = _depth_mask(depth, caps)
     leaf = caps.leaf(mask)
@@ -41,6 +45,7 @@ def emulated_guest_cpuid(base: CpuidTable, depth: int | None = 32,
         (0xD, 0): _xsave_main(base),
         (0xD, ARCH_LBR_COMPONENT): rules.comp15_for_depth(CpuidTable(), leaf.max_depth),
     }
+    rows.update(_other_supervisor_states(base))
     table = base.replace(rows)
     return table.replace({(0xD, 1): _xsave_extended(table)})
 
@@ -94,11 +99,17 @@ def _xsave_main(base: CpuidTable) -> Registers:
     return r if r is not None else Registers(XCR0_INITIAL, 576, 576, 0)
 
 
+def _other_supervisor_states(base: CpuidTable) -> dict[tuple[int, int], None]:
+    """CET, PT and the other XSS states of the base: enumerated there, emulated by nobody."""
+    xss = xsave_extended(base).xss_supported & ~EMULATED_SUPPORTED_XSS
+    return {(0xD, i): None for i in range(64) if xss >> i & 1}
+
+
 def _xsave_extended(table: CpuidTable) -> Registers:
     """CPUID.(0xD,1): XSAVES, XSS bit 15 (Arch LBR is a supervisor state), and EBX = the
     compacted size of the initial XCR0|IA32_XSS (KVM refreshes it on each XSS/XCR0 write;
     see policy.xss.guest_xss_write)."""
     r = table.regs(0xD, 1)
-    ecx = r.ecx | rules.XFEATURE_MASK_LBR
     ebx = XsaveLayout.for_mask(table, XCR0_INITIAL | XSS_INITIAL).size
-    return Registers(r.eax | XSAVES, ebx, ecx, r.edx)
+    return Registers(r.eax | XSAVES, ebx, EMULATED_SUPPORTED_XSS & 0xFFFF_FFFF,
+                     EMULATED_SUPPORTED_XSS >> 32)

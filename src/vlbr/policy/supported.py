@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlbr.arch.cpuid import CpuidEntry, CpuidTable, Registers
-from vlbr.arch.leaves import (ARCH_LBR_LEAF, LBR_MAX_DEPTH, ArchLbrLeaf, arch_lbr_leaf, depth_bit,
-                              xsave_extended, xsave_main)
+from vlbr.arch.leaves import (ARCH_LBR_LEAF, ArchLbrLeaf, arch_lbr_leaf, depth_bit, xsave_extended,
+                              xsave_main)
 from vlbr.arch.xsave import ARCH_LBR_COMPONENT, XsaveLayout, XsaveLayoutError
 
 from . import rules
@@ -200,5 +200,3 @@ def _xsave_extended_row(table: CpuidTable, xss: int, notes: list[str]) -> Regist
             ebx = r.ebx
     return Registers(r.eax, ebx, xss & 0xFFFF_FFFF, xss >> 32)
 
-
-__all__ = ["SupportedCpuid", "supported_cpuid", "LBR_MAX_DEPTH"]
