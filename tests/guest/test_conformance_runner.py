@@ -123,3 +123,11 @@ def test_every_listed_check_is_reported_by_its_guest_source():
 def test_unknown_backend_name_is_a_clear_error():
     with pytest.raises(conf.UnknownBackend, match="quantum"):
         conf.make_backend("quantum")
+
+
+def test_skip_rest_skips_only_the_checks_not_yet_reported():
+    run = RunResult(["FAIL alpha: no Arch LBR\nSKIP rest: no Arch LBR enumerated\n"], [1], [], {})
+    results = collect(PROGRAM, run)
+    assert [(r.name, r.status) for r in results] == [("alpha", "fail"), ("beta", "skip"),
+                                                     ("gamma", "skip")]
+    assert results[1].detail == "no Arch LBR enumerated"

@@ -18,6 +18,7 @@ from .image import GuestImage
 DEFAULT_DEPTH = 32  # the depth KVM's Arch LBR patches expose on their reference hosts
 STATUSES = ("pass", "fail", "skip")
 BACKEND_NAMES = ("kvm", "software")
+REST = "rest"  # `SKIP rest: reason` skips every check the program has not reported yet
 _LINE = re.compile(r"^(PASS|FAIL|SKIP) ([A-Za-z0-9_.\-]+)(?:: ?(.*))?$")
 
 
@@ -51,7 +52,7 @@ CONFORMANCE_CHECKS = (
     "branch_zoo_all_types", "br_type_encoding",
     "call_stack_off_records_all", "call_stack_mode",
     "ler_after_exception", "db_clears_lbren",
-    "cpl_os_only", "cpl_usr_only", "cpl_os_and_usr",
+    "ring3_int_return", "cpl_os_only", "cpl_usr_only", "cpl_os_and_usr",
     "xss_other_bits_gp", "xss_bit15_write", "xsaves_component15", "xrstors_component15",
 )
 SMP_CHECKS = ("abi_entry_0", "abi_entry_1", "vcpu_isolation_0", "vcpu_isolation_1",
@@ -110,13 +111,17 @@ def parse_console(text: str) -> list[CheckResult]:
 
 def collect(program: SuiteProgram, run: RunResult) -> list[CheckResult]:
     """The program's expected checks in order, each as its guest reported it; a check never
-    reported (the guest crashed or stopped early) is a failure that says how the run ended.
+    reported (the guest crashed or stopped early) is a failure that says how the run ended,
+    unless the guest skipped the rest (`SKIP rest: reason`).
     Lines for names the suite does not list (e.g. unexpected_exception) are kept as reported."""
     reported: dict[str, CheckResult] = {}
     extra: list[CheckResult] = []
     for console in run.console:
         for result in parse_console(console):
-            if result.name in program.checks and result.name not in reported:
+            if result.name == REST and result.status == "skip":
+                for name in program.checks:
+                    reported.setdefault(name, CheckResult(name, "skip", result.detail))
+            elif result.name in program.checks and result.name not in reported:
                 reported[result.name] = result
             elif result.name not in program.checks:
                 extra.append(result)
@@ -143,7 +148,11 @@ def guest_cpuid(backend_name: str, depth: int | None = DEFAULT_DEPTH) -> CpuidTa
     from vlbr.policy import emulated_guest_cpuid
     if backend_name == "kvm":
         from vlbr.host.kvm import Kvm
-        base = Kvm().supported_cpuid()
+        kvm = Kvm()
+        try:
+            base = kvm.supported_cpuid()
+        finally:
+            kvm.close()
     else:
         from vlbr.host import live_host_cpus
         base = live_host_cpus()[0].table

@@ -50,7 +50,8 @@ class GuestImage:
         return struct.unpack_from("<Q", self.data, offset)[0]
 
     def symbolize(self, address: int) -> str | None:
-        """'name+0xoff' for the nearest symbol at or below address inside the image, else None."""
+        """'name+0xoff' for the nearest symbol at or below address inside the image, else None
+        (names sharing an address are joined with '/')."""
         if not self.contains(address):
             return None
         table = self._sorted_symbols()
@@ -61,14 +62,13 @@ class GuestImage:
         return name if base == address else f"{name}+{address - base:#x}"
 
     def _sorted_symbols(self) -> list[tuple[int, str]]:
-        # Several labels can share an address (kl_top and kl_call): prefer the longest-lived
-        # name order-independently by taking the alphabetically last, which is stable.
+        # Labels sharing an address (kl_top and kl_call) are shown together: "kl_call/kl_top".
         cached = self.__dict__.get("_symtab")
         if cached is None:
-            by_address: dict[int, str] = {}
+            by_address: dict[int, list[str]] = {}
             for name, addr in self.symbols.items():
                 if self.contains(addr) and not name.startswith("__"):
-                    by_address[addr] = max(by_address.get(addr, name), name)
-            cached = sorted(by_address.items())
+                    by_address.setdefault(addr, []).append(name)
+            cached = sorted((addr, "/".join(sorted(names))) for addr, names in by_address.items())
             object.__setattr__(self, "_symtab", cached)
         return cached

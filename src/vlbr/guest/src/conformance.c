@@ -23,7 +23,7 @@ void branch_zoo(u64 ctl);
 void call_stack_scenario(u64 ctl);
 void ler_scenario(u64 ctl);
 void db_scenario(u64 ctl);
-void cpl_scenario(u64 ctl, u64 user_stack_top);
+u64 cpl_scenario(u64 ctl, u64 user_stack_top);
 
 static struct lbr_caps caps;
 static u64 xsave_area[4096 / 8] __attribute__((aligned(64)));
@@ -354,9 +354,10 @@ static void check_ler_and_db(void)
 
 static void check_cpl(void)
 {
-    static const char *names[] = { "cpl_os_only", "cpl_usr_only", "cpl_os_and_usr" };
+    static const char *names[] = { "cpl_os_only", "cpl_usr_only", "cpl_os_and_usr",
+                                   "ring3_int_return" };
     if (!caps.cpl_filter || !caps.branch_filter) {
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 4; i++)
             check_skip(names[i], "CPUID.1C:EBX[0] or EBX[1] not enumerated");
         return;
     }
@@ -366,7 +367,9 @@ static void check_cpl(void)
     const u64 base = LBR_CTL_LBREN | LBR_CTL_COND;
 
     lbr_clear(&caps);
-    cpl_scenario(base | LBR_CTL_OS, rt_user_stack_top());
+    u64 exit_vector = cpl_scenario(base | LBR_CTL_OS, rt_user_stack_top());
+    check("ring3_int_return", exit_vector == RT_USER_RETURN_VECTOR,
+          "ring 3 ended with vector %ld, not by INT 0x80 through its DPL3 gate", exit_vector);
     records_match(names[0], os, 2, 0);
     lbr_clear(&caps);
     cpl_scenario(base | LBR_CTL_USR, rt_user_stack_top());
@@ -455,7 +458,8 @@ int guest_main(int cpu, int ncpus)
     caps = lbr_caps();
     check_cpuid();
     if (!caps.arch_lbr || !caps.max_depth) {
-        rt_printf("SKIP arch_lbr_msrs: no Arch LBR enumerated\n");
+        /* cpuid_arch_lbr_enumerated has failed; the MSR checks cannot run. */
+        rt_printf("SKIP rest: no Arch LBR enumerated (CPUID.7.0:EDX[19] or CPUID.1C:EAX[7:0])\n");
         return 1;
     }
     check_reset_and_misc_msrs();

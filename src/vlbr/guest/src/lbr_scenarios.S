@@ -129,8 +129,8 @@ db_icebp:
 db_recover:
     ret
 
-/* cpl_scenario(ctl, user_stack_top): 2 taken Jcc at CPL0, then 2 taken Jcc at CPL3 in
-   cpl_user, back by INT 0x80. */
+/* u64 cpl_scenario(ctl, user_stack_top): 2 taken Jcc at CPL0, then 2 taken Jcc at CPL3 in
+   cpl_user, back by INT 0x80; returns the vector that ended ring 3 (0x80 normally). */
     .globl cpl_scenario, cplk_top, cplk_jcc, cpl_user, cplu_top, cplu_jcc, cplu_int
 cpl_scenario:
     push rbx
@@ -144,7 +144,9 @@ cplk_jcc:
     lea rdi, [rip + cpl_user]
     mov rsi, rbx
     call rt_enter_user
+    mov r8, rax
     LBR_OFF
+    mov rax, r8
     pop rbx
     ret
 cpl_user:

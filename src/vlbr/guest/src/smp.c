@@ -13,9 +13,8 @@ static volatile int recorded[MAX_VCPUS];
 static volatile int cleared;
 
 /* Records 0..3 (newest first) must be the vCPU's own two loops, the rest zero. */
-static int own_records(int cpu, u64 depth, char *detail_out_unused)
+static int own_records(int cpu, u64 depth)
 {
-    (void)detail_out_unused;
     u64 jcc2 = cpu ? (u64)smp1_jcc2 : (u64)smp0_jcc2, top2 = cpu ? (u64)smp1_top2 : (u64)smp0_top2;
     u64 jcc = cpu ? (u64)smp1_jcc : (u64)smp0_jcc, top = cpu ? (u64)smp1_top : (u64)smp0_top;
     for (u64 i = 0; i < depth; i++) {
@@ -65,7 +64,7 @@ int guest_main(int cpu, int ncpus)
         smp_run1(ctl);
     recorded[cpu] = 1;
     u64 depth = rdmsr(MSR_LBR_DEPTH);
-    if (own_records(cpu, depth, 0))
+    if (own_records(cpu, depth))
         rt_printf("PASS vcpu_isolation_%d\n", cpu);
 
     /* vCPU 0 rewrites its DEPTH (clearing its records) once vCPU 1 has recorded; vCPU 1's

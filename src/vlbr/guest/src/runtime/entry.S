@@ -72,7 +72,25 @@ ISR_ERR 29
 ISR_ERR 30
 ISR_NOERR 31
 
+/* An exception from CPL3 ends the ring-3 excursion (see rt_user_resume); the choice is made
+   with CMOV and an indirect jump, so no conditional branch lands in the LBR records. */
 isr_common:
+    push rax
+    push rbx
+    lea rax, [rip + isr_kernel]
+    lea rbx, [rip + isr_from_user]
+    test byte ptr [rsp + 40], 3     /* CS: rbx, rax, vector, error, rip, cs */
+    cmovnz rax, rbx
+    pop rbx
+    jmp rax
+isr_from_user:
+    pop rax
+    mov rdx, [rsp]                  /* the vector */
+    call rt_cpu_index
+    mov [rt_user_exit_vector + rax * 8], rdx
+    jmp rt_user_resume
+isr_kernel:
+    pop rax
     push rax
     push rbx
     push rcx
@@ -111,8 +129,8 @@ isr_common:
 isr_iretq:
     iretq
 
-/* void rt_enter_user(void (*fn)(void), u64 user_stack_top): run fn at CPL3 until it executes
-   `int 0x80` (RT_USER_RETURN_VECTOR), then return here at CPL0. No conditional branches, so the
+/* u64 rt_enter_user(void (*fn)(void), u64 user_stack_top): run fn at CPL3 until it executes
+   `int 0x80` (RT_USER_RETURN_VECTOR) or faults, then return here at CPL0 with that vector. No conditional branches, so the
    CPL filtering checks see only the branches of their own loops. */
     .globl rt_enter_user
 rt_enter_user:
@@ -134,15 +152,26 @@ rt_enter_user:
 rt_enter_user_iretq:
     iretq
 
-/* Vector 0x80 (DPL3 gate): the way back from ring 3, on the TSS.RSP0 stack. */
+/* Vector 0x80 (DPL3 gate): the way back from ring 3, on the TSS.RSP0 stack. rt_enter_user
+   returns 0x80. */
     .globl isr_user_return
 isr_user_return:
     call rt_cpu_index
+    mov qword ptr [rt_user_exit_vector + rax * 8], 0x80
+    jmp rt_user_resume
+
+/* Any other exception at CPL3 also ends the ring-3 excursion (isr_common comes here), and
+   rt_enter_user returns that vector. */
+    .globl rt_user_resume
+rt_user_resume:
+    call rt_cpu_index
+    mov rdx, [rt_user_exit_vector + rax * 8]
     mov rsp, [rt_kernel_rsp + rax * 8]
     mov ax, 0x10
     mov ds, ax
     mov es, ax
     mov ss, ax
+    mov rax, rdx
     pop r15
     pop r14
     pop r13

@@ -87,7 +87,8 @@ void rt_putc(char c);
 void rt_puts(const char *s);
 void rt_printf(const char *fmt, ...);
 void rt_vprintf(const char *fmt, va_list ap);
-void rt_enter_user(void (*fn)(void), u64 user_stack_top);
+/* Runs fn at CPL3 until it executes `int 0x80` or faults; returns that vector (0x80 normally). */
+u64 rt_enter_user(void (*fn)(void), u64 user_stack_top);
 u64 rt_user_stack_top(void);
 
 /* The check protocol (docs/design.md): one console line per check. */

@@ -1,0 +1,96 @@
+"""`vlbr run`: run a guest program on a backend and show its CPUID 0x1C, console and LBR stack."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vlbr.arch.leaves import arch_lbr_leaf
+from vlbr.guest.build import build_guest
+from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE, machine_for, pick_backend
+from vlbr.guest.records import lbr_stack
+
+
+def _int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an integer (e.g. 0x7f0007)") from None
+    if not 0 <= value < 1 << 64:
+        raise click.BadParameter(f"{text} does not fit in 64 bits")
+    return value
+
+
+def _cpuid_1c(table) -> dict:
+    regs = table.regs(0x1C, 0)
+    leaf = arch_lbr_leaf(table)
+    return {"eax": regs.eax, "ebx": regs.ebx, "ecx": regs.ecx, "edx": regs.edx,
+            "depths": leaf.depths, "cpl_filtering": leaf.cpl_filtering,
+            "branch_filtering": leaf.branch_filtering, "call_stack": leaf.call_stack,
+            "branch_type": leaf.branch_type, "lip": leaf.lip}
+
+
+@click.command("run")
+@click.argument("guest")
+@click.option("--backend", "backend_name", type=click.Choice(["auto", "kvm", "software"]),
+              default="auto", show_default=True, help="auto: kvm when available, else software")
+@click.option("--depth", type=int, default=DEFAULT_DEPTH, show_default=True,
+              help="the LBR depth the guest's CPUID 0x1C enumerates")
+@click.option("--lbr-ctl", "lbr_ctl", default=None,
+              help="IA32_LBR_CTL the guest uses (its vlbr_lbr_ctl variable), e.g. 0x7f0007")
+@click.option("--vcpus", type=click.IntRange(1, 8), default=None,
+              help="vCPUs to run (default: what the suite runs the guest with, else 1)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for tools")
+def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
+            vcpus: int | None, as_json: bool) -> None:
+    """Run GUEST (a built-in guest: hello, conformance, smp; or a path to a C file)."""
+    image = build_guest(guest)
+    if lbr_ctl is not None:
+        image = image.with_u64("vlbr_lbr_ctl", _int(lbr_ctl))
+    backend = pick_backend(backend_name)
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        raise click.ClickException(f"backend {backend.name} is unavailable: {reason}")
+    if vcpus is None:
+        vcpus = next((p.vcpus for p in SUITE if p.guest == guest), 1)
+    machine = machine_for(backend.name, vcpus=vcpus, depth=depth)
+    result = backend.run(image, machine)
+    stacks = [lbr_stack(v.records(), image) for v in result.vcpus]
+    if as_json:
+        click.echo(json.dumps({
+            "backend": backend.name, "guest": image.name, "cpuid_0x1c": _cpuid_1c(machine.cpuid),
+            "lbr_ctl": image.read_u64("vlbr_lbr_ctl"),
+            "vcpus": [{"index": n, "console": result.console[n], "exit_status": result.exit_status[n],
+                       "records": [r.to_json() for r in stacks[n]] if n < len(stacks) else []}
+                      for n in range(len(result.console))],
+            "stats": {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))},
+        }))
+        return
+    _show(backend.name, image, machine, result, stacks)
+
+
+def _show(backend_name, image, machine, result, stacks) -> None:
+    out = Console()
+    c = _cpuid_1c(machine.cpuid)
+    out.print(f"[bold]{image.name}[/] on [bold]{backend_name}[/] "
+              f"({machine.vcpus} vCPU{'s' if machine.vcpus > 1 else ''})")
+    out.print(f"guest CPUID.(0x1C,0): EAX={c['eax']:08x} EBX={c['ebx']:08x} ECX={c['ecx']:08x} "
+              f"EDX={c['edx']:08x}  depths {c['depths']}")
+    for n, console in enumerate(result.console):
+        out.print(f"[bold]vCPU {n} console[/] (exit status {result.exit_status[n]}):")
+        out.print(console.rstrip("\n") or "(nothing)", markup=False, highlight=False)
+        if n >= len(stacks):
+            continue
+        table = Table(title=f"vCPU {n} LBR stack (record 0 = newest)")
+        for col in ("#", "from", "from symbol", "to", "to symbol", "type"):
+            table.add_column(col, justify="right" if col == "#" else "left")
+        for r in stacks[n]:
+            table.add_row(str(r.index), f"{r.from_ip:#x}", r.from_symbol or "", f"{r.to_ip:#x}",
+                          r.to_symbol or "", r.type_name)
+        if not stacks[n]:
+            table.caption = "no records"
+        out.print(table)
+
