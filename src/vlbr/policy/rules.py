@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vlbr.arch.bits import fls
 from vlbr.arch.cpuid import CpuidTable, Registers
-from vlbr.arch.leaves import ARCH_LBR_LEAF, ArchLbrLeaf, arch_lbr_leaf
+from vlbr.arch.leaves import ARCH_LBR_LEAF, arch_lbr_leaf
 from vlbr.arch.msrs import IA32_XSS, arch_lbr_msrs
 from vlbr.arch.xsave import ARCH_LBR_COMPONENT, arch_lbr_state_size
 
@@ -164,7 +164,3 @@ def msrs_to_save_lbr(depth: int) -> list[int]:
     """LBR_CTL, LBR_DEPTH, LER and FROM/TO/INFO for every record of the exposed depth, as the
     reviewers asked: without them a migrated guest loses its LBR state."""
     return arch_lbr_msrs(depth) if depth else []
-
-
-def exposed_leaf(r: Registers) -> ArchLbrLeaf:
-    return ArchLbrLeaf.decode(r)
