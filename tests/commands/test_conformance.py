@@ -59,3 +59,22 @@ def test_table_shows_every_check_and_the_summary(reports):
 def test_unknown_backend_is_a_usage_error():
     result = CliRunner().invoke(cli.group, ["conformance", "--backend", "qemu"])
     assert result.exit_code == 2
+
+
+def test_summary_shows_only_what_did_not_pass(reports):
+    reports({"kvm": ["pass", "skip"]})
+    result = invoke("--backend", "kvm", "--summary")
+    assert result.exit_code == 0
+    assert "check_1" in result.output and "check_0" not in result.output
+    assert "1 passed" in result.output
+
+
+def test_auto_runs_the_backend_pick_backend_chooses(reports, monkeypatch):
+    reports({"software": ["pass"]})
+
+    class Chosen:
+        name = "software"
+
+    monkeypatch.setattr(conf_cmd, "pick_backend", lambda name: Chosen())
+    docs = [json.loads(line) for line in invoke("--backend", "auto", "--json").output.splitlines()]
+    assert [d["backend"] for d in docs] == ["software"]

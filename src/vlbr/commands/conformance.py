@@ -8,21 +8,27 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from vlbr.guest.conformance import BACKEND_NAMES, DEFAULT_DEPTH, ConformanceReport, run_conformance
+from vlbr.guest.conformance import (BACKEND_NAMES, DEFAULT_DEPTH, ConformanceReport, pick_backend,
+                                   run_conformance)
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 
 @click.command("conformance")
-@click.option("--backend", "backend_name", type=click.Choice([*BACKEND_NAMES, "all"]),
-              default="all", show_default=True)
+@click.option("--backend", "backend_name", type=click.Choice([*BACKEND_NAMES, "all", "auto"]),
+              default="all", show_default=True,
+              help="auto: kvm when available, else software (as `vlbr run` picks)")
 @click.option("--depth", type=int, default=DEFAULT_DEPTH, show_default=True,
               help="the LBR depth the guest's CPUID 0x1C enumerates")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON object per backend, one per line")
-def command(backend_name: str, depth: int, as_json: bool) -> None:
+@click.option("--summary", is_flag=True, help="only the totals and the checks that did not pass")
+def command(backend_name: str, depth: int, as_json: bool, summary: bool) -> None:
     """Run the Arch LBR conformance checks; exit status 1 when any check fails."""
-    names = BACKEND_NAMES if backend_name == "all" else (backend_name,)
+    if backend_name == "auto":
+        names: tuple[str, ...] = (pick_backend("auto").name,)
+    else:
+        names = BACKEND_NAMES if backend_name == "all" else (backend_name,)
     reports = []
     for name in names:
         report = run_conformance(name, depth=depth)
@@ -30,20 +36,22 @@ def command(backend_name: str, depth: int, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(report.to_json()))
         else:
-            show(report)
+            show(report, summary=summary)
     if any(not r.ok for r in reports):
         raise click.exceptions.Exit(1)
 
 
-def show(report: ConformanceReport, console: Console | None = None) -> None:
+def show(report: ConformanceReport, console: Console | None = None, summary: bool = False) -> None:
     console = console or Console()
+    rows = [r for r in report.results if not summary or r.status != "pass"]
     table = Table(title=f"Arch LBR conformance on {report.backend}")
     table.add_column("check")
     table.add_column("status")
     table.add_column("detail", overflow="fold")
-    for r in report.results:
+    for r in rows:
         style = _STYLE.get(r.status, "")
         table.add_row(r.name, f"[{style}]{r.status.upper()}[/]", r.detail)
-    console.print(table)
+    if rows:
+        console.print(table)
     console.print(f"{report.backend}: [green]{report.passed} passed[/], "
                   f"[red]{report.failed} failed[/], [yellow]{report.skipped} skipped[/]")

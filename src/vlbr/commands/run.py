@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vlbr.arch.leaves import arch_lbr_leaf
+from vlbr.backends.base import BackendUnavailable
 from vlbr.guest.build import build_guest
 from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE, machine_for, pick_backend
 from vlbr.guest.records import lbr_stack
@@ -57,7 +58,10 @@ def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
     if vcpus is None:
         vcpus = next((p.vcpus for p in SUITE if p.guest == guest), 1)
     machine = machine_for(backend.name, vcpus=vcpus, depth=depth)
-    result = backend.run(image, machine)
+    try:
+        result = backend.run(image, machine)
+    except BackendUnavailable as err:
+        raise click.ClickException(f"backend {backend.name} is unavailable: {err}") from None
     stacks = [lbr_stack(v.records(), image) for v in result.vcpus]
     if as_json:
         click.echo(json.dumps({

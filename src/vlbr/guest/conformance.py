@@ -166,18 +166,31 @@ def machine_for(backend_name: str, vcpus: int = 1, depth: int | None = DEFAULT_D
     return MachineConfig(cpuid=table, lbr=LbrConfig.from_cpuid(table), vcpus=vcpus, **extra)
 
 
-_BACKEND_CLASSES = {"kvm": ("vlbr.backends.kvm", "KvmBackend"),
-                    "software": ("vlbr.backends.software", "SoftwareBackend")}
+_BACKEND_CLASSES = {"kvm": "KvmBackend", "software": "SoftwareBackend"}
+
+
+class BackendNotLoadable(VlbrError):
+    """The backend's module or class cannot be imported."""
 
 
 def make_backend(name: str) -> Backend:
     """A backend object by name (kvm or software)."""
     try:
-        module_name, class_name = _BACKEND_CLASSES[name]
+        class_name = _BACKEND_CLASSES[name]
     except KeyError:
         raise UnknownBackend(f"unknown backend {name!r}: choose {' or '.join(BACKEND_NAMES)}") from None
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)()
+    problems = []
+    for module_name in (f"vlbr.backends.{name}", f"vlbr.backends.{name}.backend"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            problems.append(f"{module_name}: {err}")
+            continue
+        cls = getattr(module, class_name, None)
+        if cls is not None:
+            return cls()
+        problems.append(f"{module_name} has no {class_name}")
+    raise BackendNotLoadable(f"backend {name} cannot be loaded ({'; '.join(problems)})")
 
 
 def pick_backend(name: str = "auto") -> Backend:
@@ -201,9 +214,12 @@ def run_conformance(backend: Backend | str, *, depth: int | None = DEFAULT_DEPTH
                     ) -> ConformanceReport:
     """Run every suite program on the backend; an unavailable backend gives all-skip with
     its reason."""
-    if isinstance(backend, str):
-        backend = make_backend(backend)
     programs = tuple(programs)
+    if isinstance(backend, str):
+        try:
+            backend = make_backend(backend)
+        except BackendNotLoadable as err:
+            return all_skipped(backend, str(err), programs)
     reason = backend.unavailable_reason()
     if reason is not None:
         return all_skipped(backend.name, reason, programs)
