@@ -36,13 +36,14 @@ _C_CHECKS = {
     "sizeof(struct kvm_msr_filter_range)": ctypes.sizeof(k.kvm_msr_filter_range),
     "sizeof(struct kvm_guest_debug)": ctypes.sizeof(k.kvm_guest_debug),
     "sizeof(struct kvm_userspace_memory_region)": ctypes.sizeof(k.kvm_userspace_memory_region),
+    "sizeof(struct kvm_xsave)": ctypes.sizeof(k.kvm_xsave),
     **{name: getattr(k, name) for name in (
         "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_GET_MSR_INDEX_LIST", "KVM_CHECK_EXTENSION",
         "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION", "KVM_RUN",
         "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_MSRS",
         "KVM_SET_MSRS", "KVM_SET_CPUID2", "KVM_SET_GUEST_DEBUG", "KVM_GET_VCPU_EVENTS",
         "KVM_SET_VCPU_EVENTS", "KVM_ENABLE_CAP", "KVM_GET_XCRS", "KVM_SET_XCRS",
-        "KVM_X86_SET_MSR_FILTER", "KVM_GET_XSAVE2", "KVM_CAP_X86_USER_SPACE_MSR",
+        "KVM_X86_SET_MSR_FILTER", "KVM_GET_XSAVE2", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_CAP_X86_USER_SPACE_MSR",
         "KVM_CAP_SYNC_REGS", "KVM_EXIT_X86_RDMSR", "KVM_EXIT_DEBUG", "KVM_GUESTDBG_SINGLESTEP")},
 }
 

@@ -59,21 +59,22 @@ class KvmBackend:
         if reason is not None:
             raise BackendUnavailable(reason)
         with Kvm(self.path) as kvm:
-            vm, memory, vcpus = create_machine(kvm, image, machine.cpuid, machine.vcpus)
+            vm, memory, sites, vcpus = create_machine(kvm, image, machine.cpuid, machine.vcpus)
             try:
-                return self._run(kvm, vm, memory, vcpus, machine)
+                return self._run(kvm, vm, memory, sites, vcpus, machine)
             finally:
                 for vcpu in vcpus:
                     vcpu.close()
                 vm.close()
                 memory.close()
 
-    def _run(self, kvm: Kvm, vm: Vm, memory, vcpus, machine: MachineConfig) -> RunResult:
+    def _run(self, kvm: Kvm, vm: Vm, memory, sites, vcpus, machine: MachineConfig) -> RunResult:
         models = [ArchLbrVcpu(machine.lbr) for _ in vcpus]
         if self.msr_filter:
             self._route_msrs(vm, models[0])
         sync = bool(kvm.check_extension(k.KVM_CAP_SYNC_REGS) & k.KVM_SYNC_X86_SREGS)
-        runners = [VcpuRunner(vcpu, model, memory, sync) for vcpu, model in zip(vcpus, models)]
+        runners = [VcpuRunner(vcpu, model, memory, sync, machine.cpuid, sites)
+                   for vcpu, model in zip(vcpus, models)]
         for model in models:
             model.put()  # every vCPU starts scheduled out, as KVM's vCPU threads would
         budget, switches = machine.max_steps, 0
@@ -99,6 +100,8 @@ class KvmBackend:
                 "steps": sum(r.steps for r in runners),
                 "branches": sum(r.branches for r in runners),
                 "msr_exits": sum(r.msr_exits for r in runners),
+                "emulated": sum(r.emulated for r in runners),
+                "cpuid_exits": sum(r.cpuid_exits for r in runners),
                 "switches": switches,
                 "seconds": elapsed,
                 "out_of_budget": any(not r.exited for r in runners),

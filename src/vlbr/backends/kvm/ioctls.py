@@ -176,6 +176,26 @@ class Vcpu(_Fd):
             slot.xcr, slot.value = xcr, value
         ioctl(self.fd, k.KVM_SET_XCRS, xcrs)
 
+    def get_xsave(self) -> bytearray:
+        """KVM_GET_XSAVE: the first 4 KiB of the vCPU's XSAVE image (standard format)."""
+        xsave = k.kvm_xsave()
+        ioctl(self.fd, k.KVM_GET_XSAVE, xsave)
+        return bytearray(bytes(xsave))
+
+    def set_xsave(self, image: bytes) -> None:
+        xsave = k.kvm_xsave.from_buffer_copy(bytes(image).ljust(ctypes.sizeof(k.kvm_xsave), b"\0"))
+        ioctl(self.fd, k.KVM_SET_XSAVE, xsave)
+
+    def inject_exception(self, vector: int, error_code: int | None = None) -> None:
+        """KVM_SET_VCPU_EVENTS with an exception to deliver at the next KVM_RUN."""
+        events = self.get_vcpu_events()
+        events.exception.injected = 1
+        events.exception.nr = vector
+        events.exception.has_error_code = int(error_code is not None)
+        events.exception.error_code = error_code or 0
+        events.flags = 0  # no optional fields: leave NMI, SIPI, SMM, shadow as they are
+        self.set_vcpu_events(events)
+
     def set_guest_debug(self, control: int, debugreg: tuple[int, ...] = ()) -> None:
         dbg = k.kvm_guest_debug(control=control)
         for i, value in enumerate(debugreg):

@@ -7,6 +7,7 @@ import mmap
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends import layout
 from vlbr.backends.base import RAM_SIZE
+from vlbr.backends.kvm.cpuid import patch_cpuid
 from vlbr.backends.kvm.ioctls import Vcpu, Vm
 from vlbr.errors import VlbrError
 from vlbr.host import kvm as k
@@ -24,8 +25,9 @@ def kvm_segment(seg: layout.Segment) -> k.kvm_segment:
                          avl=0, unusable=seg.unusable)
 
 
-def create_memory(vm: Vm, image, vcpus: int) -> mmap.mmap:
-    """RAM with the ABI's low memory and the image at its load address, mapped as slot 0."""
+def create_memory(vm: Vm, image, vcpus: int) -> tuple[mmap.mmap, frozenset[int]]:
+    """RAM with the ABI's low memory and the image (CPUID patched, see backends.kvm.cpuid)
+    at its load address, mapped as slot 0; also the patched CPUID addresses."""
     memory = mmap.mmap(-1, RAM_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                        mmap.PROT_READ | mmap.PROT_WRITE)
     layout.write_low_memory(memory, vcpus)
@@ -33,9 +35,10 @@ def create_memory(vm: Vm, image, vcpus: int) -> mmap.mmap:
     if start < layout.IMAGE_BASE or start + len(data) > RAM_SIZE:
         raise GuestImageError(f"image of {len(data)} bytes at {start:#x} is outside "
                               f"{layout.IMAGE_BASE:#x}..{RAM_SIZE:#x}")
+    data, cpuid_sites = patch_cpuid(data, start)
     memory[start:start + len(data)] = data
     vm.set_user_memory_region(0, 0, memory)
-    return memory
+    return memory, cpuid_sites
 
 
 def set_entry_state(vcpu: Vcpu, entry: layout.VcpuEntry, cpuid: CpuidTable) -> None:
@@ -65,10 +68,10 @@ def set_entry_state(vcpu: Vcpu, entry: layout.VcpuEntry, cpuid: CpuidTable) -> N
 
 
 def create_machine(kvm: Kvm, image, cpuid: CpuidTable, vcpus: int
-                   ) -> tuple[Vm, mmap.mmap, list[Vcpu]]:
+                   ) -> tuple[Vm, mmap.mmap, frozenset[int], list[Vcpu]]:
     vm = Vm(kvm)
     try:
-        memory = create_memory(vm, image, vcpus)
+        memory, cpuid_sites = create_memory(vm, image, vcpus)
         cpus = []
         for n in range(vcpus):
             vcpu = vm.create_vcpu(n)
@@ -77,4 +80,4 @@ def create_machine(kvm: Kvm, image, cpuid: CpuidTable, vcpus: int
     except BaseException:
         vm.close()
         raise
-    return vm, memory, cpus
+    return vm, memory, cpuid_sites, cpus

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from iced_x86 import Code, Instruction
 
 from vlbr.backends import branches
+from vlbr.arch.cpuid import CpuidTable
+from vlbr.arch.msrs import IA32_XSS
+from vlbr.backends.kvm import cpuid, xsaves
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE
 from vlbr.backends.kvm.ioctls import Vcpu
 from vlbr.host import kvm as k
@@ -37,8 +40,11 @@ class Step:
 class VcpuRunner:
     """Runs one vCPU until it yields or exits; holds its console, exit status and model."""
 
-    def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, memory: mmap.mmap, use_sync_regs: bool):
+    def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, memory: mmap.mmap, use_sync_regs: bool,
+                 table: CpuidTable, cpuid_sites: frozenset[int] = frozenset()):
         self.vcpu = vcpu
+        self.table = table
+        self.cpuid_sites = cpuid_sites
         self.model = model
         self.memory = memory
         self.run_struct = vcpu.run_struct
@@ -49,12 +55,14 @@ class VcpuRunner:
         self.stop_reason: str | None = None  # why it stopped, when not by port 0xF4
         self.stepping = False
         self.pending: Step | None = None
-        self._gp_pending = False  # a #GP we asked KVM to inject (msr.error = 1)
+        self._injected: int | None = None  # vector of an exception we had KVM inject
         self._decoded: dict[int, tuple[bytes, Step]] = {}
         self.exits = 0
         self.steps = 0
         self.branches = 0
         self.msr_exits = 0
+        self.emulated = 0  # instructions vlbr completed for KVM (ICEBP, XSAVES, XRSTORS)
+        self.cpuid_exits = 0
 
     # --- the loop -------------------------------------------------------------------------
     def run_slice(self, budget: int) -> int:
@@ -73,6 +81,8 @@ class VcpuRunner:
                     break  # yield
             elif reason in (k.KVM_EXIT_X86_RDMSR, k.KVM_EXIT_X86_WRMSR):
                 self._msr(reason)
+            elif reason == k.KVM_EXIT_HLT and self._cpuid_after_hlt():
+                continue
             elif reason == k.KVM_EXIT_INTR:
                 continue
             elif reason == k.KVM_EXIT_INTERNAL_ERROR and self._emulate():
@@ -115,8 +125,33 @@ class VcpuRunner:
             msr.error = 0
         except (GeneralProtection, KeyError):
             msr.error = 1  # KVM injects #GP(0) when it completes the instruction
-            self._gp_pending = True
+            self._injected = VECTOR_GP
         self._sync_stepping(at_msr_exit=True)
+
+    # --- CPUID (patched to HLT; see backends.kvm.cpuid) ----------------------------------
+    def _cpuid_after_hlt(self) -> bool:
+        regs = self.vcpu.get_regs()
+        site = regs.rip - 1  # KVM completed the one-byte HLT
+        if site not in self.cpuid_sites:
+            return False
+        self._cpuid(regs, site)
+        if self.stepping:  # the patched HLT was the pending step; the next one follows it
+            self.pending = self._decode(regs.rip)
+        return True
+
+    def _cpuid(self, regs, site: int) -> None:
+        self.cpuid_exits += 1
+        xcr0 = self.vcpu.get_xcrs().get(0, 3)
+        try:
+            xss = self.model.rdmsr(IA32_XSS)
+        except Exception:  # no XSAVES in the guest CPUID: IA32_XSS does not exist, reads as 0
+            xss = 0
+        out = cpuid.answer(self.table, regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF,
+                           apic_id=self.vcpu.index, cr4=self.vcpu.get_sregs().cr4, xcr0=xcr0,
+                           xss=xss)
+        regs.rax, regs.rbx, regs.rcx, regs.rdx = out.as_tuple()
+        regs.rip = site + len(cpuid.HLT_NOP)
+        self.vcpu.set_regs(regs)
 
     # --- recording ------------------------------------------------------------------------
     def _sync_stepping(self, at_msr_exit: bool) -> None:
@@ -147,18 +182,39 @@ class VcpuRunner:
         regs, sregs = self._regs()
         rip, cpl = regs.rip, sregs.cs.selector & 3
         step, self.pending = self.pending, None
+        if step is not None and step.insn.ip in self.cpuid_sites:
+            regs = self.vcpu.get_regs()  # the step exit came before a HLT exit: answer here
+            if regs.rip == step.insn.ip + 1:
+                self._cpuid(regs, step.insn.ip)
+                rip, step = regs.rip, None
         if step is not None:
             self._retire(step, regs, rip, cpl, sregs)
         if not self.exited and self.stepping:
             self._sync_stepping(at_msr_exit=False)
         if self.stepping:
             self.pending = self._decode(rip)
+            self._keep_trap_flag(self.pending.insn, regs)
+
+    def _keep_trap_flag(self, insn: Instruction, regs) -> None:
+        """IRETQ and POPFQ load RFLAGS from the stack and would drop the TF that KVM's
+        single-step relies on (measured: the next exit came only after a ring change), so set
+        TF in the image they pop; KVM hides TF from the guest while it steps and clears it
+        when stepping stops."""
+        if insn.code == Code.IRETQ:
+            slot = regs.rsp + 16
+        elif insn.code == Code.POPFQ:
+            slot = regs.rsp
+        else:
+            return
+        if 0 <= slot <= RAM_SIZE - 8:
+            value = int.from_bytes(self.memory[slot:slot + 8], "little")
+            self.memory[slot:slot + 8] = (value | RFLAGS_TF).to_bytes(8, "little")
 
     def _retire(self, step: Step, regs, rip: int, cpl: int, sregs) -> None:
         insn, cls = step.insn, step.cls
-        gp, self._gp_pending = self._gp_pending, False
-        if gp or not self._went_as_expected(insn, cls, regs, rip):
-            self._event(insn, rip, cpl, sregs, VECTOR_GP if gp else None)
+        vector, self._injected = self._injected, None
+        if vector is not None or not self._went_as_expected(insn, cls, regs, rip):
+            self._event(insn, rip, cpl, sregs, vector)
             return
         if cls is None or (cls.conditional and rip == insn.next_ip
                            and not branches.taken_after(insn, regs.rflags, regs.rcx)):
@@ -223,13 +279,43 @@ class VcpuRunner:
 
     # --- what KVM here cannot run ---------------------------------------------------------
     def _emulate(self) -> bool:
-        """KVM here fails to emulate ICEBP (INT1): do it, as a trap-like #DB (SDM 17.3.1.2)."""
+        """Complete what KVM here fails to emulate (KVM_EXIT_INTERNAL_ERROR, suberror 1):
+        ICEBP (INT1) and XSAVES/XRSTORS; False leaves the exit to stop the vCPU."""
         if self.run_struct.internal.suberror != KVM_INTERNAL_ERROR_EMULATION:
             return False
         regs = self.vcpu.get_regs()
         step = self._decode(regs.rip)
-        if step.insn.code != Code.INT1:
-            return False
+        if step.insn.code == Code.INT1:
+            return self._icebp(regs, step)
+        if xsaves.emulates(step.insn):
+            return self._xsaves(regs, step)
+        return False
+
+    def _xsaves(self, regs, step: Step) -> bool:
+        self.emulated += 1
+        cpl = self.vcpu.get_sregs().cs.selector & 3
+        try:
+            vector = xsaves.emulate(step.insn, self.vcpu, self.model, self.memory, regs, cpl)
+        except xsaves.NotEmulated as err:
+            self._stop(f"{step.insn} at {regs.rip:#x} (KVM_EXIT_INTERNAL_ERROR emulation "
+                       f"failure; vlbr does not emulate {err})")
+            return True
+        if vector is None:
+            regs.rip = step.insn.next_ip
+            self.vcpu.set_regs(regs)
+            if self.stepping:  # KVM steps the instruction after it next
+                self.pending = self._decode(regs.rip)
+        else:
+            self.vcpu.inject_exception(vector, 0 if vector == VECTOR_GP else None)
+            self._injected = vector
+            if self.stepping:
+                self.pending = step
+        self._sync_stepping(at_msr_exit=False)
+        return True
+
+    def _icebp(self, regs, step: Step) -> bool:
+        """ICEBP raises a trap-like #DB (SDM 17.3.1.2): RIP after it, LBREn cleared."""
+        self.emulated += 1
         regs.rip = step.insn.next_ip
         self.vcpu.set_regs(regs)
         self.model.debug_exception()

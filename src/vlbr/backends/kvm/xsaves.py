@@ -1,0 +1,128 @@
+"""XSAVES/XRSTORS emulated in user space: the KVM here cannot run them in a guest.
+
+This KVM reports no XSAVES (KVM_GET_SUPPORTED_CPUID (0xD,1):EAX = 0) and a guest XSAVES ends
+in KVM_EXIT_INTERNAL_ERROR (suberror 1, emulation failure). vlbr's guest CPUID enumerates
+XSAVES for Arch LBR's supervisor component 15, so the VMM completes the instruction: x87/SSE
+(components 0 and 1) from the vCPU's own XSAVE image (KVM_GET_XSAVE / KVM_SET_XSAVE; the
+legacy region is the same in the standard and compacted formats) and component 15 by the
+vCPU model. Other components are not emulated: NotEmulated, and the runner stops the vCPU
+with that reason.
+"""
+
+from __future__ import annotations
+
+from iced_x86 import Code, Instruction, Register
+
+from vlbr.arch.msrs import IA32_XSS
+from vlbr.arch.xsave import XCOMP_BV_COMPACTED
+from vlbr.backends.base import RAM_SIZE
+from vlbr.vcpu.lbr import GeneralProtection, InvalidOpcode
+
+SAVES = {Code.XSAVES_MEM, Code.XSAVES64_MEM}
+RESTORES = {Code.XRSTORS_MEM, Code.XRSTORS64_MEM}
+LEGACY = 512  # bytes of the legacy region; the XSAVE header follows it
+X87_SSE = 0b11
+ARCH_LBR = 1 << 15
+EMULATED = X87_SSE | ARCH_LBR
+WINDOW = 0x4000  # bytes of guest memory handed to the model: >= any layout of these components
+
+_GPRS = {Register.RAX: "rax", Register.RBX: "rbx", Register.RCX: "rcx", Register.RDX: "rdx",
+         Register.RSI: "rsi", Register.RDI: "rdi", Register.RSP: "rsp", Register.RBP: "rbp",
+         **{getattr(Register, f"R{n}"): f"r{n}" for n in range(8, 16)}}
+VECTOR_UD, VECTOR_GP = 6, 13
+
+
+class NotEmulated(Exception):
+    """The instruction uses something this emulation does not cover."""
+
+
+def emulates(insn: Instruction) -> bool:
+    return insn.code in SAVES or insn.code in RESTORES
+
+
+def effective_address(insn: Instruction, regs) -> int:
+    if insn.is_ip_rel_memory_operand:
+        return insn.ip_rel_memory_address
+    address = insn.memory_displacement
+    for reg, scale in ((insn.memory_base, 1), (insn.memory_index, insn.memory_index_scale)):
+        if reg == Register.NONE:
+            continue
+        if reg not in _GPRS:
+            raise NotEmulated(f"address register {reg}")
+        address += scale * getattr(regs, _GPRS[reg])
+    return address & (1 << 64) - 1
+
+
+def emulate(insn: Instruction, vcpu, model, memory, regs, cpl: int) -> int | None:
+    """Run the XSAVES/XRSTORS at regs.rip; None on success, else the vector to inject."""
+    try:
+        if cpl != 0:
+            raise GeneralProtection("XSAVES/XRSTORS at CPL > 0")
+        address = effective_address(insn, regs)
+        xcr0 = vcpu.get_xcrs().get(0, X87_SSE)
+        xss = model.rdmsr(IA32_XSS)
+        rfbm = ((regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF)) & (xcr0 | xss)
+        if rfbm & ~EMULATED:
+            raise NotEmulated(f"XSAVE components {rfbm & ~EMULATED:#x}")
+        base = address & ~63
+        if not 0 <= base < RAM_SIZE:
+            raise GeneralProtection(f"XSAVE area {address:#x} outside RAM")  # no #PF model
+        area = bytearray(memory[base:min(base + WINDOW, RAM_SIZE)])
+        offset = address - base
+        if insn.code in SAVES:
+            _save_legacy(vcpu, area, offset, rfbm)
+            model.xsaves(area, offset, rfbm, xcr0, xss)
+        else:
+            model.xrstors(area, offset, rfbm, xcr0, xss)
+            _restore_legacy(vcpu, area, offset, rfbm)
+        memory[base:base + len(area)] = bytes(area)
+    except GeneralProtection:
+        return VECTOR_GP
+    except InvalidOpcode:
+        return VECTOR_UD
+    return None
+
+
+def _save_legacy(vcpu, area: bytearray, offset: int, rfbm: int) -> None:
+    if offset % 64:
+        raise GeneralProtection("XSAVES area not 64-byte aligned")
+    if not rfbm & X87_SSE or len(area) < offset + LEGACY + 64:
+        return
+    image = vcpu.get_xsave()
+    in_use = int.from_bytes(image[LEGACY:LEGACY + 8], "little") & X87_SSE & rfbm
+    if rfbm & 1:
+        area[offset:offset + 160] = image[0:160]  # FCW..FOP, FIP/FDP and ST0-7
+    if rfbm & 2:
+        area[offset + 24:offset + 32] = image[24:32]  # MXCSR, MXCSR_MASK
+        area[offset + 160:offset + 416] = image[160:416]  # XMM0-15
+    bv_at = offset + LEGACY
+    old = int.from_bytes(area[bv_at:bv_at + 8], "little")
+    area[bv_at:bv_at + 8] = ((old & ~X87_SSE) | in_use).to_bytes(8, "little")
+
+
+def _restore_legacy(vcpu, area: bytearray, offset: int, rfbm: int) -> None:
+    if not rfbm & X87_SSE:
+        return
+    header = area[offset + LEGACY:offset + LEGACY + 16]
+    xstate_bv = int.from_bytes(header[:8], "little")
+    if not int.from_bytes(header[8:16], "little") & XCOMP_BV_COMPACTED:
+        raise GeneralProtection("XRSTORS of a standard-format area")
+    image = vcpu.get_xsave()
+    if rfbm & 1:
+        if xstate_bv & 1:
+            image[0:24] = area[offset:offset + 24]
+            image[32:160] = area[offset + 32:offset + 160]
+        else:  # init configuration (SDM 13.6): FCW 0x37F, everything else 0
+            image[0:24] = (0x37F).to_bytes(2, "little") + bytes(22)
+            image[32:160] = bytes(128)
+    if rfbm & 2:
+        if xstate_bv & 2:
+            image[160:416] = area[offset + 160:offset + 416]
+        else:
+            image[160:416] = bytes(256)
+    if rfbm & 2:  # MXCSR is loaded with RFBM[1] whatever XSTATE_BV says (SDM 13.8.1)
+        image[24:28] = area[offset + 24:offset + 28]
+    bv = int.from_bytes(image[LEGACY:LEGACY + 8], "little")
+    image[LEGACY:LEGACY + 8] = ((bv & ~(rfbm & X87_SSE)) | (xstate_bv & rfbm & X87_SSE)
+                                ).to_bytes(8, "little")
+    vcpu.set_xsave(bytes(image))
