@@ -1,1 +1,5 @@
-"""The unicorn software-CPU backend."""
+"""The software CPU backend: guests on unicorn 2 with vlbr's Arch LBR model."""
+
+from .backend import SoftwareBackend, SoftwareBackendError, SoftwareMachine
+
+__all__ = ["SoftwareBackend", "SoftwareBackendError", "SoftwareMachine"]

@@ -1,0 +1,571 @@
+"""Backend "software": guests run on unicorn (QEMU TCG) with vlbr's Arch LBR model.
+
+One unicorn CPU, one saved context per vCPU, switched on yield/exit (the model's put()/load()
+follow each switch). What unicorn cannot do the backend does itself:
+- RDMSR/WRMSR/XSAVES/XRSTORS/XSETBV: code hooks at every possible start (codewatch.py);
+  Arch LBR MSRs go to the model, a short list of MSRs QEMU implements to QEMU, others #GP.
+- CPUID from MachineConfig.cpuid (UC_HOOK_INSN), with KVM's runtime fix-ups (OSXSAVE,
+  XSAVE sizes for the current XCR0/XSS).
+- exceptions, INT n, INT1 and SYSCALL: delivered by us through the guest IDT / LSTAR
+  (interrupts.py, privilege.py); recorded as OTHER branches (exceptions also set LER).
+- branches: while the model records, a UC_HOOK_BLOCK looks at the last instruction of the
+  block that just ran (branches.py); a conditional is recorded only when taken. No hook is
+  installed while LBREn is clear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import iced_x86
+from iced_x86 import Mnemonic, OpKind, Register
+from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
+                     UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError)
+from unicorn import x86_const as X
+
+from vlbr.arch.cpuid import CpuidTable, Registers
+from vlbr.arch.msrs import IA32_XSS
+from vlbr.arch.xsave import XsaveLayout
+from vlbr.backends import layout
+from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE,
+                                MachineConfig, RunResult)
+from vlbr.backends.branches import EVENT, classify, taken_after
+from vlbr.errors import VlbrError
+from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
+
+from .codewatch import CodeWatch
+from .interrupts import VECTOR_DB, VECTOR_GP, VECTOR_UD, DeliveryFailed, InterruptDelivery
+from .privilege import PrivilegeSwitch, flat_code64, flat_data
+
+MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
+# MSRs QEMU implements and the Guest ABI lets a guest use; any other non-LBR MSR #GPs, as
+# on a CPU without it (QEMU itself would read 0 and ignore writes).
+QEMU_MSRS = frozenset([0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, MSR_EFER, MSR_STAR, MSR_LSTAR,
+                       0xC0000083, MSR_FMASK, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103])
+XCR0_X87, XCR0_SSE, XCR0_AVX = 1, 2, 4
+CR4_OSXSAVE = 1 << 18
+NO_END = 0xFFFF_FFFF_FFFF_FFFF
+EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
+                   8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
+                   17: "#AC", 18: "#MC", 19: "#XM"}
+_FAULTS_WITH_CODE = frozenset([8, 10, 11, 12, 13, 14, 17])
+
+_REGS64 = {getattr(Register, n): getattr(X, f"UC_X86_REG_{n}") for n in (
+    "RAX RBX RCX RDX RSI RDI RBP RSP R8 R9 R10 R11 R12 R13 R14 R15 "
+    "EAX EBX ECX EDX ESI EDI EBP ESP R8D R9D R10D R11D R12D R13D R14D R15D").split()}
+
+
+class SoftwareBackendError(VlbrError):
+    """The guest did something the software backend does not emulate; the message says what."""
+
+
+@dataclass
+class VcpuRun:
+    index: int
+    model: ArchLbrVcpu
+    context: object = None
+    console: list[str] = field(default_factory=list)
+    exit_status: int | None = None
+    done: bool = False
+    error: str | None = None
+    xcr0: int = XCR0_X87 | XCR0_SSE
+    last_block: tuple[int, int] | None = None  # the block that ran last, while recording
+
+
+class _Stop:
+    """Why emu_start returned, set by a hook before it called emu_stop()."""
+
+    NONE, EMULATE, EXIT, YIELD, SYSCALL, INTERRUPT = range(6)
+
+
+def guest_cpuid(table: CpuidTable, leaf: int, subleaf: int, cr4: int, xcr0: int,
+                xss: int) -> Registers:
+    """CPUID as KVM answers it from a vCPU's table, with its runtime updates.
+
+    Absent leaves above the maximum basic/extended leaf read as the maximum basic leaf
+    (Intel, as KVM's kvm_cpuid); OSXSAVE follows CR4; 0xD.0/0xD.1 EBX follow XCR0/XSS.
+    """
+    regs = table.query(leaf, subleaf)
+    if regs is None:
+        top = table.regs(leaf & 0xFFFF0000).eax if leaf & 0xFFFF0000 else table.max_basic_leaf
+        if leaf > top and leaf < 0x40000000 or leaf & 0xFFFF0000 == 0x80000000 and leaf > top:
+            regs = table.regs(table.max_basic_leaf, subleaf)
+        else:
+            regs = Registers(0, 0, 0, 0)
+    eax, ebx, ecx, edx = regs.as_tuple()
+    if leaf == 1 and ecx & (1 << 26):
+        ecx = (ecx & ~(1 << 27)) | ((1 << 27) if cr4 & CR4_OSXSAVE else 0)
+    elif leaf == 0xD and subleaf in (0, 1):
+        try:
+            if subleaf == 0:
+                ebx = XsaveLayout.for_mask(table, xcr0, compacted=False).size
+            elif eax & (1 << 3):  # XSAVES: size of the XCR0|XSS compacted area
+                ebx = XsaveLayout.for_mask(table, xcr0 | xss, compacted=True).size
+        except ValueError:
+            pass  # a table without the components keeps its own EBX
+    return Registers(eax, ebx, ecx, edx)
+
+
+class SoftwareBackend:
+    """Backend "software": unicorn 2 with vlbr's Arch LBR model (see module doc)."""
+
+    name = "software"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            Uc(UC_ARCH_X86, UC_MODE_64)
+        except Exception as exc:  # noqa: BLE001 - any failure means unicorn cannot run here
+            return f"unicorn cannot create an x86-64 CPU: {exc}"
+        return None
+
+    def run(self, image, machine: MachineConfig) -> RunResult:
+        return SoftwareMachine(image, machine).run()
+
+
+class SoftwareMachine:
+    """One run of a guest image on unicorn: memory, vCPU contexts, hooks and the run loop."""
+
+    def __init__(self, image, machine: MachineConfig):
+        if not 1 <= machine.vcpus <= layout.MAX_VCPUS:
+            raise SoftwareBackendError(f"{machine.vcpus} vCPUs: the Guest ABI lays out 1..{layout.MAX_VCPUS}")
+        if image.load_address < IMAGE_BASE or image.end > RAM_SIZE:
+            raise SoftwareBackendError(
+                f"image {image.load_address:#x}..{image.end:#x} is outside {IMAGE_BASE:#x}..{RAM_SIZE:#x}")
+        self.image, self.machine = image, machine
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)  # Intel: SYSCALL/XSAVE as on the KVM hosts
+        uc.mem_map(0, RAM_SIZE)
+        for address, data in layout.low_memory(machine.vcpus):
+            uc.mem_write(address, data)
+        uc.mem_write(image.load_address, image.data)
+        self.vcpus = [VcpuRun(n, ArchLbrVcpu(machine.lbr)) for n in range(machine.vcpus)]
+        for run in self.vcpus:
+            self._enter(layout.entry_state(run.index, machine.vcpus, image.entry))
+            run.context = uc.context_save()
+        self.privilege = PrivilegeSwitch(uc)
+        self.watch = CodeWatch(uc, RAM_SIZE, self._on_candidate, self._code_changed)
+        self.delivery = InterruptDelivery(uc, self.privilege, self.watch.host_write)
+        self.current: VcpuRun = self.vcpus[0]
+        self.stop, self.stop_arg = _Stop.NONE, None
+        self.skip_once: int | None = None
+        self.block_hook = None
+        self.tails: dict[tuple[int, int], tuple] = {}
+        self.stats = {"backend": "software", "slices": 0, "branches_seen": 0, "emulated": 0,
+                      "exceptions": 0, "code_hooks": 0}
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _enter(self, e: layout.VcpuEntry) -> None:
+        """Load a Guest ABI entry state (segment caches come from the GDT via the CPU)."""
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, e.gdt.base, e.gdt.limit, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, e.idt.base, e.idt.limit, 0))
+        uc.reg_write(X.UC_X86_REG_CR3, e.cr3)
+        uc.reg_write(X.UC_X86_REG_CR4, e.cr4)
+        uc.msr_write(MSR_EFER, e.efer)
+        uc.reg_write(X.UC_X86_REG_CR0, e.cr0)
+        uc.reg_write(X.UC_X86_REG_TR, (e.tr.selector, e.tr.base, e.tr.limit, e.tr.access_rights << 8))
+        for reg, seg in ((X.UC_X86_REG_CS, e.cs), (X.UC_X86_REG_SS, e.ss), (X.UC_X86_REG_DS, e.ds),
+                         (X.UC_X86_REG_ES, e.es), (X.UC_X86_REG_FS, e.fs), (X.UC_X86_REG_GS, e.gs)):
+            uc.reg_write(reg, seg.selector)
+        for reg, value in ((X.UC_X86_REG_RSP, e.rsp), (X.UC_X86_REG_RDI, e.rdi),
+                           (X.UC_X86_REG_RSI, e.rsi), (X.UC_X86_REG_RFLAGS, e.rflags),
+                           (X.UC_X86_REG_RIP, e.rip)):
+            uc.reg_write(reg, value)
+        self._set_xcr0(e.xcr0)
+
+    def _set_xcr0(self, value: int) -> None:
+        """XCR0 through a real XSETBV (unicorn 2.1 has no XCR0 register): a 9-byte stub run
+        on scratch bytes that are restored afterwards, before the guest runs."""
+        uc, scratch = self.uc, 0x8000
+        saved = bytes(uc.mem_read(scratch, 16))
+        rip, rax, rcx, rdx = (uc.reg_read(r) for r in (X.UC_X86_REG_RIP, X.UC_X86_REG_RAX,
+                                                        X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
+        uc.mem_write(scratch, b"\x31\xc9\x0f\x01\xd1\xf4")  # xor ecx,ecx; xsetbv; hlt
+        uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
+        uc.emu_start(scratch, scratch + 5)
+        uc.mem_write(scratch, saved)
+        uc.ctl_remove_cache(scratch, scratch + 16)
+        for reg, v in ((X.UC_X86_REG_RAX, rax), (X.UC_X86_REG_RCX, rcx), (X.UC_X86_REG_RDX, rdx),
+                       (X.UC_X86_REG_RIP, rip)):
+            uc.reg_write(reg, v)
+
+    # -- hooks (they only note what happened and stop; the run loop acts) ----------------
+
+    def _halt(self, why: int, arg=None) -> None:
+        self.stop, self.stop_arg = why, arg
+        self.uc.emu_stop()
+
+    def _on_candidate(self, uc, address, size, user_data) -> None:
+        if address == self.skip_once:
+            self.skip_once = None
+            return
+        insn = iced_x86.Decoder(64, bytes(uc.mem_read(address, 15)), ip=address).decode()
+        if insn.mnemonic in (Mnemonic.RDMSR, Mnemonic.WRMSR, Mnemonic.XSAVES, Mnemonic.XSAVES64,
+                             Mnemonic.XRSTORS, Mnemonic.XRSTORS64, Mnemonic.XSETBV):
+            self._halt(_Stop.EMULATE, insn)
+
+    def _code_changed(self) -> None:
+        self.tails.clear()
+
+    def _on_cpuid(self, uc, user_data) -> int:
+        run = self.current
+        xss = run.model.rdmsr(IA32_XSS, host_initiated=True) if run.model.owns(IA32_XSS) else 0
+        regs = guest_cpuid(self.machine.cpuid, uc.reg_read(X.UC_X86_REG_EAX),
+                           uc.reg_read(X.UC_X86_REG_ECX), uc.reg_read(X.UC_X86_REG_CR4),
+                           run.xcr0, xss)
+        for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
+                               X.UC_X86_REG_RDX), regs.as_tuple()):
+            uc.reg_write(reg, value)
+        return 1  # skip QEMU's own CPUID
+
+    def _on_out(self, uc, port, size, value, user_data) -> None:
+        if port == PORT_CONSOLE:
+            self.current.console.append(chr(value & 0xFF))
+        elif port == PORT_EXIT:
+            self._halt(_Stop.EXIT, value & 0xFFFFFFFF)
+        elif port == PORT_YIELD:
+            self._halt(_Stop.YIELD)
+
+    def _on_in(self, uc, port, size, user_data) -> int:
+        return (1 << (8 * size)) - 1  # no device: the bus floats high
+
+    def _on_syscall(self, uc, user_data) -> None:
+        self._halt(_Stop.SYSCALL, uc.reg_read(X.UC_X86_REG_RIP))
+
+    def _on_interrupt(self, uc, intno, user_data) -> None:
+        self._halt(_Stop.INTERRUPT, (intno, uc.reg_read(X.UC_X86_REG_RIP)))
+
+    def _on_block(self, uc, address, size, user_data) -> None:
+        """Record the branch that ended the previous block, if it was taken."""
+        run = self.current
+        prev, run.last_block = run.last_block, (address, size)
+        if prev is None:
+            return
+        tail = self.tails.get(prev)
+        if tail is None:
+            tail = self.tails[prev] = self._decode_tail(*prev)
+        insn, cls = tail
+        if cls is None or cls.interrupt:
+            return  # INT n and friends are recorded when we deliver them
+        if cls.conditional:
+            target, fallthrough = insn.near_branch_target, insn.next_ip
+            if address == fallthrough and target != fallthrough:
+                return
+            if target == fallthrough and not taken_after(
+                    insn, uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX)):
+                return
+        self.stats["branches_seen"] += 1
+        run.model.retire_branch(Branch(insn.ip, address, cls.kind, uc.reg_read(X.UC_X86_REG_CS) & 3,
+                                       is_call=cls.is_call, is_return=cls.is_return))
+
+    def _decode_tail(self, address: int, size: int):
+        decoder = iced_x86.Decoder(64, bytes(self.uc.mem_read(address, size)), ip=address)
+        insn = None
+        for insn in decoder:
+            pass
+        return insn, (classify(insn) if insn is not None else None)
+
+    # -- recording on/off -----------------------------------------------------------------
+
+    def _sync_recording(self) -> None:
+        """Install the block hook only while the current vCPU's model records."""
+        want = self.current.model.recording
+        if want and self.block_hook is None:
+            self.block_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+            self.uc.ctl_flush_tb()  # blocks translated before carry no hook call
+        elif not want and self.block_hook is not None:
+            self.uc.hook_del(self.block_hook)
+            self.block_hook = None
+            self.uc.ctl_flush_tb()
+        if not want:
+            self.current.last_block = None
+
+    # -- emulation of what the hooks stopped on --------------------------------------------
+
+    def _decode(self, address: int):
+        return iced_x86.Decoder(64, bytes(self.uc.mem_read(address, 15)), ip=address).decode()
+
+    def _reg(self, reg) -> int:
+        return self.uc.reg_read(reg)
+
+    def _cpl(self) -> int:
+        return self._reg(X.UC_X86_REG_CS) & 3
+
+    def _raise(self, vector: int, fault_ip: int, error_code: int | None = None,
+               return_ip: int | None = None, software: bool = False) -> None:
+        """Deliver an exception and record it as the model's exception event (LER)."""
+        handler, cpl = self.delivery.deliver(vector, fault_ip if return_ip is None else return_ip,
+                                             error_code, software)
+        self.stats["exceptions"] += 1
+        self.current.model.exception(fault_ip, handler, cpl)
+        self.current.last_block = None
+
+    def _emulate(self, insn) -> None:
+        self.stats["emulated"] += 1
+        m = insn.mnemonic
+        if self._cpl() != 0:  # all of them are CPL0-only (SDM: #GP(0) otherwise)
+            self._raise(VECTOR_GP, insn.ip, 0)
+            return
+        try:
+            if m == Mnemonic.RDMSR:
+                self._rdmsr()
+            elif m == Mnemonic.WRMSR:
+                self._wrmsr()
+            elif m == Mnemonic.XSETBV:
+                self._xsetbv(insn)
+                return  # QEMU runs the instruction itself
+            else:
+                self._xsaves(insn, restore=m in (Mnemonic.XRSTORS, Mnemonic.XRSTORS64))
+        except GeneralProtection:
+            self._raise(VECTOR_GP, insn.ip, 0)
+            return
+        except InvalidOpcode:
+            self._raise(VECTOR_UD, insn.ip)
+            return
+        self.uc.reg_write(X.UC_X86_REG_RIP, insn.next_ip)
+        self.current.last_block = None
+        self._sync_recording()
+
+    def _rdmsr(self) -> None:
+        msr, model = self._reg(X.UC_X86_REG_ECX) & 0xFFFFFFFF, self.current.model
+        if model.owns(msr):
+            value = model.rdmsr(msr)
+        elif msr in QEMU_MSRS:
+            value = self.uc.msr_read(msr)
+        else:
+            raise GeneralProtection(f"RDMSR {msr:#x}: no such MSR on this vCPU")
+        self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self.uc.reg_write(X.UC_X86_REG_RDX, value >> 32 & 0xFFFFFFFF)
+
+    def _wrmsr(self) -> None:
+        msr, model = self._reg(X.UC_X86_REG_ECX) & 0xFFFFFFFF, self.current.model
+        value = (self._reg(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | self._reg(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        if model.owns(msr):
+            model.wrmsr(msr, value)
+        elif msr in QEMU_MSRS:
+            self.uc.msr_write(msr, value)
+        else:
+            raise GeneralProtection(f"WRMSR {msr:#x}: no such MSR on this vCPU")
+
+    def _xsetbv(self, insn) -> None:
+        """Track XCR0 (unicorn 2.1 cannot read it back), then let QEMU execute XSETBV."""
+        ecx = self._reg(X.UC_X86_REG_ECX) & 0xFFFFFFFF
+        value = (self._reg(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | self._reg(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        main = self.machine.cpuid.regs(0xD, 0)
+        supported = main.edx << 32 | main.eax
+        if (ecx != 0 or not value & XCR0_X87 or value & ~supported
+                or value & XCR0_AVX and not value & XCR0_SSE):
+            self._raise(VECTOR_GP, insn.ip, 0)
+            return
+        self.current.xcr0 = value
+        self.skip_once = insn.ip
+
+    def _operand_address(self, insn) -> int:
+        if insn.is_ip_rel_memory_operand:
+            address = insn.ip_rel_memory_address
+        else:
+            address = insn.memory_displacement
+            if insn.memory_base != Register.NONE:
+                address += self._reg(_REGS64[insn.memory_base])
+            if insn.memory_index != Register.NONE:
+                address += self._reg(_REGS64[insn.memory_index]) * insn.memory_index_scale
+        if insn.segment_prefix == Register.FS:
+            address += self._reg(X.UC_X86_REG_FS_BASE)
+        elif insn.segment_prefix == Register.GS:
+            address += self._reg(X.UC_X86_REG_GS_BASE)
+        return address & 0xFFFF_FFFF_FFFF_FFFF
+
+    def _xsaves(self, insn, restore: bool) -> None:
+        """XSAVES/XRSTORS on the guest's bytes through the model (component 15 only)."""
+        if insn.op0_kind != OpKind.MEMORY:
+            raise InvalidOpcode("XSAVES/XRSTORS without a memory operand")
+        if not self._reg(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
+            raise InvalidOpcode("XSAVES/XRSTORS with CR4.OSXSAVE clear")
+        run, model = self.current, self.current.model
+        xss = model.rdmsr(IA32_XSS, host_initiated=True)
+        rfbm = (self._reg(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | self._reg(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        others = rfbm & (run.xcr0 | xss) & ~(1 << 15)
+        if others:
+            raise SoftwareBackendError(
+                f"{insn} at {insn.ip:#x}: the software backend emulates XSAVES/XRSTORS of "
+                f"component 15 only; RFBM also requests components {others:#x}")
+        address = self._operand_address(insn)
+        misalign = address & 63
+        size = XsaveLayout.for_mask(self.machine.cpuid, run.xcr0 | xss, compacted=True).size
+        try:
+            area = bytearray(self.uc.mem_read(address - misalign, size + misalign))
+        except UcError:
+            raise GeneralProtection(f"XSAVES area at {address:#x} is not guest RAM") from None
+        if restore:
+            model.xrstors(area, misalign, rfbm, run.xcr0, xss)
+        else:
+            before = bytes(area)
+            model.xsaves(area, misalign, rfbm, run.xcr0, xss)
+            if area != before:
+                self.watch.host_write(address - misalign, bytes(area))
+
+    def _syscall(self, rip: int) -> None:
+        """SYSCALL in 64-bit mode (SDM Vol. 2B): unicorn skips it, so we perform it."""
+        uc = self.uc
+        if not uc.msr_read(MSR_EFER) & 1:
+            self._raise(VECTOR_UD, rip)
+            return
+        next_ip = rip + 2
+        rflags = self._reg(X.UC_X86_REG_RFLAGS)
+        star, lstar, fmask = (uc.msr_read(m) for m in (MSR_STAR, MSR_LSTAR, MSR_FMASK))
+        selector = (star >> 32) & 0xFFFC
+        uc.reg_write(X.UC_X86_REG_RCX, next_ip)
+        uc.reg_write(X.UC_X86_REG_R11, rflags & ~(1 << 16))
+        self.privilege.load(flat_code64(selector, 0), flat_data(selector + 8, 0))
+        uc.reg_write(X.UC_X86_REG_RFLAGS, rflags & ~fmask & ~(1 << 16) | 2)
+        uc.reg_write(X.UC_X86_REG_RIP, lstar)
+        self.current.last_block = None
+        self.current.model.retire_branch(Branch(rip, lstar, EVENT.kind, 0))
+
+    def _interrupt(self, intno: int, rip_after: int) -> None:
+        """UC_HOOK_INTR: INT n (RIP is past it) or a fault QEMU raised (RIP at the insn)."""
+        insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip_after - 2, 17)), ip=rip_after - 2).decode()
+        if insn.mnemonic == Mnemonic.INT and insn.next_ip == rip_after and insn.immediate8 == intno:
+            self._raise(intno, insn.ip, return_ip=rip_after, software=True)
+            return
+        for back, mnemonic in ((1, Mnemonic.INT3), (1, Mnemonic.INTO)):
+            one = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip_after - back, 15)),
+                                   ip=rip_after - back).decode()
+            if one.mnemonic == mnemonic and intno == (3 if mnemonic == Mnemonic.INT3 else 4):
+                self._raise(intno, one.ip, return_ip=rip_after, software=True)
+                return
+        self._raise(intno, rip_after, 0 if intno in _FAULTS_WITH_CODE else None)
+
+    def _invalid(self, rip: int) -> None:
+        """UC_ERR_INSN_INVALID: QEMU's #UD, or INT1 (icebp) which QEMU routes to its debugger."""
+        insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip, 15)), ip=rip).decode()
+        if insn.mnemonic == Mnemonic.INT1:
+            self.current.model.debug_exception()  # #DB clears LBREn; the delivery is not recorded
+            self._sync_recording()
+            handler, cpl = self.delivery.deliver(VECTOR_DB, insn.next_ip)
+            self.stats["exceptions"] += 1
+            self.current.last_block = None
+            return
+        self._raise(VECTOR_UD, rip)
+
+    # -- the run loop ---------------------------------------------------------------------
+
+    def _switch_to(self, run: VcpuRun) -> None:
+        if run is self.current:
+            return
+        old = self.current
+        old.context = self.uc.context_save()
+        old.model.put()
+        self.current = run
+        run.model.load()
+        self.uc.context_restore(run.context)
+        self._sync_recording()
+
+    def _run_slice(self, budget: int) -> str:
+        """Run the current vCPU until it yields, exits or fails; returns why it stopped."""
+        run, uc = self.current, self.uc
+        while True:
+            self.stop, self.stop_arg = _Stop.NONE, None
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            self.stats["slices"] += 1
+            try:
+                uc.emu_start(rip, NO_END, count=budget)
+                error = None
+            except UcError as exc:
+                error = exc
+            try:
+                outcome = self._handle_stop(error)
+            except DeliveryFailed as exc:
+                run.done, run.error = True, f"vCPU {run.index} shut down: {exc}"
+                return "shutdown"
+            if outcome is not None:
+                return outcome
+
+    def _handle_stop(self, error: UcError | None) -> str | None:
+        run, uc, stop, arg = self.current, self.uc, self.stop, self.stop_arg
+        if error is not None:
+            fault = self.watch.take_fetch_fault()
+            if error.errno == UC_ERR_FETCH_PROT and fault is not None:
+                if not self.watch.make_executable(fault):
+                    self._raise(14, uc.reg_read(X.UC_X86_REG_RIP), 0x10)
+                return None
+            if stop == _Stop.INTERRUPT:
+                self._interrupt(*arg)
+                return None
+            if error.errno == UC_ERR_INSN_INVALID:
+                self._invalid(uc.reg_read(X.UC_X86_REG_RIP))
+                return None
+            run.done, run.error = True, (f"vCPU {run.index}: unicorn stopped at "
+                                         f"{uc.reg_read(X.UC_X86_REG_RIP):#x}: {error}")
+            return "error"
+        if stop == _Stop.NONE:
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            if uc.mem_read(rip, 1) == b"\xf1":  # INT1 stops QEMU quietly while hooks exist
+                self._invalid(rip)
+                return None
+            if uc.mem_read(rip - 1, 1) == b"\xf4" and self._decode(rip - 1).mnemonic == Mnemonic.HLT:
+                run.done, run.error = True, f"vCPU {run.index} halted at {rip - 1:#x} with no interrupt to wake it"
+                return "halted"
+            return "max_steps"
+        if stop == _Stop.EMULATE:
+            self._emulate(arg)
+        elif stop == _Stop.INTERRUPT:
+            self._interrupt(*arg)
+        elif stop == _Stop.SYSCALL:
+            self._syscall(arg)
+        elif stop == _Stop.EXIT:
+            run.exit_status, run.done = arg, True
+            return "exit"
+        elif stop == _Stop.YIELD:
+            run.last_block = None
+            return "yield"
+        return None
+
+    def run(self) -> RunResult:
+        budget = self.machine.max_steps
+        slices_left = budget
+        self.uc.context_restore(self.current.context)
+        for other in self.vcpus[1:]:
+            other.model.put()
+        self._sync_recording()
+        stopped = None
+        index = 0
+        while not all(r.done for r in self.vcpus):
+            run = self.vcpus[index]
+            if not run.done:
+                self._switch_to(run)
+                try:
+                    why = self._run_slice(budget)
+                except SoftwareBackendError as exc:
+                    run.done, run.error, why = True, str(exc), "error"
+                slices_left -= 1
+                if why == "max_steps" or slices_left <= 0:
+                    stopped = "max_steps"
+                    self.stats["error"] = (
+                        f"max_steps={budget} reached on vCPU {run.index} at "
+                        f"{self.uc.reg_read(X.UC_X86_REG_RIP):#x} before every vCPU exited")
+                    break
+            index = (index + 1) % len(self.vcpus)
+        if self.current.model.loaded is False:
+            self.current.model.load()
+        for r in self.vcpus:
+            if not r.model.loaded:
+                r.model.load()
+        errors = [r.error for r in self.vcpus if r.error]
+        if errors:
+            self.stats.setdefault("error", "; ".join(errors))
+        self.stats["stopped"] = stopped or ("error" if errors else "exit")
+        self.stats["code_hooks"] = len(self.watch.hooked)
+        self.stats["executable_pages"] = len(self.watch.executable)
+        return RunResult(console=["".join(r.console) for r in self.vcpus],
+                         exit_status=[r.exit_status for r in self.vcpus],
+                         vcpus=[r.model for r in self.vcpus], stats=self.stats)
+
+

@@ -1,0 +1,156 @@
+"""Load CPL and the CS/SS hidden state into unicorn, which its 64-bit register API cannot do.
+
+unicorn 2's reg_write of CS/SS in 64-bit mode stores only the selector: the descriptor
+cache and the CPL (QEMU's hflags) stay as they were, so a software-delivered interrupt or
+SYSCALL from ring 3 could not enter ring 0. QEMU keeps both in CPUX86State, which
+uc_context_save copies verbatim; we patch that copy and restore it. The offsets are QEMU's
+struct layout (regs[16], eip, eflags, cc_dst, cc_src, cc_src2, cc_op, df, hflags, hflags2,
+segs[6] of {u32 selector; u64 base; u32 limit; u32 flags}); they are located and checked
+against the live CPU at start-up, so a different unicorn build fails loudly, not silently.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+
+from unicorn import Uc
+from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_RAX, UC_X86_REG_RIP,
+                               UC_X86_REG_SS)
+
+from vlbr.backends.base import BackendUnavailable
+
+R_ES, R_CS, R_SS, R_DS, R_FS, R_GS = range(6)
+HF_CPL_MASK = 0x3
+HF_SS32_MASK = 1 << 5
+HF_PE_MASK = 1 << 7
+HF_LMA_MASK = 1 << 14
+HF_CS64_MASK = 1 << 15
+
+# QEMU's descriptor flags word is the descriptor's high dword (SDM 3.4.5).
+DESC_A = 1 << 8
+DESC_W = 1 << 9  # data: writable; code: readable
+DESC_CS = 1 << 11
+DESC_S = 1 << 12
+DESC_DPL_SHIFT = 13
+DESC_P = 1 << 15
+DESC_L = 1 << 21
+DESC_B = 1 << 22
+DESC_G = 1 << 23
+
+_EIP_OFFSET = 16 * 8
+_HFLAGS_OFFSET = _EIP_OFFSET + 5 * 8 + 2 * 4  # eip, eflags, cc_dst, cc_src, cc_src2; cc_op, df
+_SEGS_OFFSET = _HFLAGS_OFFSET + 8
+_SEG = struct.Struct("<I4xQII")
+_MAGIC = 0x5EC0_DE0F_C0FF_EE11
+
+
+@dataclass(frozen=True)
+class SegmentCache:
+    """A segment register as QEMU caches it."""
+
+    selector: int
+    base: int
+    limit: int
+    flags: int
+
+    @property
+    def dpl(self) -> int:
+        return (self.flags >> DESC_DPL_SHIFT) & 3
+
+    @classmethod
+    def from_descriptor(cls, selector: int, raw: bytes) -> "SegmentCache":
+        """Decode an 8-byte code/data descriptor as QEMU's load_segment does."""
+        e1, e2 = struct.unpack("<II", raw[:8])
+        base = (e1 >> 16) | ((e2 & 0xFF) << 16) | (e2 & 0xFF000000)
+        limit = (e1 & 0xFFFF) | (e2 & 0x000F0000)
+        if e2 & DESC_G:
+            limit = (limit << 12) | 0xFFF
+        return cls(selector, base, limit, e2)
+
+
+def flat_code64(selector: int, dpl: int) -> SegmentCache:
+    """The CS that SYSCALL loads (SDM SYSCALL: fixed flat 64-bit code, not read from the GDT)."""
+    flags = DESC_G | DESC_P | DESC_S | DESC_CS | DESC_W | DESC_A | DESC_L | dpl << DESC_DPL_SHIFT
+    return SegmentCache(selector, 0, 0xFFFFFFFF, flags)
+
+
+def flat_data(selector: int, dpl: int) -> SegmentCache:
+    flags = DESC_G | DESC_B | DESC_P | DESC_S | DESC_W | DESC_A | dpl << DESC_DPL_SHIFT
+    return SegmentCache(selector, 0, 0xFFFFFFFF, flags)
+
+
+def null_stack(cpl: int) -> SegmentCache:
+    """SS after a 64-bit interrupt that changes privilege: NULL selector with RPL = new CPL."""
+    return SegmentCache(cpl, 0, 0, cpl << DESC_DPL_SHIFT)
+
+
+class PrivilegeSwitch:
+    """Patches CPL, CS and SS of a unicorn x86-64 CPU through its saved context."""
+
+    def __init__(self, uc: Uc):
+        self.uc = uc
+        self.regs_offset = self._locate()
+        self._check()
+
+    def _raw(self):
+        ctx = self.uc.context_save()
+        address = ctypes.cast(ctx.context, ctypes.c_void_p).value
+        return ctx, address
+
+    def _locate(self) -> int:
+        rax = self.uc.reg_read(UC_X86_REG_RAX)
+        self.uc.reg_write(UC_X86_REG_RAX, _MAGIC)
+        ctx, address = self._raw()
+        self.uc.reg_write(UC_X86_REG_RAX, rax)
+        raw = ctypes.string_at(address, ctx.size + 256)
+        where = raw.find(struct.pack("<Q", _MAGIC))
+        if where < 0:
+            raise BackendUnavailable("unicorn context layout: RAX not found in uc_context")
+        return where
+
+    def _check(self) -> None:
+        """The located layout must agree with what the register API reports."""
+        ctx, address = self._raw()
+        base = address + self.regs_offset
+        rip, = struct.unpack("<Q", ctypes.string_at(base + _EIP_OFFSET, 8))
+        hflags, = struct.unpack("<I", ctypes.string_at(base + _HFLAGS_OFFSET, 4))
+        cs = self.read(R_CS)
+        ss = self.read(R_SS)
+        problems = []
+        if rip != self.uc.reg_read(UC_X86_REG_RIP):
+            problems.append("eip offset")
+        if cs.selector != self.uc.reg_read(UC_X86_REG_CS) or ss.selector != self.uc.reg_read(UC_X86_REG_SS):
+            problems.append("segs offset")
+        if hflags & (HF_PE_MASK | HF_LMA_MASK | HF_CS64_MASK) != (HF_PE_MASK | HF_LMA_MASK | HF_CS64_MASK):
+            problems.append(f"hflags {hflags:#x} lacks PE|LMA|CS64 in long mode")
+        if problems:
+            raise BackendUnavailable("unicorn context layout differs from QEMU 5's CPUX86State: "
+                                     + ", ".join(problems))
+
+    def read(self, seg: int) -> SegmentCache:
+        _, address = self._raw()
+        raw = ctypes.string_at(address + self.regs_offset + _SEGS_OFFSET + seg * _SEG.size, _SEG.size)
+        return SegmentCache(*_SEG.unpack(raw))
+
+    def cpl(self) -> int:
+        _, address = self._raw()
+        hflags, = struct.unpack("<I", ctypes.string_at(address + self.regs_offset + _HFLAGS_OFFSET, 4))
+        return hflags & HF_CPL_MASK
+
+    def load(self, cs: SegmentCache, ss: SegmentCache) -> None:
+        """Set CS, SS and CPL = CS.DPL as a far transfer in long mode does (64-bit CS only)."""
+        if not cs.flags & DESC_L:
+            raise ValueError(f"CS {cs.selector:#x} is not a 64-bit code segment")
+        ctx, address = self._raw()
+        base = address + self.regs_offset
+        for seg, cache in ((R_CS, cs), (R_SS, ss)):
+            ctypes.memmove(base + _SEGS_OFFSET + seg * _SEG.size,
+                           _SEG.pack(cache.selector, cache.base, cache.limit, cache.flags), _SEG.size)
+        hflags, = struct.unpack("<I", ctypes.string_at(base + _HFLAGS_OFFSET, 4))
+        hflags = (hflags & ~(HF_CPL_MASK | HF_SS32_MASK)) | cs.dpl
+        if ss.flags & DESC_B:
+            hflags |= HF_SS32_MASK
+        ctypes.memmove(base + _HFLAGS_OFFSET, struct.pack("<I", hflags), 4)
+        self.uc.context_restore(ctx)

@@ -1,0 +1,319 @@
+"""The software backend on tiny iced-x86 guests (sw_guests.Asm).
+
+Expected values come from: the guest's own labels (branch addresses), the CPUID table the
+machine is given (vlbr.policy.emulated_guest_cpuid over the corpus file
+cpuid-tool-raw-amd-epyc-kvm-guest.txt, the KVM guest these machines are), the Guest ABI in
+docs/design.md (selectors, stacks), the reference doc section 2 (LBR_CTL valid mask
+0x7F000F, #DB clears LBREn, BR_TYPE encodings) and the SDM (64-bit interrupt frame).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from iced_x86 import Code
+from iced_x86 import Register as R
+from sw_guests import DATA, Asm
+
+from corpus import CPUID_RAW_DUMP
+from vlbr.arch.msrs import IA32_LBR_CTL, IA32_LBR_DEPTH, INFO_BR_TYPE_SHIFT, BranchType, LbrCtl
+from vlbr.backends import layout
+from vlbr.backends.base import MachineConfig
+from vlbr.backends.software import SoftwareBackend
+from vlbr.backends.software.backend import SoftwareMachine
+from vlbr.host import read_cpuid_file
+from vlbr.policy import emulated_guest_cpuid
+from vlbr.vcpu import LbrConfig
+
+ALL_TYPES = 0x7F0000
+RECORD_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | ALL_TYPES
+
+
+@pytest.fixture(scope="module")
+def table():
+    if not CPUID_RAW_DUMP.exists():
+        pytest.skip(f"corpus file {CPUID_RAW_DUMP} missing")
+    return emulated_guest_cpuid(read_cpuid_file(CPUID_RAW_DUMP)[0].table, 32)
+
+
+def machine(table, vcpus=1, max_steps=200_000):
+    return MachineConfig(table, LbrConfig.from_cpuid(table), vcpus, max_steps)
+
+
+def run(asm: Asm, table, **kw):
+    sm = SoftwareMachine(asm.assemble(), machine(table, **kw))
+    return sm, sm.run()
+
+
+def data_words(sm, count, offset=0):
+    return struct.unpack(f"<{count}Q", bytes(sm.uc.mem_read(DATA + offset, 8 * count)))
+
+
+def br_type(info):
+    return (info >> INFO_BR_TYPE_SHIFT) & 0xF
+
+
+def test_console_and_exit(table):
+    a = Asm()
+    a.putc("hello\n")
+    a.exit(7)
+    result = SoftwareBackend().run(a.assemble(), machine(table))
+    assert result.console == ["hello\n"]
+    assert result.exit_status == [7]
+    assert result.stats["stopped"] == "exit"
+
+
+@pytest.mark.parametrize("leaf,subleaf", [(0x1C, 0), (0x7, 0), (0xD, 0xF), (0xA, 0), (0x0, 0)])
+def test_cpuid_comes_from_the_table(table, leaf, subleaf):
+    a = Asm()
+    a.raw(Code.MOV_R32_IMM32, R.EAX, leaf, kinds="ri")
+    a.raw(Code.MOV_R32_IMM32, R.ECX, subleaf, kinds="ri")
+    a.raw(Code.CPUID)
+    for i, reg in enumerate((R.RAX, R.RBX, R.RCX, R.RDX)):
+        a.store(8 * i, reg)
+    a.exit(0)
+    sm, result = run(a, table)
+    assert result.exit_status == [0]
+    assert data_words(sm, 4) == table.regs(leaf, subleaf).as_tuple()
+
+
+def gp_guest(value):
+    """Writes `value` to IA32_LBR_CTL; the #GP handler saves its frame and exits 13."""
+    a = Asm()
+    a.handler(13, "gp")
+    a.lidt()
+    a.wrmsr(IA32_LBR_CTL, value, label="faulting")
+    a.exit(0)
+    a.label("gp")
+    for i in range(4):  # error code, RIP, CS, RFLAGS
+        a.raw(Code.POP_R64, R.RAX, kinds="r")
+        a.store(8 * i)
+    a.exit(13)
+    return a
+
+
+@pytest.mark.parametrize("bit", [4, 15, 23, 31, 32, 63])  # outside LBR_CTL_VALID 0x7F000F
+def test_reserved_lbr_ctl_bit_raises_gp_through_the_guest_idt(table, bit):
+    a = gp_guest(1 << bit)
+    sm, result = run(a, table)
+    assert result.exit_status == [13]
+    error, rip, cs, _ = data_words(sm, 4)
+    assert (error, rip, cs) == (0, a.assemble().symbols["faulting"], layout.SEL_KERNEL_CODE)
+    assert result.vcpus[0].lbr_ctl == 0
+
+
+def test_valid_lbr_ctl_write_does_not_fault(table):
+    sm, result = run(gp_guest(RECORD_ALL), table)
+    assert result.exit_status == [0]
+    assert result.vcpus[0].lbr_ctl == RECORD_ALL
+
+
+def test_unknown_msr_raises_gp_not_qemus_zero(table):
+    a = gp_guest(0)
+    a.ops = []
+    a.handler(13, "gp")
+    a.lidt()
+    a.rdmsr(0x1234_5678, label="faulting")
+    a.exit(0)
+    a.label("gp")
+    a.exit(13)
+    _, result = run(a, table)
+    assert result.exit_status == [13]
+
+
+def known_loop(a: Asm, iterations=3):
+    """ecx = iterations; a jnz loop (iterations-1 taken, one not taken), a call and a ret."""
+    a.raw(Code.MOV_R32_IMM32, R.ECX, iterations, kinds="ri")
+    a.label("loop")
+    a.raw(Code.DEC_RM32, R.ECX, kinds="r")
+    a.label("jnz")
+    a.branch(Code.JNE_REL32_64, "loop")
+    a.label("call")
+    a.call("fn")
+    a.label("after_call")
+    a.jmp("done")
+    a.label("fn")
+    a.label("ret")
+    a.ret()
+    a.label("done")
+
+
+def test_known_loop_leaves_exactly_the_expected_records(table):
+    a = Asm()
+    a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
+    known_loop(a, 3)
+    a.wrmsr(IA32_LBR_CTL, 0)
+    a.exit(0)
+    symbols = a.assemble().symbols
+    _, result = run(a, table)
+    s = lambda n: symbols[n]  # noqa: E731
+    expected = [(s("after_call"), s("done"), BranchType.NEAR_REL_JMP),
+                (s("ret"), s("after_call"), BranchType.NEAR_RET),
+                (s("call"), s("fn"), BranchType.NEAR_REL_CALL),
+                (s("jnz"), s("loop"), BranchType.JCC),
+                (s("jnz"), s("loop"), BranchType.JCC)]
+    records = [r for r in result.vcpus[0].records() if r != (0, 0, 0)]
+    assert [(f, t, br_type(i)) for f, t, i in records] == expected
+
+
+def test_not_taken_conditional_is_not_recorded(table):
+    a = Asm()
+    a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
+    a.raw(Code.XOR_R32_RM32, R.EAX, R.EAX, kinds="rr")  # ZF=1: jne falls through
+    a.label("jne")
+    a.branch(Code.JNE_REL32_64, "far")
+    a.label("far")  # target == fall-through: only the flags can tell
+    a.branch(Code.JE_REL32_64, "next")  # taken, to its own fall-through
+    a.label("next")
+    a.wrmsr(IA32_LBR_CTL, 0)
+    a.exit(0)
+    symbols = a.assemble().symbols
+    _, result = run(a, table)
+    records = [r[:2] for r in result.vcpus[0].records() if r != (0, 0, 0)]
+    assert records == [(symbols["far"], symbols["next"])]
+
+
+def test_no_block_hook_while_lbren_clear(table):
+    a = Asm()
+    known_loop(a, 5)
+    a.exit(0)
+    sm, result = run(a, table)
+    assert result.stats["branches_seen"] == 0
+    assert sm.block_hook is None
+    assert all(r == (0, 0, 0) for r in result.vcpus[0].records())
+
+
+def ring3_guest(ctl):
+    """Kernel enables LBR with ctl, IRETQs to ring 3, which jumps twice and INT 0x80s back."""
+    a = Asm()
+    a.handler(0x80, "kernel_entry", dpl=3)
+    a.lidt()
+    a.wrmsr(IA32_LBR_CTL, ctl)
+    for value in (layout.SEL_USER_DATA, 0x6F0000, 0x2, layout.SEL_USER_CODE, "user"):
+        a.mov(R.RAX, value)
+        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
+    a.label("iretq")
+    a.raw(Code.IRETQ)
+    a.label("user")
+    a.jmp("u1")
+    a.label("u1")
+    a.jmp("u2")
+    a.label("u2")
+    a.label("int80")
+    a.raw(Code.INT_IMM8, 0x80, kinds="i")
+    a.label("kernel_entry")
+    for i in range(5):  # RIP, CS, RFLAGS, RSP, SS
+        a.raw(Code.POP_R64, R.RAX, kinds="r")
+        a.store(8 * i)
+    a.raw(Code.MOV_R64_RM64, R.RAX, R.RSP, kinds="rr")
+    a.store(40)
+    a.wrmsr(IA32_LBR_CTL, 0)
+    a.exit(0x80)
+    return a
+
+
+def test_ring3_drop_and_int80_frame(table):
+    a = ring3_guest(RECORD_ALL)
+    sm, result = run(a, table)
+    sym = a.assemble().symbols
+    assert result.exit_status == [0x80]
+    rip, cs, _, rsp, ss, kernel_rsp = data_words(sm, 6)
+    assert (rip, cs, rsp, ss) == (sym["kernel_entry"], layout.SEL_USER_CODE, 0x6F0000,
+                                  layout.SEL_USER_DATA)
+    assert kernel_rsp == layout.stack_top(0)  # the TSS.RSP0 stack, frame popped
+    records = [r[:2] for r in result.vcpus[0].records() if r != (0, 0, 0)]
+    assert records[:4] == [(sym["int80"], sym["kernel_entry"]), (sym["u1"], sym["u2"]),
+                           (sym["user"], sym["u1"]), (sym["iretq"], sym["user"])]
+
+
+def test_usr_filter_keeps_only_ring3_branches(table):
+    a = ring3_guest(int(LbrCtl.LBREN | LbrCtl.USR) | ALL_TYPES)
+    _, result = run(a, table)
+    sym = a.assemble().symbols
+    records = [r[:2] for r in result.vcpus[0].records() if r != (0, 0, 0)]
+    # branches ending at CPL 3: iretq into user, jmp u1, jmp u2; INT 0x80 ends at CPL 0
+    assert records == [(sym["u1"], sym["u2"]), (sym["user"], sym["u1"]),
+                       (sym["iretq"], sym["user"])]
+    assert result.vcpus[0].ler[:2] == (sym["u1"], sym["u2"])  # LER: last record before INT
+
+
+def test_os_filter_keeps_only_ring0_branches(table):
+    a = ring3_guest(int(LbrCtl.LBREN | LbrCtl.OS) | ALL_TYPES)
+    _, result = run(a, table)
+    sym = a.assemble().symbols
+    records = [(f, t, br_type(i)) for f, t, i in result.vcpus[0].records() if (f, t, i) != (0, 0, 0)]
+    assert records == [(sym["int80"], sym["kernel_entry"], BranchType.OTHER)]
+
+
+def test_int1_is_a_debug_exception_that_clears_lbren(table):
+    a = Asm()
+    a.handler(1, "db")
+    a.lidt()
+    a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
+    a.jmp("j")
+    a.label("j")
+    a.label("int1")
+    a.raw(Code.INT1)
+    a.label("after")
+    a.exit(0)
+    a.label("db")
+    a.raw(Code.POP_R64, R.RAX, kinds="r")
+    a.store(0)
+    a.rdmsr(IA32_LBR_CTL)
+    a.store(8)
+    a.exit(1)
+    sm, result = run(a, table)
+    sym = a.assemble().symbols
+    assert result.exit_status == [1]
+    rip, ctl = data_words(sm, 2)
+    assert rip == sym["after"]  # #DB from INT1 is a trap: RIP after it
+    assert ctl == RECORD_ALL & ~LbrCtl.LBREN
+    records = [r[:2] for r in result.vcpus[0].records() if r != (0, 0, 0)]
+    assert records == [(sym["j"] - 5, sym["j"])]
+
+
+def test_self_modified_rdmsr_reaches_the_model(table):
+    """The guest writes RDMSR bytes into a page at run time and executes them."""
+    a = Asm()
+    target = DATA + 0x400
+    a.mov(R.RAX, 0xC3320F)  # rdmsr; ret
+    a.raw(Code.MOV_RM64_R64, __import__("sw_guests").mem(target), R.RAX, kinds="mr")
+    a.raw(Code.MOV_R32_IMM32, R.ECX, IA32_LBR_DEPTH, kinds="ri")
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 0x5555, kinds="ri")
+    a.mov(R.RBX, target)
+    a.raw(Code.CALL_RM64, R.RBX, kinds="r")
+    a.exit()  # status = EAX from the rdmsr
+    _, result = run(a, table)
+    assert result.exit_status == [LbrConfig.from_cpuid(table).max_depth]
+
+
+def test_max_steps_stops_with_a_named_error(table):
+    a = Asm()
+    a.label("spin")
+    a.jmp("spin")
+    _, result = run(a, table, max_steps=1000)
+    assert result.stats["stopped"] == "max_steps"
+    assert "max_steps=1000" in result.stats["error"]
+    assert result.exit_status == [None]
+
+
+def test_two_vcpus_see_only_their_own_records(table):
+    a = Asm()
+    a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
+    a.yield_()  # the other vCPU runs between enabling and the loop
+    a.raw(Code.LEA_R32_M, R.ECX, __import__("iced_x86").MemoryOperand(R.RDI, displ=2), kinds="rm")
+    a.label("loop")
+    a.raw(Code.DEC_RM32, R.ECX, kinds="r")
+    a.label("jnz")
+    a.branch(Code.JNE_REL32_64, "loop")
+    a.yield_()
+    a.wrmsr(IA32_LBR_CTL, 0)
+    a.raw(Code.MOV_R32_RM32, R.EAX, R.EDI, kinds="rr")
+    a.exit()
+    sym = a.assemble().symbols
+    _, result = run(a, table, vcpus=2)
+    assert result.exit_status == [0, 1]
+    for n, model in enumerate(result.vcpus):
+        records = [r[:2] for r in model.records() if r != (0, 0, 0)]
+        assert records == [(sym["jnz"], sym["loop"])] * (n + 1)  # vCPU n loops n+2 times
