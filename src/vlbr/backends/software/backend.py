@@ -48,6 +48,7 @@ NO_END = 0xFFFF_FFFF_FFFF_FFFF
 EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
                    8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
                    17: "#AC", 18: "#MC", 19: "#XM"}
+_QUIET_STOPS = frozenset([Mnemonic.INT1, Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2])
 _FAULTS_WITH_CODE = frozenset([8, 10, 11, 12, 13, 14, 17])
 
 _REGS64 = {getattr(Register, n): getattr(X, f"UC_X86_REG_{n}") for n in (
@@ -507,8 +508,9 @@ class SoftwareMachine:
             return "error"
         if stop == _Stop.NONE:
             rip = uc.reg_read(X.UC_X86_REG_RIP)
-            if uc.mem_read(rip, 1) == b"\xf1":  # INT1 stops QEMU quietly while hooks exist
-                self._invalid(rip)
+            here = self._decode(rip)
+            if here.mnemonic in _QUIET_STOPS or here.code == iced_x86.Code.INVALID:
+                self._invalid(rip)  # with a block hook QEMU stops on these without an error
                 return None
             if uc.mem_read(rip - 1, 1) == b"\xf4" and self._decode(rip - 1).mnemonic == Mnemonic.HLT:
                 run.done, run.error = True, f"vCPU {run.index} halted at {rip - 1:#x} with no interrupt to wake it"
