@@ -66,7 +66,10 @@ class KvmBackend:
                 for vcpu in vcpus:
                     vcpu.close()
                 vm.close()
-                memory.close()
+                try:
+                    memory.close()
+                except BufferError:  # unicorn's ring-3 CPU still maps it; GC frees both
+                    pass
 
     def _run(self, kvm: Kvm, vm: Vm, memory, sites, vcpus, machine: MachineConfig) -> RunResult:
         models = [ArchLbrVcpu(machine.lbr) for _ in vcpus]
@@ -102,6 +105,8 @@ class KvmBackend:
                 "msr_exits": sum(r.msr_exits for r in runners),
                 "emulated": sum(r.emulated for r in runners),
                 "cpuid_exits": sum(r.cpuid_exits for r in runners),
+                "ring3_excursions": sum(r.excursions for r in runners),
+                "ring3_instructions": sum(r._user.instructions for r in runners if r._user),
                 "switches": switches,
                 "seconds": elapsed,
                 "out_of_budget": any(not r.exited for r in runners),

@@ -98,8 +98,11 @@ class Vcpu(_Fd):
 
     def close(self) -> None:
         if self.fd >= 0:
-            del self.run_struct
-            self._run_map.close()
+            self.run_struct = None
+            try:
+                self._run_map.close()
+            except BufferError:  # a caller still holds a view of kvm_run; GC unmaps it later
+                pass
         super().close()
 
     # --- running --------------------------------------------------------------------------

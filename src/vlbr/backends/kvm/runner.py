@@ -16,7 +16,9 @@ from iced_x86 import Code, Instruction
 from vlbr.backends import branches
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.arch.msrs import IA32_XSS
-from vlbr.backends.kvm import cpuid, xsaves
+import struct
+
+from vlbr.backends.kvm import cpuid, usermode, xsaves
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE
 from vlbr.backends.kvm.ioctls import Vcpu
 from vlbr.host import kvm as k
@@ -63,6 +65,8 @@ class VcpuRunner:
         self.msr_exits = 0
         self.emulated = 0  # instructions vlbr completed for KVM (ICEBP, XSAVES, XRSTORS)
         self.cpuid_exits = 0
+        self.excursions = 0  # ring-3 runs on unicorn while recording
+        self._user: usermode.UserMode | None = None
 
     # --- the loop -------------------------------------------------------------------------
     def run_slice(self, budget: int) -> int:
@@ -142,16 +146,18 @@ class VcpuRunner:
     def _cpuid(self, regs, site: int) -> None:
         self.cpuid_exits += 1
         xcr0 = self.vcpu.get_xcrs().get(0, 3)
-        try:
-            xss = self.model.rdmsr(IA32_XSS)
-        except Exception:  # no XSAVES in the guest CPUID: IA32_XSS does not exist, reads as 0
-            xss = 0
         out = cpuid.answer(self.table, regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF,
                            apic_id=self.vcpu.index, cr4=self.vcpu.get_sregs().cr4, xcr0=xcr0,
-                           xss=xss)
+                           xss=self._xss())
         regs.rax, regs.rbx, regs.rcx, regs.rdx = out.as_tuple()
         regs.rip = site + len(cpuid.HLT_NOP)
         self.vcpu.set_regs(regs)
+
+    def _xss(self) -> int:
+        try:
+            return self.model.rdmsr(IA32_XSS, host_initiated=True)
+        except Exception:  # no XSAVES in the guest CPUID: IA32_XSS does not exist, reads 0
+            return 0
 
     # --- recording ------------------------------------------------------------------------
     def _sync_stepping(self, at_msr_exit: bool) -> None:
@@ -193,7 +199,68 @@ class VcpuRunner:
             self._sync_stepping(at_msr_exit=False)
         if self.stepping:
             self.pending = self._decode(rip)
-            self._keep_trap_flag(self.pending.insn, regs)
+            if self.pending.insn.code == Code.IRETQ and self._iret_to_user(regs.rsp):
+                self._ring3()
+            else:
+                self._keep_trap_flag(self.pending.insn, regs)
+
+    def _iret_to_user(self, rsp: int) -> bool:
+        frame = self._read(rsp + 8, 1)
+        return bool(frame) and frame[0] & 3 == 3
+
+    def _ring3(self) -> None:
+        """Run the ring-3 code the pending IRETQ enters on unicorn (see backends.kvm.usermode),
+        then resume KVM at the ring-0 handler that ends it."""
+        iret, self.pending = self.pending.insn, None
+        regs = self.vcpu.get_regs()
+        frame = struct.unpack_from("<5Q", self.memory, regs.rsp)
+        if self._user is None:
+            self._user = usermode.UserMode(self)
+        user = self._user
+        leave = user.enter(iret.ip, regs, frame)
+        self.excursions += 1
+        if leave.kind == "exit":
+            self.exit_status = leave.return_ip
+            self._stop(None)
+            return
+        if leave.kind == "fail":
+            self._stop(leave.detail)
+            return
+        user.user_regs(regs)
+        if leave.kind == "syscall":
+            handler = self._syscall(regs, leave)
+        else:
+            if leave.vector == usermode.VECTOR_DB:
+                self.model.debug_exception()  # #DB: LBREn cleared, the delivery not recorded
+            handler = usermode.deliver_from_user(
+                self.vcpu, self.memory, regs, leave.vector, leave.return_ip, leave.error_code,
+                leave.software, user.user_cs, user.user_ss, leave.cr2)
+            if isinstance(handler, str):
+                self._stop(f"shutdown from ring 3: {handler}")
+                return
+            if leave.vector != usermode.VECTOR_DB:
+                self.model.exception(leave.from_ip, handler, 0)
+        self._sync_stepping(at_msr_exit=False)
+        if self.stepping:
+            self.pending = self._decode(handler)
+
+    def _syscall(self, regs, leave) -> int:
+        """SYSCALL (SDM vol. 2B): RCX/R11 saved, CS/SS from STAR, RIP from LSTAR, FMASK."""
+        msrs = self.vcpu.get_msrs([usermode.MSR_STAR, usermode.MSR_LSTAR, usermode.MSR_FMASK])
+        star, lstar = msrs.get(usermode.MSR_STAR, 0), msrs.get(usermode.MSR_LSTAR, 0)
+        regs.rcx, regs.r11 = leave.return_ip, regs.rflags & ~usermode.RFLAGS_RF
+        regs.rflags = (regs.rflags & ~msrs.get(usermode.MSR_FMASK, 0) & ~usermode.RFLAGS_RF) | 2
+        regs.rip = lstar
+        self.vcpu.set_regs(regs)
+        sregs = self.vcpu.get_sregs()
+        selector = (star >> 32) & 0xFFFC
+        sregs.cs = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=0xB,
+                                 present=1, dpl=0, db=0, s=1, l=1, g=1)
+        sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector + 8, type=0x3,
+                                 present=1, dpl=0, db=1, s=1, l=0, g=1)
+        self.vcpu.set_sregs(sregs)
+        self.model.retire_branch(Branch(leave.from_ip, lstar, branches.EVENT.kind, 0))
+        return lstar
 
     def _keep_trap_flag(self, insn: Instruction, regs) -> None:
         """IRETQ and POPFQ load RFLAGS from the stack and would drop the TF that KVM's
@@ -201,6 +268,8 @@ class VcpuRunner:
         TF in the image they pop; KVM hides TF from the guest while it steps and clears it
         when stepping stops."""
         if insn.code == Code.IRETQ:
+            if self._read(regs.rsp + 8, 1)[:1] and self._read(regs.rsp + 8, 1)[0] & 3:
+                return  # to CPL3: this KVM #UDs an IRETQ to user mode with TF set (measured)
             slot = regs.rsp + 16
         elif insn.code == Code.POPFQ:
             slot = regs.rsp
