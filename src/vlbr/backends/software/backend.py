@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import iced_x86
 from iced_x86 import Mnemonic, OpKind, Register
 from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
-                     UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError)
+                     UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, UC_PROT_READ,
+                     UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
 from vlbr.arch.cpuid import CpuidTable, Registers
@@ -45,6 +46,7 @@ QEMU_MSRS = frozenset([0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, MSR_EFER, MSR_STA
 XCR0_X87, XCR0_SSE, XCR0_AVX = 1, 2, 4
 CR4_OSXSAVE = 1 << 18
 NO_END = 0xFFFF_FFFF_FFFF_FFFF
+RAM_REGION = 256 << 10
 EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
                    8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
                    17: "#AC", 18: "#MC", 19: "#XM"}
@@ -107,6 +109,56 @@ def guest_cpuid(table: CpuidTable, leaf: int, subleaf: int, cr4: int, xcr0: int,
     return Registers(eax, ebx, ecx, edx)
 
 
+def enter_long_mode(uc: Uc, e: layout.VcpuEntry) -> None:
+    """Load a Guest ABI entry state into a fresh unicorn CPU (segment caches come from the GDT)."""
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, e.gdt.base, e.gdt.limit, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, e.idt.base, e.idt.limit, 0))
+    uc.reg_write(X.UC_X86_REG_CR3, e.cr3)
+    uc.reg_write(X.UC_X86_REG_CR4, e.cr4)
+    uc.msr_write(MSR_EFER, e.efer)
+    uc.reg_write(X.UC_X86_REG_CR0, e.cr0)
+    uc.reg_write(X.UC_X86_REG_TR, (e.tr.selector, e.tr.base, e.tr.limit, e.tr.access_rights << 8))
+    for reg, seg in ((X.UC_X86_REG_CS, e.cs), (X.UC_X86_REG_SS, e.ss), (X.UC_X86_REG_DS, e.ds),
+                     (X.UC_X86_REG_ES, e.es), (X.UC_X86_REG_FS, e.fs), (X.UC_X86_REG_GS, e.gs)):
+        uc.reg_write(reg, seg.selector)
+    for reg, value in ((X.UC_X86_REG_RSP, e.rsp), (X.UC_X86_REG_RDI, e.rdi),
+                       (X.UC_X86_REG_RSI, e.rsi), (X.UC_X86_REG_RFLAGS, e.rflags),
+                       (X.UC_X86_REG_RIP, e.rip)):
+        uc.reg_write(reg, value)
+    set_xcr0(uc, e.xcr0)
+
+
+def set_xcr0(uc: Uc, value: int) -> None:
+    """XCR0 through a real XSETBV (unicorn 2.1 has no XCR0 register): a 6-byte stub run
+    on scratch bytes that are restored afterwards, before the guest runs."""
+    scratch = 0x8000
+    saved = bytes(uc.mem_read(scratch, 16))
+    rip, rax, rcx, rdx = (uc.reg_read(r) for r in (X.UC_X86_REG_RIP, X.UC_X86_REG_RAX,
+                                                    X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
+    uc.mem_write(scratch, b"\x31\xc9\x0f\x01\xd1\xf4")  # xor ecx,ecx; xsetbv; hlt
+    uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+    uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
+    uc.emu_start(scratch, scratch + 5)
+    uc.mem_write(scratch, saved)
+    uc.ctl_remove_cache(scratch, scratch + 16)
+    for reg, v in ((X.UC_X86_REG_RAX, rax), (X.UC_X86_REG_RCX, rcx), (X.UC_X86_REG_RDX, rdx),
+                   (X.UC_X86_REG_RIP, rip)):
+        uc.reg_write(reg, v)
+
+
+def load_guest(uc: Uc, image, vcpus: int, executable: bool = True) -> None:
+    """Map the Guest ABI RAM with its low memory (page tables, GDTs, TSSs) and the image.
+
+    RAM is mapped in 256 KiB regions: changing one page's protection then copies 256 KiB
+    (unicorn splits the region), not all 8 MiB."""
+    perms = UC_PROT_ALL if executable else UC_PROT_READ | UC_PROT_WRITE
+    for address in range(0, RAM_SIZE, RAM_REGION):
+        uc.mem_map(address, RAM_REGION, perms)
+    for address, data in layout.low_memory(vcpus):
+        uc.mem_write(address, data)
+    uc.mem_write(image.load_address, image.data)
+
+
 class SoftwareBackend:
     """Backend "software": unicorn 2 with vlbr's Arch LBR model (see module doc)."""
 
@@ -135,21 +187,21 @@ class SoftwareMachine:
         self.image, self.machine = image, machine
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)  # Intel: SYSCALL/XSAVE as on the KVM hosts
-        uc.mem_map(0, RAM_SIZE)
-        for address, data in layout.low_memory(machine.vcpus):
-            uc.mem_write(address, data)
-        uc.mem_write(image.load_address, image.data)
+        load_guest(uc, image, machine.vcpus)
         self.vcpus = [VcpuRun(n, ArchLbrVcpu(machine.lbr)) for n in range(machine.vcpus)]
         for run in self.vcpus:
-            self._enter(layout.entry_state(run.index, machine.vcpus, image.entry))
+            enter_long_mode(uc, layout.entry_state(run.index, machine.vcpus, image.entry))
             run.context = uc.context_save()
         self.privilege = PrivilegeSwitch(uc)
+        uc.mem_protect(0, RAM_SIZE, UC_PROT_READ | UC_PROT_WRITE)  # CodeWatch makes pages X
+        uc.ctl_flush_tb()
         self.watch = CodeWatch(uc, RAM_SIZE, self._on_candidate, self._code_changed)
         self.delivery = InterruptDelivery(uc, self.privilege, self.watch.host_write)
         self.current: VcpuRun = self.vcpus[0]
         self.stop, self.stop_arg = _Stop.NONE, None
         self.skip_once: int | None = None
         self.block_hook = None
+        self.cpl = 0  # CPL of the current vCPU, refreshed per emu_start and on far branches
         self.tails: dict[tuple[int, int], tuple] = {}
         self.stats = {"backend": "software", "slices": 0, "branches_seen": 0, "emulated": 0,
                       "exceptions": 0, "code_hooks": 0}
@@ -160,42 +212,6 @@ class SoftwareMachine:
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
 
     # -- set-up -------------------------------------------------------------------------
-
-    def _enter(self, e: layout.VcpuEntry) -> None:
-        """Load a Guest ABI entry state (segment caches come from the GDT via the CPU)."""
-        uc = self.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, e.gdt.base, e.gdt.limit, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, e.idt.base, e.idt.limit, 0))
-        uc.reg_write(X.UC_X86_REG_CR3, e.cr3)
-        uc.reg_write(X.UC_X86_REG_CR4, e.cr4)
-        uc.msr_write(MSR_EFER, e.efer)
-        uc.reg_write(X.UC_X86_REG_CR0, e.cr0)
-        uc.reg_write(X.UC_X86_REG_TR, (e.tr.selector, e.tr.base, e.tr.limit, e.tr.access_rights << 8))
-        for reg, seg in ((X.UC_X86_REG_CS, e.cs), (X.UC_X86_REG_SS, e.ss), (X.UC_X86_REG_DS, e.ds),
-                         (X.UC_X86_REG_ES, e.es), (X.UC_X86_REG_FS, e.fs), (X.UC_X86_REG_GS, e.gs)):
-            uc.reg_write(reg, seg.selector)
-        for reg, value in ((X.UC_X86_REG_RSP, e.rsp), (X.UC_X86_REG_RDI, e.rdi),
-                           (X.UC_X86_REG_RSI, e.rsi), (X.UC_X86_REG_RFLAGS, e.rflags),
-                           (X.UC_X86_REG_RIP, e.rip)):
-            uc.reg_write(reg, value)
-        self._set_xcr0(e.xcr0)
-
-    def _set_xcr0(self, value: int) -> None:
-        """XCR0 through a real XSETBV (unicorn 2.1 has no XCR0 register): a 9-byte stub run
-        on scratch bytes that are restored afterwards, before the guest runs."""
-        uc, scratch = self.uc, 0x8000
-        saved = bytes(uc.mem_read(scratch, 16))
-        rip, rax, rcx, rdx = (uc.reg_read(r) for r in (X.UC_X86_REG_RIP, X.UC_X86_REG_RAX,
-                                                        X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
-        uc.mem_write(scratch, b"\x31\xc9\x0f\x01\xd1\xf4")  # xor ecx,ecx; xsetbv; hlt
-        uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
-        uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
-        uc.emu_start(scratch, scratch + 5)
-        uc.mem_write(scratch, saved)
-        uc.ctl_remove_cache(scratch, scratch + 16)
-        for reg, v in ((X.UC_X86_REG_RAX, rax), (X.UC_X86_REG_RCX, rcx), (X.UC_X86_REG_RDX, rdx),
-                       (X.UC_X86_REG_RIP, rip)):
-            uc.reg_write(reg, v)
 
     # -- hooks (they only note what happened and stop; the run loop acts) ----------------
 
@@ -262,8 +278,10 @@ class SoftwareMachine:
             if target == fallthrough and not taken_after(
                     insn, uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX)):
                 return
+        if cls.is_far:  # only far transfers change CPL inside a slice
+            self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
         self.stats["branches_seen"] += 1
-        run.model.retire_branch(Branch(insn.ip, address, cls.kind, uc.reg_read(X.UC_X86_REG_CS) & 3,
+        run.model.retire_branch(Branch(insn.ip, address, cls.kind, self.cpl,
                                        is_call=cls.is_call, is_return=cls.is_return))
 
     def _decode_tail(self, address: int, size: int):
@@ -475,6 +493,7 @@ class SoftwareMachine:
         while True:
             self.stop, self.stop_arg = _Stop.NONE, None
             rip = uc.reg_read(X.UC_X86_REG_RIP)
+            self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
             self.stats["slices"] += 1
             try:
                 uc.emu_start(rip, NO_END, count=budget)

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from unicorn import (UC_HOOK_CODE, UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_WRITE, UC_PROT_ALL,
-                     UC_PROT_READ, UC_PROT_WRITE, Uc)
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_WRITE, UC_PROT_ALL, Uc
 
 PAGE = 0x1000
 MAX_INSN = 15
@@ -65,6 +64,7 @@ class CodeWatch:
     """Keeps a code hook on every possible start of a routed instruction in executed memory."""
 
     def __init__(self, uc: Uc, ram_size: int, on_code: Callable, on_change: Callable[[], None]):
+        """uc's RAM must be mapped without UC_PROT_EXEC: pages gain it here, once scanned."""
         self.uc = uc
         self.ram_size = ram_size
         self.on_code = on_code  # the UC_HOOK_CODE callback for candidate addresses
@@ -72,7 +72,6 @@ class CodeWatch:
         self.hooked: set[int] = set()
         self.executable: set[int] = set()
         self.fetch_fault: int | None = None
-        uc.mem_protect(0, ram_size, UC_PROT_READ | UC_PROT_WRITE)
         uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._fetch_prot)
 
     def _fetch_prot(self, uc, access, address, size, value, user_data) -> bool:
