@@ -161,3 +161,39 @@ def image(main: Asm, handlers: dict[int, Asm] | None = None, data: dict[int, byt
 IDT_ADDRESS = IMAGE_BASE + 0x3000
 IDT_LIMIT = 32 * 16 - 1
 IDTR_ADDRESS = IMAGE_BASE + 0x3200  # the pseudo-descriptor `lidt` reads
+
+
+def gate(offset: int, dpl: int = 0) -> bytes:
+    """A 64-bit interrupt gate to kernel code 0x08."""
+    low = ((offset & 0xFFFF) | 0x08 << 16 | (0x8E | dpl << 5) << 40 | ((offset >> 16) & 0xFFFF) << 48)
+    return low.to_bytes(8, "little") + (offset >> 32).to_bytes(8, "little")
+
+
+USER_CODE = IMAGE_BASE + 0x2000
+USER_STACK = 0x600000
+RETURN_VECTOR = 0x80
+
+
+def ring3_image(kernel_prologue: Asm, user: Asm, back: Asm, fault: Asm) -> Image:
+    """Kernel: prologue, then IRETQ to `user` at CPL3 (CS 0x23, SS 0x1B); `user` returns with
+    INT 0x80 (a DPL3 gate) to `back`; #UD/#GP/#PF go to `fault`. Symbols of each part kept."""
+    a = kernel_prologue
+    a.mov(R.RAX, IMAGE_BASE + 0x4000).emit(Instruction.create_mem(Code.LIDT_M1664, MemoryOperand(R.RAX)))
+    for value in (0x1B, USER_STACK, 0x2, 0x23, USER_CODE):
+        a.mov(R.RAX, value).emit(Instruction.create_reg(Code.PUSH_R64, R.RAX))
+    a.label("iretq").op(Code.IRETQ)
+    blob = bytearray(0x4010)
+    symbols = {}
+    for at, part in ((IMAGE_BASE, a), (USER_CODE, user), (IMAGE_BASE + 0x2800, back),
+                     (IMAGE_BASE + 0x2A00, fault)):
+        code, syms = part.assemble(at)
+        blob[at - IMAGE_BASE:at - IMAGE_BASE + len(code)] = code
+        symbols.update(syms)
+    idt = bytearray(256 * 16)
+    idt[RETURN_VECTOR * 16:RETURN_VECTOR * 16 + 16] = gate(IMAGE_BASE + 0x2800, dpl=3)
+    for vector in (6, 13, 14):
+        idt[vector * 16:vector * 16 + 16] = gate(IMAGE_BASE + 0x2A00)
+    blob[0x3000:0x4000] = idt[:0x1000]
+    blob[0x4000:0x400A] = (4095).to_bytes(2, "little") + (IMAGE_BASE + 0x3000).to_bytes(8, "little")
+    symbols.update(user_code=USER_CODE, back=IMAGE_BASE + 0x2800, fault=IMAGE_BASE + 0x2A00)
+    return Image(bytes(blob), symbols=symbols)

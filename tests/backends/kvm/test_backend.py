@@ -189,3 +189,119 @@ def test_without_filter_kvm_handles_the_msrs():
     result = KvmBackend(msr_filter=False).run(image(a, {13: _gp_handler()}), machine_config())
     assert result.exit_status == [13]  # KVM here has no Arch LBR: the MSR does not exist
     assert result.stats["msr_exits"] == 0
+
+
+def test_guest_cpuid_is_the_machine_table(backend):
+    # KVM here rewrites leaves 1/7/0xD on KVM_SET_CPUID2 (measured: KVM_GET_CPUID2 differs), so
+    # the backend answers CPUID itself: the guest must see exactly the machine's table rows.
+    a = Asm()
+    for leaf, sub in ((7, 0), (0x1C, 0), (0xD, 1)):
+        a.mov(R.RAX, leaf).mov(R.RCX, sub).op(Code.CPUID)
+        for reg in (R.RAX, R.RBX, R.RCX, R.RDX):
+            a.emit(Instruction.create_reg(Code.PUSH_R64, reg))
+        for _ in range(4):
+            a.emit(Instruction.create_reg(Code.POP_R64, R.R9)).print_hex(R.R9).print(" ")
+    a.exit(status=0)
+    machine = machine_config()
+    result = backend.run(image(a), machine)
+    words = [int(x, 16) for x in result.console[0].split()]
+    for i, (leaf, sub) in enumerate(((7, 0), (0x1C, 0), (0xD, 1))):
+        edx, ecx, ebx, eax = words[4 * i:4 * i + 4]
+        want = machine.cpuid.regs(leaf, sub)
+        if leaf == 0xD:  # EBX: the XSAVE size of XCR0|XSS, kept current as KVM does
+            assert (eax, ecx, edx) == (want.eax, want.ecx, want.edx)
+        else:
+            assert (eax, ebx, ecx, edx) == want.as_tuple()
+    assert words[0] >> 19 & 1  # CPUID.7.0:EDX[19] Arch LBR, which KVM here would hide
+    assert result.stats["cpuid_exits"] == 3
+
+
+def _ring3(ctl: int):
+    from guest_asm import ring3_image
+    kernel = Asm().wrmsr(IA32_LBR_CTL, ctl)
+    user = Asm().mov(R.RCX, 3).label("u_top").emit(Instruction.create_reg(Code.DEC_RM64, R.RCX))
+    user.label("u_jcc").branch(Code.JNE_REL32_64, "u_top")
+    user.label("u_int").emit(Instruction.create_u32(Code.INT_IMM8, 0x80))
+    back = Asm().wrmsr(IA32_LBR_CTL, 0).exit(status=0x80)
+    fault = Asm().wrmsr(IA32_LBR_CTL, 0).exit(status=0xBAD)
+    return ring3_image(kernel, user, back, fault)
+
+
+def _live(model):
+    return [(f, t, (i >> 56) & 0xF) for f, t, i in model.records() if f or t]
+
+
+def test_ring3_branches_are_recorded_with_usr_filter(backend):
+    # ref 2: LBR_CTL.USR records branches ending at CPL>0; the INT 0x80 back to ring 0 ends at
+    # CPL0 and is filtered. Expected addresses: the encoder's labels.
+    img = _ring3(int(LbrCtl.LBREN | LbrCtl.USR) | 0x7F0000)
+    result = backend.run(img, machine_config())
+    assert result.exit_status == [0x80]
+    s = img.symbols
+    jcc = (s["u_jcc"], s["u_top"], int(BranchType.JCC))
+    assert _live(result.vcpus[0]) == [jcc, jcc, (s["iretq"], s["user_code"], 8)]
+    assert result.stats["ring3_excursions"] == 1
+
+
+def test_ring3_with_os_filter_records_only_the_return_to_ring0(backend):
+    img = _ring3(int(LbrCtl.LBREN | LbrCtl.OS) | 0x7F0000)
+    result = backend.run(img, machine_config())
+    s = img.symbols
+    assert _live(result.vcpus[0]) == [(s["u_int"], s["back"], 8)]
+
+
+def test_ring3_privileged_instruction_faults_to_ring0(backend):
+    from guest_asm import ring3_image
+    kernel = Asm().wrmsr(IA32_LBR_CTL, LBR_ALL)
+    user = Asm().label("u_hlt").op(Code.HLT)
+    back = Asm().exit(status=0x80)
+    fault = Asm().wrmsr(IA32_LBR_CTL, 0).emit(Instruction.create_reg(Code.POP_R64, R.RAX))
+    fault.emit(Instruction.create_reg(Code.POP_R64, R.RAX)).print_hex(R.RAX).exit(status=13)
+    img = ring3_image(kernel, user, back, fault)
+    result = backend.run(img, machine_config())
+    # SDM: HLT at CPL3 is #GP(0); the frame holds error code 0, then RIP of the HLT.
+    assert result.exit_status == [13]
+    assert int(result.console[0], 16) == img.symbols["u_hlt"]
+
+
+def test_int_n_in_ring0_is_delivered_and_recorded(backend):
+    # KVM here fails to emulate INT n (KVM_EXIT_INTERNAL_ERROR); the backend delivers it.
+    handler = Asm().wrmsr(IA32_LBR_CTL, 0).exit(status=0x21)
+    a = Asm().lidt().wrmsr(IA32_LBR_CTL, LBR_ALL).label("int")
+    a.emit(Instruction.create_u32(Code.INT_IMM8, 0x1F)).exit(status=0)
+    img = image(a, {0x1F: handler})
+    result = backend.run(img, machine_config())
+    assert result.exit_status == [0x21]
+    assert _live(result.vcpus[0])[0] == (img.symbols["int"], img.symbols["handler31"], 8)
+
+
+def test_xsaves_xrstors_of_component_15_round_trip(backend):
+    # SDM XSAVES: compacted format, XCOMP_BV bit 63 | RFBM; component 15 right after the
+    # 64-byte header at 576 when it is the only one (ref 1); LBR_CTL is its first field.
+    area = 0x200000
+    ctl = int(LbrCtl.OS)
+    a = Asm().lidt().wrmsr(0xDA0, 1 << 15).wrmsr(IA32_LBR_CTL, ctl)
+    a.mov(R.RAX, 1 << 15).mov(R.RDX, 0).mov(R.RBX, area)
+    a.emit(Instruction.create_mem(Code.XSAVES64_MEM, MemoryOperand(R.RBX)))
+    a.wrmsr(IA32_LBR_CTL, 0).mov(R.RAX, 1 << 15).mov(R.RDX, 0).mov(R.RBX, area)
+    a.emit(Instruction.create_mem(Code.XRSTORS64_MEM, MemoryOperand(R.RBX)))
+    a.rdmsr(IA32_LBR_CTL).print_hex(R.RAX).print(" ")
+    for offset in (520, 576):
+        a.mov(R.RBX, area + offset)
+        a.emit(Instruction.create_reg_mem(Code.MOV_R64_RM64, R.R9, MemoryOperand(R.RBX)))
+        a.print_hex(R.R9).print(" ")
+    a.exit(status=0)
+    result = backend.run(image(a, {13: _gp_handler(), 6: _gp_handler(6)}), machine_config())
+    assert result.exit_status == [0]
+    restored, xcomp_bv, saved_ctl = (int(x, 16) for x in result.console[0].split())
+    assert (restored, saved_ctl) == (ctl, ctl)
+    assert xcomp_bv == (1 << 63) | (1 << 15)
+    assert result.stats["emulated"] == 2
+
+
+def test_misaligned_xsaves_is_gp(backend):
+    a = Asm().lidt().wrmsr(0xDA0, 1 << 15).mov(R.RAX, 1 << 15).mov(R.RDX, 0)
+    a.mov(R.RBX, 0x200008).emit(Instruction.create_mem(Code.XSAVES64_MEM, MemoryOperand(R.RBX)))
+    a.exit(status=0)
+    result = backend.run(image(a, {13: _gp_handler()}), machine_config())
+    assert result.exit_status == [13]  # SDM XSAVES: #GP if not 64-byte aligned

@@ -232,9 +232,9 @@ class VcpuRunner:
         else:
             if leave.vector == usermode.VECTOR_DB:
                 self.model.debug_exception()  # #DB: LBREn cleared, the delivery not recorded
-            handler = usermode.deliver_from_user(
+            handler = usermode.deliver_event(
                 self.vcpu, self.memory, regs, leave.vector, leave.return_ip, leave.error_code,
-                leave.software, user.user_cs, user.user_ss, leave.cr2)
+                leave.software, 3, user.user_cs, user.user_ss, leave.cr2)
             if isinstance(handler, str):
                 self._stop(f"shutdown from ring 3: {handler}")
                 return
@@ -282,6 +282,10 @@ class VcpuRunner:
     def _retire(self, step: Step, regs, rip: int, cpl: int, sregs) -> None:
         insn, cls = step.insn, step.cls
         vector, self._injected = self._injected, None
+        if vector is None and cls is not None and cls.interrupt:
+            if rip == insn.next_ip:
+                return  # INTO with OF clear
+            vector = 3 if insn.code == Code.INT3 else 4 if insn.code == Code.INTO else insn.immediate8
         if vector is not None or not self._went_as_expected(insn, cls, regs, rip):
             self._event(insn, rip, cpl, sregs, vector)
             return
@@ -356,6 +360,8 @@ class VcpuRunner:
         step = self._decode(regs.rip)
         if step.insn.code == Code.INT1:
             return self._icebp(regs, step)
+        if step.insn.code in (Code.INT_IMM8, Code.INTO):
+            return self._software_interrupt(regs, step)
         if xsaves.emulates(step.insn):
             return self._xsaves(regs, step)
         return False
@@ -380,6 +386,27 @@ class VcpuRunner:
             if self.stepping:
                 self.pending = step
         self._sync_stepping(at_msr_exit=False)
+        return True
+
+    def _software_interrupt(self, regs, step: Step) -> bool:
+        """INT n / INTO (this KVM fails to emulate them): delivered through the guest IDT."""
+        insn = step.insn
+        if insn.code == Code.INTO and not regs.rflags & (1 << 11):
+            regs.rip = insn.next_ip
+            self.vcpu.set_regs(regs)
+            return True
+        self.emulated += 1
+        vector = 4 if insn.code == Code.INTO else insn.immediate8
+        sregs = self.vcpu.get_sregs()
+        handler = usermode.deliver_event(self.vcpu, self.memory, regs, vector, insn.next_ip,
+                                         None, True, sregs.cs.selector & 3, sregs.cs.selector,
+                                         sregs.ss.selector)
+        if isinstance(handler, str):
+            self._stop(f"shutdown: {handler}")
+            return True
+        self.model.exception(insn.ip, handler, 0)
+        self._sync_stepping(at_msr_exit=False)
+        self.pending = self._decode(handler) if self.stepping else None
         return True
 
     def _icebp(self, regs, step: Step) -> bool:

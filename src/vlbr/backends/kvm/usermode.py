@@ -219,15 +219,16 @@ def read_gate(memory, idt_base: int, idt_limit: int, vector: int):
     return offset, (lo >> 16) & 0xFFFF, (lo >> 32) & 7, access & 0xF, (access >> 5) & 3, access >> 7
 
 
-def deliver_from_user(vcpu, memory, regs, vector: int, return_ip: int, error_code: int | None,
-                      software: bool, user_cs: int, user_ss: int, cr2: int | None = None
-                      ) -> int | str:
-    """Deliver an event raised at CPL3 through the guest's IDT into KVM's vCPU state
-    (SDM vol. 3A 6.14: 64-bit frame on TSS.RSP0 or the IST stack); returns the handler address,
-    or a string saying why delivery failed (the CPU would shut down)."""
+def deliver_event(vcpu, memory, regs, vector: int, return_ip: int, error_code: int | None,
+                  software: bool, cpl: int, old_cs: int, old_ss: int, cr2: int | None = None
+                  ) -> int | str:
+    """Deliver an event through the guest's IDT into KVM's vCPU state, as the CPU does (SDM
+    vol. 3A 6.14: 64-bit frame; TSS.RSP0 from CPL3, the IST stack when the gate names one,
+    else the current stack); returns the handler address, or why delivery failed (where the
+    CPU would shut down). `regs` holds the interrupted state and is updated."""
     sregs = vcpu.get_sregs()
     gate = read_gate(memory, sregs.idt.base, sregs.idt.limit, vector)
-    if software and gate is not None and gate[4] < 3:  # INT n through a DPL0 gate: #GP(n*8+2)
+    if software and gate is not None and gate[4] < cpl:  # INT n through a lower-DPL gate
         vector, error_code, software = VECTOR_GP, vector * 8 + 2, False
         gate = read_gate(memory, sregs.idt.base, sregs.idt.limit, vector)
     if gate is None or not gate[5] or gate[3] not in (0xE, 0xF):
@@ -240,14 +241,19 @@ def deliver_from_user(vcpu, memory, regs, vector: int, return_ip: int, error_cod
     if not (cs.present and cs.s and cs.type & 0x8 and cs.l) or cs.dpl != 0:
         return f"vector {vector}: gate selector {selector:#x} is not 64-bit ring-0 code"
     tss = sregs.tr.base
-    slot = tss + (36 + 8 * (ist - 1) if ist else 4)
-    stack = struct.unpack_from("<Q", memory, slot)[0] & ~0xF
-    words = [user_ss, regs.rsp, regs.rflags, user_cs, return_ip]
+    if ist:
+        stack = struct.unpack_from("<Q", memory, tss + 36 + 8 * (ist - 1))[0]
+    elif cpl != 0:
+        stack = struct.unpack_from("<Q", memory, tss + 4)[0]
+    else:
+        stack = regs.rsp
+    stack &= ~0xF
+    words = [old_ss, regs.rsp, regs.rflags, old_cs, return_ip]
     if error_code is not None:
         words.append(error_code)
     stack -= 8 * len(words)
     if not 0 <= stack <= RAM_SIZE - 8 * len(words):
-        return f"vector {vector}: kernel stack {stack:#x} outside RAM"
+        return f"vector {vector}: stack {stack:#x} outside RAM"
     struct.pack_into(f"<{len(words)}Q", memory, stack, *reversed(words))
     regs.rsp, regs.rip = stack, offset
     regs.rflags = (regs.rflags & ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | 1 << 17)) | 2
@@ -256,9 +262,9 @@ def deliver_from_user(vcpu, memory, regs, vector: int, return_ip: int, error_cod
     vcpu.set_regs(regs)
     sregs.cs = k.kvm_segment(base=0, limit=cs.limit, selector=selector & ~3, type=cs.type,
                              present=1, dpl=0, db=cs.db, s=1, l=cs.l, g=cs.g)
-    # 64-bit mode loads SS with a NULL selector (RPL 0) on a privilege change.
-    sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=0, type=3, present=1, dpl=0,
-                             db=1, s=1, l=0, g=1)
+    if cpl != 0:  # 64-bit mode loads SS with a NULL selector (RPL 0) on a privilege change
+        sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=0, type=3, present=1,
+                                 dpl=0, db=1, s=1, l=0, g=1)
     if cr2 is not None:
         sregs.cr2 = cr2
     vcpu.set_sregs(sregs)
