@@ -141,7 +141,7 @@ class Asm:
         return GuestImage(image, self.base, self.base, labels, name)
 
 
-_KIND = {"r": "reg", "i": "u32", "m": "mem"}
+_KIND = {"r": "reg", "i": "u32", "m": "mem", "I": "i32"}
 
 
 def _default_kinds(args) -> str:

@@ -317,3 +317,135 @@ def test_two_vcpus_see_only_their_own_records(table):
     for n, model in enumerate(result.vcpus):
         records = [r[:2] for r in model.records() if r != (0, 0, 0)]
         assert records == [(sym["jnz"], sym["loop"])] * (n + 1)  # vCPU n loops n+2 times
+
+
+def test_syscall_and_sysret_cross_rings_and_are_recorded(table):
+    """STAR/LSTAR/FMASK as in SDM Vol. 2B SYSCALL/SYSRET with the Guest ABI selectors:
+    SYSCALL loads CS=STAR[47:32]=0x08, SYSRET CS=STAR[63:48]+16|3=0x23, SS=+8|3=0x1B."""
+    a = Asm()
+    a.wrmsr(0xC0000081, (0x10 << 48) | (layout.SEL_KERNEL_CODE << 32))  # STAR
+    a.emit(lambda l: __import__("iced_x86").Instruction.create_reg_u32(
+        Code.MOV_R32_IMM32, R.EAX, l.get("kernel_entry", 0)))
+    a.raw(Code.MOV_R32_IMM32, R.ECX, 0xC0000082, kinds="ri")  # LSTAR
+    a.raw(Code.XOR_R32_RM32, R.EDX, R.EDX, kinds="rr")
+    a.raw(Code.WRMSR)
+    a.wrmsr(0xC0000084, 0x200)  # FMASK: clear IF
+    a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
+    for value in (layout.SEL_USER_DATA, 0x6F0000, 0x202, layout.SEL_USER_CODE, "user"):
+        a.mov(R.RAX, value)
+        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
+    a.label("iretq")
+    a.raw(Code.IRETQ)
+    a.label("user")
+    a.label("syscall")
+    a.raw(Code.SYSCALL)
+    a.label("after_syscall")
+    a.exit(0x5C)  # from ring 3: the TSS I/O bitmap opens the exit port
+    a.label("kernel_entry")
+    a.raw(Code.MOV_R64_RM64, R.RAX, R.RCX, kinds="rr")
+    a.store(0)
+    a.raw(Code.MOV_R64_RM64, R.RBX, R.RCX, kinds="rr")
+    a.raw(Code.MOV_R64_RM64, R.RAX, R.R11, kinds="rr")
+    a.store(8)
+    a.rdmsr(IA32_LBR_DEPTH)  # CPL0 only: #GP (no handler: shutdown) if SYSCALL left CPL 3
+    a.store(16)
+    a.raw(Code.MOV_R64_RM64, R.RCX, R.RBX, kinds="rr")
+    a.label("sysret")
+    a.raw(Code.SYSRETQ)
+    sm, result = run(a, table)
+    sym = a.assemble().symbols
+    assert result.exit_status == [0x5C], result.stats
+    rcx, r11, depth = data_words(sm, 3)
+    assert rcx == sym["after_syscall"] and r11 & 0x200  # RFLAGS saved with IF set
+    assert depth == LbrConfig.from_cpuid(table).max_depth
+    records = [(f, t, br_type(i)) for f, t, i in result.vcpus[0].records() if (f, t, i) != (0, 0, 0)]
+    assert records[:3] == [(sym["sysret"], sym["after_syscall"], BranchType.OTHER),
+                           (sym["syscall"], sym["kernel_entry"], BranchType.OTHER),
+                           (sym["iretq"], sym["user"], BranchType.OTHER)]
+
+
+XSAVE_AREA = 0x200000  # 64-byte aligned guest RAM outside the image
+
+
+def test_xsaves_and_xrstors_of_component_15(table):
+    """Layout from the reference doc section 1 (component 15: CTL, DEPTH, LER x3, records)
+    in the compacted format (XCOMP_BV bit 63), 15 starting at 576 after the header."""
+    from vlbr.arch.msrs import IA32_XSS
+    from sw_guests import mem
+    a = Asm()
+    a.wrmsr(IA32_XSS, 1 << 15)
+    a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
+    known_loop(a, 2)
+    saved_ctl = int(LbrCtl.OS) | int(LbrCtl.COND)
+    a.wrmsr(IA32_LBR_CTL, saved_ctl)
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 1 << 15, kinds="ri")
+    a.raw(Code.XOR_R32_RM32, R.EDX, R.EDX, kinds="rr")
+    a.raw(Code.XSAVES64_MEM, mem(XSAVE_AREA), kinds="m")
+    a.wrmsr(IA32_LBR_CTL, 0)
+    a.wrmsr(IA32_LBR_DEPTH, LbrConfig.from_cpuid(table).max_depth)  # clears the records
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 1 << 15, kinds="ri")
+    a.raw(Code.XOR_R32_RM32, R.EDX, R.EDX, kinds="rr")
+    a.raw(Code.XRSTORS64_MEM, mem(XSAVE_AREA), kinds="m")
+    a.exit(0)
+    sm, result = run(a, table)
+    sym = a.assemble().symbols
+    assert result.exit_status == [0], result.stats
+    area = bytes(sm.uc.mem_read(XSAVE_AREA, 576 + 64))
+    xstate_bv, xcomp_bv = struct.unpack_from("<QQ", area, 512)
+    ctl, depth, _, _, _, from0, to0 = struct.unpack_from("<7Q", area, 576)
+    assert xstate_bv == 1 << 15 and xcomp_bv == (1 << 63) | (1 << 15)
+    assert (ctl, depth) == (saved_ctl, LbrConfig.from_cpuid(table).max_depth)
+    assert (from0, to0) == (sym["after_call"], sym["done"])
+    model = result.vcpus[0]
+    assert model.lbr_ctl == saved_ctl
+    assert model.records()[0][:2] == (sym["after_call"], sym["done"])
+
+
+def test_prefixed_rdmsr_and_code_patched_after_it_ran(table):
+    """REX.W RDMSR (48 0F 32) is still RDMSR; a NOP pair in an already executed page that the
+    guest overwrites with RDMSR (0F 32) must reach the model too."""
+    a = Asm()
+    a.label("top")
+    a.raw(Code.MOV_R32_IMM32, R.ECX, IA32_LBR_DEPTH, kinds="ri")
+    a.emit(lambda _l: __import__("iced_x86").Instruction.create(Code.RDMSR))
+    a.ops[-1] = lambda _l: __import__("iced_x86").Instruction.create_declare_byte_3(0x48, 0x0F, 0x32)
+    a.store(0)
+    a.mov(R.RBX, "patch")
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 0x320F, kinds="ri")
+    a.raw(Code.MOV_RM16_R16, __import__("iced_x86").MemoryOperand(R.RBX), R.AX, kinds="mr")
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 0x7777, kinds="ri")
+    a.label("patch")
+    a.raw(Code.NOPD)
+    a.ops[-1] = lambda _l: __import__("iced_x86").Instruction.create_declare_byte_2(0x66, 0x90)
+    a.store(8)
+    a.exit(0)
+    sm, result = run(a, table)
+    depth = LbrConfig.from_cpuid(table).max_depth
+    assert result.exit_status == [0], result.stats
+    assert data_words(sm, 2) == (depth, depth)
+
+
+def test_trap_flag_single_step_is_a_debug_exception(table):
+    """RFLAGS.TF: #DB after the next instruction (SDM 17.3.1.4); #DB clears LBREn (ref 2)."""
+    a = Asm()
+    a.handler(1, "db")
+    a.lidt()
+    a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
+    a.raw(Code.PUSHFQ)
+    a.raw(Code.OR_RM64_IMM32, __import__("iced_x86").MemoryOperand(R.RSP), 0x100, kinds="mi")
+    a.raw(Code.POPFQ)
+    a.label("stepped")
+    a.raw(Code.NOPD)
+    a.label("after")
+    a.exit(0)
+    a.label("db")
+    a.raw(Code.POP_R64, R.RAX, kinds="r")
+    a.store(0)
+    a.rdmsr(IA32_LBR_CTL)
+    a.store(8)
+    a.exit(1)
+    sm, result = run(a, table)
+    assert result.exit_status == [1], result.stats
+    rip, ctl = data_words(sm, 2)
+    assert rip == a.assemble().symbols["after"]  # a trap: the frame's RIP is past the NOP
+    assert ctl == RECORD_ALL & ~LbrCtl.LBREN

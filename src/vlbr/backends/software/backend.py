@@ -8,6 +8,10 @@ follow each switch). What unicorn cannot do the backend does itself:
   XSAVE sizes for the current XCR0/XSS).
 - exceptions, INT n, INT1 and SYSCALL: delivered by us through the guest IDT / LSTAR
   (interrupts.py, privilege.py); recorded as OTHER branches (exceptions also set LER).
+- max_steps: unicorn cannot say how many instructions ran before a hook stopped it, so
+  max_steps bounds each uninterrupted stretch (emu_start count) and the number of stretches
+  (a stretch ends at every emulated instruction, exception, page scan or vCPU switch);
+  reaching it ends the run with stats["stopped"] = "max_steps" and stats["error"].
 - branches: while the model records, a UC_HOOK_BLOCK looks at the last instruction of the
   block that just ran (branches.py); a conditional is recorded only when taken. No hook is
   installed while LBREn is clear.
@@ -35,7 +39,8 @@ from vlbr.errors import VlbrError
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
 
 from .codewatch import CodeWatch
-from .interrupts import VECTOR_DB, VECTOR_GP, VECTOR_UD, DeliveryFailed, InterruptDelivery
+from .interrupts import (RFLAGS_TF, VECTOR_DB, VECTOR_GP, VECTOR_UD, DeliveryFailed,
+                         InterruptDelivery)
 from .privilege import PrivilegeSwitch, flat_code64, flat_data
 
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
@@ -450,6 +455,9 @@ class SoftwareMachine:
 
     def _interrupt(self, intno: int, rip_after: int) -> None:
         """UC_HOOK_INTR: INT n (RIP is past it) or a fault QEMU raised (RIP at the insn)."""
+        if intno == VECTOR_DB:
+            self._debug_trap(rip_after)
+            return
         insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip_after - 2, 17)), ip=rip_after - 2).decode()
         if insn.mnemonic == Mnemonic.INT and insn.next_ip == rip_after and insn.immediate8 == intno:
             self._raise(intno, insn.ip, return_ip=rip_after, software=True)
@@ -466,13 +474,17 @@ class SoftwareMachine:
         """UC_ERR_INSN_INVALID: QEMU's #UD, or INT1 (icebp) which QEMU routes to its debugger."""
         insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip, 15)), ip=rip).decode()
         if insn.mnemonic == Mnemonic.INT1:
-            self.current.model.debug_exception()  # #DB clears LBREn; the delivery is not recorded
-            self._sync_recording()
-            handler, cpl = self.delivery.deliver(VECTOR_DB, insn.next_ip)
-            self.stats["exceptions"] += 1
-            self.current.last_block = None
+            self._debug_trap(insn.next_ip)
             return
         self._raise(VECTOR_UD, rip)
+
+    def _debug_trap(self, return_ip: int) -> None:
+        """#DB (INT1, RFLAGS.TF): the model clears LBREn, so the delivery is not recorded."""
+        self.current.model.debug_exception()
+        self._sync_recording()
+        self.delivery.deliver(VECTOR_DB, return_ip)
+        self.stats["exceptions"] += 1
+        self.current.last_block = None
 
     # -- the run loop ---------------------------------------------------------------------
 
@@ -491,6 +503,9 @@ class SoftwareMachine:
         """Run the current vCPU until it yields, exits or fails; returns why it stopped."""
         run, uc = self.current, self.uc
         while True:
+            self.stretches_left -= 1
+            if self.stretches_left < 0:
+                return "max_steps"
             self.stop, self.stop_arg = _Stop.NONE, None
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
@@ -527,6 +542,9 @@ class SoftwareMachine:
             return "error"
         if stop == _Stop.NONE:
             rip = uc.reg_read(X.UC_X86_REG_RIP)
+            if uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_TF:  # QEMU's single-step trap
+                self._debug_trap(rip)
+                return None
             here = self._decode(rip)
             if here.mnemonic in _QUIET_STOPS or here.code == iced_x86.Code.INVALID:
                 self._invalid(rip)  # with a block hook QEMU stops on these without an error
@@ -552,6 +570,7 @@ class SoftwareMachine:
     def run(self) -> RunResult:
         budget = self.machine.max_steps
         slices_left = budget
+        self.stretches_left = budget
         self.uc.context_restore(self.current.context)
         for other in self.vcpus[1:]:
             other.model.put()
