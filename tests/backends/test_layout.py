@@ -89,7 +89,8 @@ def test_tss_rsp0_and_io_bitmap(n):
     assert _q(mem, tss + 4) == L.stack_top(n)  # RSP0 (SDM vol. 3A 8.7, 64-bit TSS)
     iopb = tss + int.from_bytes(mem[tss + 102:tss + 104], "little")
     allowed = {p for p in range(256) if not mem[iopb + p // 8] >> (p % 8) & 1}
-    assert allowed == {0xE9, 0xF4, 0xF5}
+    # Guest ABI ports: 0xE9 (byte), 0xF4 (dword: 0xF4-0xF7, SDM vol. 1 19.5.2), 0xF5.
+    assert allowed == {0xE9, 0xF4, 0xF5, 0xF6, 0xF7}
     assert iopb + 32 - tss <= L.entry_state(n, n + 1, 0).tr.limit
 
 

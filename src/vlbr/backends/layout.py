@@ -41,11 +41,12 @@ ENTRY_RFLAGS = 0x2
 PTE_P, PTE_RW, PTE_US, PTE_PS = 1, 1 << 1, 1 << 2, 1 << 7
 
 # The TSS: 104 bytes, then an I/O permission bitmap for ports 0-255 and its 0xFF terminator.
-# The bitmap lets ring 3 use the ABI's ports (console, exit, yield); every other port #GPs.
+# The bitmap lets ring 3 use the ABI's ports: the console byte, the exit status (`out dx, eax`
+# needs ports 0xF4-0xF7 all open, SDM vol. 1 19.5.2) and yield; every other port #GPs.
 TSS_SIZE = 104
 IOPB_OFFSET = TSS_SIZE
 IOPB_PORTS = 256
-USER_PORTS = (PORT_CONSOLE, PORT_EXIT, PORT_YIELD)
+USER_PORTS = (PORT_CONSOLE, *range(PORT_EXIT, PORT_EXIT + 4), PORT_YIELD)
 TSS_LIMIT = TSS_SIZE + IOPB_PORTS // 8 + 1 - 1  # the terminator byte is inside the limit
 TSS_TYPE_AVAILABLE, TSS_TYPE_BUSY = 0x9, 0xB
 
