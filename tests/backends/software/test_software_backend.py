@@ -449,3 +449,71 @@ def test_trap_flag_single_step_is_a_debug_exception(table):
     rip, ctl = data_words(sm, 2)
     assert rip == a.assemble().symbols["after"]  # a trap: the frame's RIP is past the NOP
     assert ctl == RECORD_ALL & ~LbrCtl.LBREN
+
+
+@pytest.mark.parametrize("privileged", ["wrmsr", "hlt"])
+def test_gp_in_ring3_switches_to_the_tss_rsp0_stack(table, privileged):
+    """A CPL3 WRMSR (routed by vlbr) or HLT (faulted by QEMU) raises #GP(0) (SDM Vol. 2);
+    the 64-bit frame holds error code, RIP, CS=0x23, RFLAGS, RSP, SS=0x1B and lands on
+    TSS.RSP0 (Guest ABI: stack_top(0))."""
+    a = Asm()
+    a.handler(13, "gp")
+    a.lidt()
+    for value in (layout.SEL_USER_DATA, 0x6F0000, 0x2, layout.SEL_USER_CODE, "user"):
+        a.mov(R.RAX, value)
+        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
+    a.raw(Code.IRETQ)
+    a.label("user")
+    if privileged == "wrmsr":
+        a.wrmsr(IA32_LBR_CTL, 1, label="faulting")
+    else:
+        a.label("faulting")
+        a.raw(Code.HLT)
+    a.exit(0)
+    a.label("gp")
+    a.raw(Code.MOV_R64_RM64, R.RAX, R.RSP, kinds="rr")
+    a.store(48)
+    for i in range(6):
+        a.raw(Code.POP_R64, R.RAX, kinds="r")
+        a.store(8 * i)
+    a.exit(13)
+    sm, result = run(a, table)
+    sym = a.assemble().symbols
+    assert result.exit_status == [13], result.stats
+    error, rip, cs, _, rsp, ss, handler_rsp = data_words(sm, 7)
+    assert (error, rip, cs, rsp, ss) == (0, sym["faulting"], layout.SEL_USER_CODE, 0x6F0000,
+                                         layout.SEL_USER_DATA)
+    assert handler_rsp == layout.stack_top(0) - 6 * 8
+    assert result.vcpus[0].lbr_ctl == 0
+
+
+def test_xsave_sizes_and_osxsave_follow_xss_and_cr4(table):
+    """CPUID.(0xD,1):EBX is the XCR0|XSS compacted size, recomputed when IA32_XSS changes
+    (reference doc section 4, KVM's XSS prerequisite); CPUID.1:ECX[27] mirrors CR4.OSXSAVE."""
+    from vlbr.arch.msrs import IA32_XSS
+    from vlbr.arch.xsave import XsaveLayout
+    a = Asm()
+    for step, xss in enumerate((0, 1 << 15)):
+        a.wrmsr(IA32_XSS, xss)
+        a.raw(Code.MOV_R32_IMM32, R.EAX, 0xD, kinds="ri")
+        a.raw(Code.MOV_R32_IMM32, R.ECX, 1, kinds="ri")
+        a.raw(Code.CPUID)
+        a.store(8 * step, R.RBX)
+    a.raw(Code.MOV_R64_CR, R.RAX, R.CR4, kinds="rr")
+    a.raw(Code.AND_RM64_IMM32, R.RAX, ~(1 << 18), kinds="rI")
+    a.raw(Code.MOV_CR_R64, R.CR4, R.RAX, kinds="rr")
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 1, kinds="ri")
+    a.raw(Code.CPUID)
+    a.store(16, R.RCX)
+    a.exit(0)
+    sm, result = run(a, table)
+    assert result.exit_status == [0], result.stats
+    without, with_lbr, leaf1_ecx = data_words(sm, 3)
+    assert without == XsaveLayout.for_mask(table, 0x3, compacted=True).size
+    assert with_lbr == XsaveLayout.for_mask(table, 0x3 | 1 << 15, compacted=True).size
+    assert with_lbr - without >= 40 + 24 * LbrConfig.from_cpuid(table).max_depth
+    assert not leaf1_ecx & (1 << 27)
+
+
+def test_unavailable_reason_is_none_here():
+    assert SoftwareBackend().unavailable_reason() is None

@@ -33,7 +33,7 @@ from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
 from vlbr.backends import layout
 from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE,
-                                MachineConfig, RunResult)
+                                BackendUnavailable, MachineConfig, RunResult)
 from vlbr.backends.branches import EVENT, classify, taken_after
 from vlbr.errors import VlbrError
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
@@ -164,16 +164,27 @@ def load_guest(uc: Uc, image, vcpus: int, executable: bool = True) -> None:
     uc.mem_write(image.load_address, image.data)
 
 
+class _NullImage:
+    load_address, entry, data = IMAGE_BASE, IMAGE_BASE, b"\xf4"
+
+
 class SoftwareBackend:
     """Backend "software": unicorn 2 with vlbr's Arch LBR model (see module doc)."""
 
     name = "software"
 
     def unavailable_reason(self) -> str | None:
+        """None when unicorn builds the Guest ABI machine (incl. the context layout checks)."""
         try:
-            Uc(UC_ARCH_X86, UC_MODE_64)
+            uc = Uc(UC_ARCH_X86, UC_MODE_64)
+            uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
+            load_guest(uc, _NullImage, 1)
+            enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
+            PrivilegeSwitch(uc)
+        except BackendUnavailable as exc:
+            return str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure means unicorn cannot run here
-            return f"unicorn cannot create an x86-64 CPU: {exc}"
+            return f"unicorn cannot build the x86-64 Guest ABI machine: {exc}"
         return None
 
     def run(self, image, machine: MachineConfig) -> RunResult:
@@ -528,6 +539,7 @@ class SoftwareMachine:
         if error is not None:
             fault = self.watch.take_fetch_fault()
             if error.errno == UC_ERR_FETCH_PROT and fault is not None:
+                self.privilege.exception_delivered()  # unicorn raised it as a QEMU #PF
                 if not self.watch.make_executable(fault):
                     self._raise(14, uc.reg_read(X.UC_X86_REG_RIP), 0x10)
                 return None

@@ -122,4 +122,5 @@ class InterruptDelivery:
         self.uc.reg_write(UC_X86_REG_RSP, rsp)
         self.uc.reg_write(UC_X86_REG_RFLAGS, new_flags)
         self.uc.reg_write(UC_X86_REG_RIP, gate.offset)
+        self.privilege.exception_delivered()
         return gate.offset, new_cpl

@@ -89,10 +89,82 @@ def null_stack(cpl: int) -> SegmentCache:
 class PrivilegeSwitch:
     """Patches CPL, CS and SS of a unicorn x86-64 CPU through its saved context."""
 
-    def __init__(self, uc: Uc):
+    def __init__(self, uc: Uc, scratch: int = 0x8000):
         self.uc = uc
         self.regs_offset = self._locate()
         self._check()
+        self.old_exception_offset = self._locate_old_exception(scratch)
+
+    def _locate_old_exception(self, scratch: int) -> int:
+        """Find env->old_exception, which QEMU's do_interrupt resets and unicorn never does.
+
+        QEMU turns a contributory fault (#DE, #TS..#GP) into #DF when old_exception holds a
+        contributory vector; without the reset every QEMU-raised #GP after the first would
+        arrive as #DF. A DIV by zero on scratch bytes (restored afterwards) moves the field
+        from -1 to 0; a second one then reports #DF (8); with -1 written back, #DE (0) again.
+        """
+        from unicorn import UC_HOOK_INTR
+        from unicorn.x86_const import UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RFLAGS
+        uc = self.uc
+        saved_code = bytes(uc.mem_read(scratch, 16))
+        saved = {r: uc.reg_read(r) for r in (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX,
+                                              UC_X86_REG_RFLAGS, UC_X86_REG_RIP)}
+        seen: list[int] = []
+
+        def on_interrupt(uc, intno, user_data):
+            seen.append(intno)
+            uc.emu_stop()
+
+        def state() -> bytes:
+            ctx, address = self._raw()
+            return ctypes.string_at(address + self.regs_offset, ctx.size - self.regs_offset)
+
+        def divide() -> tuple[list[int], bytes]:
+            seen.clear()
+            uc.reg_write(UC_X86_REG_RDX, 0)
+            uc.emu_start(scratch, scratch + 4)
+            return list(seen), state()
+
+        def word(data: bytes, offset: int) -> int:
+            return struct.unpack_from("<i", data, offset)[0]
+
+        hook = uc.hook_add(UC_HOOK_INTR, on_interrupt)
+        uc.mem_write(scratch, b"\x31\xc9\xf7\xf1\xf4")  # xor ecx,ecx; div ecx; hlt
+        found = None
+        try:
+            before = state()
+            first, after = divide()
+            candidates = [o for o in range(_SEGS_OFFSET, len(after) - 4, 4)
+                          if word(before, o) == -1 and word(after, o) == 0]
+            second, after = divide()
+            if first == [0] and second == [8]:
+                for offset in candidates:
+                    if word(after, offset) != 8:
+                        continue
+                    self._poke(offset, struct.pack("<i", -1))
+                    third, _ = divide()
+                    if third == [0]:
+                        found = offset
+                        break
+        finally:
+            uc.hook_del(hook)
+            uc.mem_write(scratch, saved_code)
+            uc.ctl_remove_cache(scratch, scratch + 16)
+            for reg, value in saved.items():
+                uc.reg_write(reg, value)
+        if found is None:
+            raise BackendUnavailable("unicorn context layout: env->old_exception not found")
+        self._poke(found, struct.pack("<i", -1))
+        return found
+
+    def _poke(self, offset: int, data: bytes) -> None:
+        ctx, address = self._raw()
+        ctypes.memmove(address + self.regs_offset + offset, data, len(data))
+        self.uc.context_restore(ctx)
+
+    def exception_delivered(self) -> None:
+        """What QEMU's do_interrupt does after a delivery: no exception is in progress."""
+        self._poke(self.old_exception_offset, struct.pack("<i", -1))
 
     def _raw(self):
         ctx = self.uc.context_save()
