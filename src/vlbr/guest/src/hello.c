@@ -14,14 +14,15 @@ int guest_main(int cpu, int ncpus)
         rt_printf("no Arch LBR enumerated\n");
         return 0;
     }
-    lbr_clear(&caps);
     u64 ctl = vlbr_lbr_ctl;
-    u32 vector = wrmsr_safe(MSR_LBR_CTL, ctl);
-    wrmsr_safe(MSR_LBR_CTL, 0);
+    /* Validate the value with LBREn clear, so the check itself leaves no record. */
+    u32 vector = wrmsr_safe(MSR_LBR_CTL, ctl & ~LBR_CTL_LBREN);
+    wrmsr(MSR_LBR_CTL, 0);
     if (vector != NO_FAULT) {
         rt_printf("IA32_LBR_CTL=%lx rejected with vector %d\n", ctl, vector);
         return 1;
     }
+    lbr_clear(&caps);
     rt_printf("IA32_LBR_DEPTH=%lu, running known_loop with IA32_LBR_CTL=%lx\n",
               rdmsr(MSR_LBR_DEPTH), ctl);
     known_loop(ctl);
