@@ -24,6 +24,8 @@ void call_stack_scenario(u64 ctl);
 void ler_scenario(u64 ctl);
 void db_scenario(u64 ctl);
 u64 cpl_scenario(u64 ctl, u64 user_stack_top);
+void user_rdmsr_lbr_ctl(void);
+void user_wrmsr_lbr_ctl(void);
 
 static struct lbr_caps caps;
 static u64 xsave_area[4096 / 8] __attribute__((aligned(64)));
@@ -265,9 +267,29 @@ static void check_records(void)
           "IA32_LBR_0_FROM=%lx (want kl_ret %lx), IA32_LBR_7_FROM=%lx (want kl_call %lx)",
           newest, A(kl_ret), oldest, A(kl_call));
 
+    wrmsr(MSR_LBR_CTL, LBR_CTL_OS | LBR_CTL_COND);
+    wrmsr(MSR_LBR_CTL, 0);
+    records_match("lbr_ctl_write_keeps_records", known_loop_expected, KNOWN_LOOP_RECORDS, 0);
+
     lbr_clear(&caps);
     branch_zoo(ALL_BRANCHES & ~LBR_CTL_LBREN);
     records_match("lbren_clear_records_nothing", 0, 0, 0);
+
+    /* Record MSRs are writable (state restore); IPs must be canonical (1 << 56 is not, at
+       48 or 57 bits). */
+    const u64 from = A(zoo_jcc), to = A(zoo_t1), info = (u64)BR_TYPE_JCC << 56;
+    u32 vf = wrmsr_safe(MSR_LBR_FROM(0), from), vt = wrmsr_safe(MSR_LBR_TO(0), to);
+    u32 vi = wrmsr_safe(MSR_LBR_INFO(0), info);
+    u64 rf = rdmsr(MSR_LBR_FROM(0)), rt = rdmsr(MSR_LBR_TO(0)), ri = rdmsr(MSR_LBR_INFO(0));
+    check("lbr_record_write_readback",
+          vf == NO_FAULT && vt == NO_FAULT && vi == NO_FAULT && rf == from && rt == to && ri == info,
+          "wrote %lx/%lx/%lx (vectors %d/%d/%d), read %lx/%lx/%lx", from, to, info, vf, vt, vi,
+          rf, rt, ri);
+    u32 vn = wrmsr_safe(MSR_LBR_FROM(0), 1ull << 56);
+    check("lbr_record_noncanonical_gp", vn == 13 && rdmsr(MSR_LBR_FROM(0)) == from,
+          "WRMSR IA32_LBR_0_FROM_IP=1<<56: vector %d (want 13), reads %lx", vn,
+          rdmsr(MSR_LBR_FROM(0)));
+    lbr_clear(&caps);
 
     if (!caps.branch_filter) {
         for (int i = 0; i < ZOO_BRANCHES; i++)
@@ -339,6 +361,13 @@ static void check_ler_and_db(void)
     check("ler_after_exception", f->vector == 6 && from == A(ler_jmp) && to == A(ler_target),
           "#UD vector %ld; IA32_LER_FROM_IP=%lx TO_IP=%lx, expected the last branch %lx->%lx",
           f->vector, from, to, A(ler_jmp), A(ler_target));
+    u64 ler_type = LBR_INFO_BR_TYPE(rdmsr(MSR_LER_INFO));
+    if (!caps.br_type)
+        check_skip("ler_info_br_type", "CPUID.1C:ECX[2] BR_TYPE not enumerated");
+    else
+        check("ler_info_br_type", ler_type == BR_TYPE_NEAR_REL_JMP,
+              "IA32_LER_INFO.BR_TYPE=%lu, expected %d (near relative JMP)", ler_type,
+              BR_TYPE_NEAR_REL_JMP);
 
     lbr_clear(&caps);
     f->vector = NO_FAULT;
@@ -350,6 +379,18 @@ static void check_ler_and_db(void)
     check("db_clears_lbren", f->vector == 1 && ctl == (ALL_BRANCHES & ~LBR_CTL_LBREN),
           "after INT1: vector %ld, IA32_LBR_CTL=%lx (want %lx)", f->vector, ctl,
           ALL_BRANCHES & ~LBR_CTL_LBREN);
+}
+
+static void check_user_msrs(void)
+{
+    u64 vector = rt_enter_user(user_rdmsr_lbr_ctl, rt_user_stack_top());
+    check("user_rdmsr_gp", vector == 13, "RDMSR IA32_LBR_CTL at CPL3 ended with vector %ld, want 13",
+          vector);
+    vector = rt_enter_user(user_wrmsr_lbr_ctl, rt_user_stack_top());
+    u64 ctl = rdmsr(MSR_LBR_CTL);
+    wrmsr(MSR_LBR_CTL, 0);
+    check("user_wrmsr_gp", vector == 13 && ctl == 0,
+          "WRMSR IA32_LBR_CTL at CPL3 ended with vector %ld (want 13), IA32_LBR_CTL=%lx", vector, ctl);
 }
 
 static void check_cpl(void)
@@ -469,6 +510,7 @@ int guest_main(int cpu, int ncpus)
     check_call_stack();
     check_ler_and_db();
     check_cpl();
+    check_user_msrs();
     check_xss_and_xsaves();
     wrmsr(MSR_LBR_CTL, 0);
     return 0;

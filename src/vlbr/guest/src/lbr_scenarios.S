@@ -197,3 +197,17 @@ smp1_jcc2:
     LBR_OFF
     ret
     .globl smp0_top2, smp0_jcc2, smp1_top2, smp1_jcc2
+
+/* Ring-3 bodies for rt_enter_user: an LBR MSR access at CPL3 must #GP (rt_enter_user then
+   returns 13); reaching INT 0x80 means it did not. */
+    .globl user_rdmsr_lbr_ctl, user_wrmsr_lbr_ctl
+user_rdmsr_lbr_ctl:
+    mov ecx, 0x14CE
+    rdmsr
+    int 0x80
+user_wrmsr_lbr_ctl:
+    mov ecx, 0x14CE
+    mov eax, 0x7F0007
+    xor edx, edx
+    wrmsr
+    int 0x80
