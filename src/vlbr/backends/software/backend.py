@@ -219,15 +219,13 @@ class SoftwareMachine:
         self.block_hook = None
         self.cpl = 0  # CPL of the current vCPU, refreshed per emu_start and on far branches
         self.tails: dict[tuple[int, int], tuple] = {}
-        self.stats = {"backend": "software", "slices": 0, "branches_seen": 0, "emulated": 0,
+        self.stats = {"backend": "software", "stretches": 0, "turns": 0, "branches_seen": 0, "emulated": 0,
                       "exceptions": 0, "code_hooks": 0}
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-
-    # -- set-up -------------------------------------------------------------------------
 
     # -- hooks (they only note what happened and stop; the run loop acts) ----------------
 
@@ -249,10 +247,9 @@ class SoftwareMachine:
 
     def _on_cpuid(self, uc, user_data) -> int:
         run = self.current
-        xss = run.model.rdmsr(IA32_XSS, host_initiated=True) if run.model.owns(IA32_XSS) else 0
         regs = guest_cpuid(self.machine.cpuid, uc.reg_read(X.UC_X86_REG_EAX),
                            uc.reg_read(X.UC_X86_REG_ECX), uc.reg_read(X.UC_X86_REG_CR4),
-                           run.xcr0, xss)
+                           run.xcr0, self._xss())
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
                                X.UC_X86_REG_RDX), regs.as_tuple()):
             uc.reg_write(reg, value)
@@ -326,6 +323,12 @@ class SoftwareMachine:
 
     def _decode(self, address: int):
         return iced_x86.Decoder(64, bytes(self.uc.mem_read(address, 15)), ip=address).decode()
+
+    def _xss(self) -> int:
+        try:
+            return self.current.model.rdmsr(IA32_XSS, host_initiated=True)
+        except (GeneralProtection, KeyError):
+            return 0  # no IA32_XSS on this vCPU
 
     def _reg(self, reg) -> int:
         return self.uc.reg_read(reg)
@@ -424,7 +427,9 @@ class SoftwareMachine:
         if not self._reg(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
             raise InvalidOpcode("XSAVES/XRSTORS with CR4.OSXSAVE clear")
         run, model = self.current, self.current.model
-        xss = model.rdmsr(IA32_XSS, host_initiated=True)
+        if not self.machine.lbr.xsaves:
+            raise InvalidOpcode("XSAVES/XRSTORS without CPUID.(0xD,1):EAX[3]")
+        xss = self._xss()
         rfbm = (self._reg(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | self._reg(X.UC_X86_REG_RAX) & 0xFFFFFFFF
         others = rfbm & (run.xcr0 | xss) & ~(1 << 15)
         if others:
@@ -433,7 +438,10 @@ class SoftwareMachine:
                 f"component 15 only; RFBM also requests components {others:#x}")
         address = self._operand_address(insn)
         misalign = address & 63
-        size = XsaveLayout.for_mask(self.machine.cpuid, run.xcr0 | xss, compacted=True).size
+        try:
+            size = XsaveLayout.for_mask(self.machine.cpuid, run.xcr0 | xss, compacted=True).size
+        except ValueError as exc:
+            raise SoftwareBackendError(f"XSAVES area size: {exc}") from None
         try:
             area = bytearray(self.uc.mem_read(address - misalign, size + misalign))
         except UcError:
@@ -520,7 +528,7 @@ class SoftwareMachine:
             self.stop, self.stop_arg = _Stop.NONE, None
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
-            self.stats["slices"] += 1
+            self.stats["stretches"] += 1
             try:
                 uc.emu_start(rip, NO_END, count=budget)
                 error = None
@@ -598,6 +606,7 @@ class SoftwareMachine:
                 except SoftwareBackendError as exc:
                     run.done, run.error, why = True, str(exc), "error"
                 slices_left -= 1
+                self.stats["turns"] += 1
                 if why == "max_steps" or slices_left <= 0:
                     stopped = "max_steps"
                     self.stats["error"] = (
@@ -605,8 +614,6 @@ class SoftwareMachine:
                         f"{self.uc.reg_read(X.UC_X86_REG_RIP):#x} before every vCPU exited")
                     break
             index = (index + 1) % len(self.vcpus)
-        if self.current.model.loaded is False:
-            self.current.model.load()
         for r in self.vcpus:
             if not r.model.loaded:
                 r.model.load()
