@@ -56,6 +56,7 @@ CONFORMANCE_CHECKS = (
     "ring3_int_return", "cpl_os_only", "cpl_usr_only", "cpl_os_and_usr",
     "user_rdmsr_gp", "user_wrmsr_gp",
     "xss_other_bits_gp", "xss_bit15_write", "xsaves_component15", "xrstors_component15",
+    "xrstors_depth_mismatch_clears",
 )
 SMP_CHECKS = ("abi_entry_0", "abi_entry_1", "vcpu_isolation_0", "vcpu_isolation_1",
               "vcpu_clear_private")

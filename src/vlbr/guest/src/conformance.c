@@ -450,6 +450,7 @@ static void check_xss_and_xsaves(void)
         check_skip("xss_bit15_write", "%s", why);
         check_skip("xsaves_component15", "%s", why);
         check_skip("xrstors_component15", "%s", why);
+        check_skip("xrstors_depth_mismatch_clears", "%s", why);
         return;
     }
     u64 v = 0;
@@ -459,6 +460,7 @@ static void check_xss_and_xsaves(void)
                "WRMSR IA32_XSS=0x8000: vector %d; reads %lx (vector %d)", vec, v, rvec)) {
         check_skip("xsaves_component15", "IA32_XSS bit 15 not accepted");
         check_skip("xrstors_component15", "IA32_XSS bit 15 not accepted");
+        check_skip("xrstors_depth_mismatch_clears", "IA32_XSS bit 15 not accepted");
         return;
     }
 
@@ -487,6 +489,22 @@ static void check_xss_and_xsaves(void)
     check("xrstors_component15",
           vec == NO_FAULT && ctl == saved_ctl && from == A(kl_ret) && to == A(kl_after_call),
           "XRSTORS vector %d; IA32_LBR_CTL=%lx record0 %lx->%lx", vec, ctl, from, to);
+
+    /* A saved DEPTH other than the current one: XRSTORS restores LBR_CTL but clears every
+       record and leaves IA32_LBR_DEPTH alone (reference section 2). */
+    u64 current = depth(), other = current == 8 ? 16 : 8;
+    for (u64 d = 8; d <= 64; d += 8)
+        if (d != current && depth_legal(&caps, d))
+            other = d;
+    ((u64 *)((u8 *)xsave_area + 576))[1] = other;
+    wrmsr(MSR_LBR_CTL, 0);
+    vec = xrstors_safe(xsave_area, XSS_ARCH_LBR);
+    ctl = rdmsr(MSR_LBR_CTL);
+    from = rdmsr(MSR_LBR_FROM(0));
+    check("xrstors_depth_mismatch_clears",
+          vec == NO_FAULT && ctl == saved_ctl && from == 0 && depth() == current,
+          "XRSTORS of saved DEPTH %lu at DEPTH %lu: vector %d, IA32_LBR_CTL=%lx, record0 FROM %lx, "
+          "DEPTH now %lu", other, current, vec, ctl, from, depth());
     wrmsr(MSR_LBR_CTL, 0);
     wrmsr_safe(MSR_XSS, 0);
 }
