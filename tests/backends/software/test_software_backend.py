@@ -517,3 +517,41 @@ def test_xsave_sizes_and_osxsave_follow_xss_and_cr4(table):
 
 def test_unavailable_reason_is_none_here():
     assert SoftwareBackend().unavailable_reason() is None
+
+
+def test_qemu_fault_error_code_and_int_n_without_one(table):
+    """MOV DS with selector 0x38 (beyond the 7-entry Guest ABI GDT) is #GP(0x38) (SDM MOV,
+    protected-mode exceptions); INT 13 (CD 0D) enters the same gate with no error code and
+    RIP past the INT (SDM INT n)."""
+    a = Asm()
+    a.handler(13, "gp")
+    a.lidt()
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 0x38, kinds="ri")
+    a.label("faulting")
+    a.raw(Code.MOV_SREG_RM16, R.DS, R.AX, kinds="rr")
+    a.label("int13")
+    a.raw(Code.INT_IMM8, 13, kinds="i")
+    a.label("after_int")
+    a.exit(0)
+    a.label("gp")
+    # first entry: [rsp] = error code; second: [rsp] = RIP. Keep both first words and RSPs.
+    a.raw(Code.MOV_R64_RM64, R.RAX, __import__("iced_x86").MemoryOperand(R.RSP), kinds="rm")
+    a.raw(Code.MOV_R64_RM64, R.RBX, __import__("iced_x86").MemoryOperand(R.RSP, displ=8, displ_size=1), kinds="rm")
+    a.raw(Code.CMP_RM64_IMM32, R.R15, 0, kinds="ri")
+    a.branch(Code.JNE_REL32_64, "second")
+    a.store(0)
+    a.raw(Code.MOV_R64_RM64, R.RAX, R.RBX, kinds="rr")
+    a.store(8)
+    a.raw(Code.MOV_R32_IMM32, R.R15D, 1, kinds="ri")
+    a.raw(Code.ADD_RM64_IMM32, R.RSP, 8, kinds="ri")  # drop the error code, skip the MOV
+    a.emit(lambda l: __import__("iced_x86").Instruction.create_mem_i32(
+        Code.ADD_RM64_IMM32, __import__("iced_x86").MemoryOperand(R.RSP),
+        l.get("int13", 0) - l.get("faulting", 0)))
+    a.raw(Code.IRETQ)
+    a.label("second")
+    a.store(16)
+    a.exit(13)
+    sm, result = run(a, table)
+    sym = a.assemble().symbols
+    assert result.exit_status == [13], result.stats
+    assert data_words(sm, 3) == (0x38, sym["faulting"], sym["after_int"])

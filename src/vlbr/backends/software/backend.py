@@ -270,7 +270,9 @@ class SoftwareMachine:
         self._halt(_Stop.SYSCALL, uc.reg_read(X.UC_X86_REG_RIP))
 
     def _on_interrupt(self, uc, intno, user_data) -> None:
-        self._halt(_Stop.INTERRUPT, (intno, uc.reg_read(X.UC_X86_REG_RIP)))
+        # QEMU's error code and exception_is_int are only intact inside the hook
+        error_code, software = self.privilege.last_exception()
+        self._halt(_Stop.INTERRUPT, (intno, uc.reg_read(X.UC_X86_REG_RIP), error_code, software))
 
     def _on_block(self, uc, address, size, user_data) -> None:
         """Record the branch that ended the previous block, if it was taken."""
@@ -472,22 +474,19 @@ class SoftwareMachine:
         self.current.last_block = None
         self.current.model.retire_branch(Branch(rip, lstar, EVENT.kind, 0))
 
-    def _interrupt(self, intno: int, rip_after: int) -> None:
-        """UC_HOOK_INTR: INT n (RIP is past it) or a fault QEMU raised (RIP at the insn)."""
+    def _interrupt(self, intno: int, rip: int, error_code: int, software: int) -> None:
+        """UC_HOOK_INTR: QEMU raised a vector. For INT n/INT3/INTO (QEMU's exception_is_int)
+        RIP is past the instruction; for a fault RIP is the faulting instruction and QEMU's
+        error code is the architectural one."""
         if intno == VECTOR_DB:
-            self._debug_trap(rip_after)
+            self._debug_trap(rip)
             return
-        insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip_after - 2, 17)), ip=rip_after - 2).decode()
-        if insn.mnemonic == Mnemonic.INT and insn.next_ip == rip_after and insn.immediate8 == intno:
-            self._raise(intno, insn.ip, return_ip=rip_after, software=True)
+        if software:
+            two = self._decode(rip - 2)
+            ip = two.ip if two.mnemonic == Mnemonic.INT and two.next_ip == rip else rip - 1
+            self._raise(intno, ip, return_ip=rip, software=True)
             return
-        for back, mnemonic in ((1, Mnemonic.INT3), (1, Mnemonic.INTO)):
-            one = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip_after - back, 15)),
-                                   ip=rip_after - back).decode()
-            if one.mnemonic == mnemonic and intno == (3 if mnemonic == Mnemonic.INT3 else 4):
-                self._raise(intno, one.ip, return_ip=rip_after, software=True)
-                return
-        self._raise(intno, rip_after, 0 if intno in _FAULTS_WITH_CODE else None)
+        self._raise(intno, rip, error_code if intno in _FAULTS_WITH_CODE else None)
 
     def _invalid(self, rip: int) -> None:
         """UC_ERR_INSN_INVALID: QEMU's #UD, or INT1 (icebp) which QEMU routes to its debugger."""

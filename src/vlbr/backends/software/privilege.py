@@ -94,6 +94,8 @@ class PrivilegeSwitch:
         self.regs_offset = self._locate()
         self._check()
         self.old_exception_offset = self._locate_old_exception(scratch)
+        self.error_code_offset, self.is_int_offset = self._locate_exception_fields(scratch)
+        self.exception_delivered()
 
     def _locate_old_exception(self, scratch: int) -> int:
         """Find env->old_exception, which QEMU's do_interrupt resets and unicorn never does.
@@ -156,6 +158,56 @@ class PrivilegeSwitch:
             raise BackendUnavailable("unicorn context layout: env->old_exception not found")
         self._poke(found, struct.pack("<i", -1))
         return found
+
+    def _probe(self, scratch: int, code: bytes) -> tuple[list[int], bytes]:
+        """Run code on scratch bytes; the vectors QEMU raised and the CPU state afterwards."""
+        from unicorn import UC_HOOK_INTR
+        from unicorn.x86_const import UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RFLAGS
+        uc = self.uc
+        saved_code = bytes(uc.mem_read(scratch, 16))
+        saved = {r: uc.reg_read(r) for r in (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX,
+                                              UC_X86_REG_RFLAGS, UC_X86_REG_RIP)}
+        seen: list[int] = []
+
+        def on_interrupt(uc, intno, user_data):
+            seen.append(intno)
+            uc.emu_stop()
+
+        hook = uc.hook_add(UC_HOOK_INTR, on_interrupt)
+        try:
+            uc.mem_write(scratch, code)
+            uc.emu_start(scratch, scratch + len(code) - 1)
+            ctx, address = self._raw()
+            state = ctypes.string_at(address + self.regs_offset, ctx.size - self.regs_offset)
+        finally:
+            uc.hook_del(hook)
+            uc.mem_write(scratch, saved_code)
+            uc.ctl_remove_cache(scratch, scratch + 16)
+            for reg, value in saved.items():
+                uc.reg_write(reg, value)
+        return seen, state
+
+    def _locate_exception_fields(self, scratch: int) -> tuple[int, int]:
+        """Find env->error_code and env->exception_is_int (adjacent ints in CPUX86State).
+
+        MOV DS with selector 0x38 (beyond the 7-entry Guest ABI GDT) raises #GP(0x38);
+        INT 0x80 raises vector 0x80 with exception_is_int = 1 and error code 0."""
+        gp, after_gp = self._probe(scratch, b"\xb8\x38\x00\x00\x00\x8e\xd8\xf4")
+        self.exception_delivered()
+        soft, after_int = self._probe(scratch, b"\xcd\x80\xf4")
+        word = lambda data, o: struct.unpack_from("<i", data, o)[0]  # noqa: E731
+        if gp == [13] and soft == [0x80]:
+            for offset in range(_SEGS_OFFSET, len(after_gp) - 8, 4):
+                if (word(after_gp, offset), word(after_gp, offset + 4)) == (0x38, 0) and \
+                        (word(after_int, offset), word(after_int, offset + 4)) == (0, 1):
+                    return offset, offset + 4
+        raise BackendUnavailable("unicorn context layout: env->error_code/exception_is_int not found")
+
+    def last_exception(self) -> tuple[int, bool]:
+        """(error code, raised by INT n/INT3/INTO) of the exception QEMU raised last."""
+        _, address = self._raw()
+        base = address + self.regs_offset
+        return struct.unpack("<ii", ctypes.string_at(base + self.error_code_offset, 8))
 
     def _poke(self, offset: int, data: bytes) -> None:
         ctx, address = self._raw()
