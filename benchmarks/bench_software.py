@@ -54,13 +54,13 @@ def loop_guest(iterations: int, lbr_ctl: int) -> tuple[GuestImage, int]:
     return GuestImage(code, base, base, {}, "bench_loop"), hlt
 
 
-def unhooked_unicorn(image: GuestImage, hlt: int) -> float:
+def unhooked_unicorn(image: GuestImage, hlt: int, count: int = 0) -> float:
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
     load_guest(uc, image, 1)
     enter_long_mode(uc, layout.entry_state(0, 1, image.entry))
     start = time.perf_counter()
-    uc.emu_start(image.entry, hlt)
+    uc.emu_start(image.entry, hlt, count=count)
     return time.perf_counter() - start
 
 
@@ -90,6 +90,7 @@ def main() -> None:
 
     image_off, hlt = loop_guest(args.iterations, 0)
     raw = min(unhooked_unicorn(image_off, hlt) for _ in range(3))
+    counted = min(unhooked_unicorn(image_off, hlt, machine.max_steps) for _ in range(3))
     clear, _ = min(backend(image_off, machine) for _ in range(3))
     image_on, _ = loop_guest(args.iterations, RECORD_ALL)
     recording, seen = backend(image_on, machine)
@@ -103,6 +104,8 @@ def main() -> None:
         print(json.dumps(out))
 
     line("unhooked_unicorn", raw)
+    # the backend passes max_steps as unicorn's instruction count: unicorn's own cost of that
+    line("unhooked_unicorn_with_count", counted, "unhooked_unicorn", raw)
     line("backend_lbren_clear", clear, "unhooked_unicorn", raw)
     line("backend_recording", recording, "unhooked_unicorn", raw)
     print(json.dumps({"bench": "software", "figure": "recording_vs_lbren_clear",

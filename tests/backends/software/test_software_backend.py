@@ -12,9 +12,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-from iced_x86 import Code
+from iced_x86 import Code, Instruction, MemoryOperand
 from iced_x86 import Register as R
-from sw_guests import DATA, Asm
+from sw_guests import DATA, Asm, mem
 
 from corpus import CPUID_RAW_DUMP
 from vlbr.arch.msrs import IA32_LBR_CTL, IA32_LBR_DEPTH, INFO_BR_TYPE_SHIFT, BranchType, LbrCtl
@@ -278,7 +278,7 @@ def test_self_modified_rdmsr_reaches_the_model(table):
     a = Asm()
     target = DATA + 0x400
     a.mov(R.RAX, 0xC3320F)  # rdmsr; ret
-    a.raw(Code.MOV_RM64_R64, __import__("sw_guests").mem(target), R.RAX, kinds="mr")
+    a.raw(Code.MOV_RM64_R64, mem(target), R.RAX, kinds="mr")
     a.raw(Code.MOV_R32_IMM32, R.ECX, IA32_LBR_DEPTH, kinds="ri")
     a.raw(Code.MOV_R32_IMM32, R.EAX, 0x5555, kinds="ri")
     a.mov(R.RBX, target)
@@ -302,7 +302,7 @@ def test_two_vcpus_see_only_their_own_records(table):
     a = Asm()
     a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
     a.yield_()  # the other vCPU runs between enabling and the loop
-    a.raw(Code.LEA_R32_M, R.ECX, __import__("iced_x86").MemoryOperand(R.RDI, displ=2), kinds="rm")
+    a.raw(Code.LEA_R32_M, R.ECX, MemoryOperand(R.RDI, displ=2), kinds="rm")
     a.label("loop")
     a.raw(Code.DEC_RM32, R.ECX, kinds="r")
     a.label("jnz")
@@ -324,7 +324,7 @@ def test_syscall_and_sysret_cross_rings_and_are_recorded(table):
     SYSCALL loads CS=STAR[47:32]=0x08, SYSRET CS=STAR[63:48]+16|3=0x23, SS=+8|3=0x1B."""
     a = Asm()
     a.wrmsr(0xC0000081, (0x10 << 48) | (layout.SEL_KERNEL_CODE << 32))  # STAR
-    a.emit(lambda l: __import__("iced_x86").Instruction.create_reg_u32(
+    a.emit(lambda l: Instruction.create_reg_u32(
         Code.MOV_R32_IMM32, R.EAX, l.get("kernel_entry", 0)))
     a.raw(Code.MOV_R32_IMM32, R.ECX, 0xC0000082, kinds="ri")  # LSTAR
     a.raw(Code.XOR_R32_RM32, R.EDX, R.EDX, kinds="rr")
@@ -371,7 +371,6 @@ def test_xsaves_and_xrstors_of_component_15(table):
     """Layout from the reference doc section 1 (component 15: CTL, DEPTH, LER x3, records)
     in the compacted format (XCOMP_BV bit 63), 15 starting at 576 after the header."""
     from vlbr.arch.msrs import IA32_XSS
-    from sw_guests import mem
     a = Asm()
     a.wrmsr(IA32_XSS, 1 << 15)
     a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
@@ -407,16 +406,16 @@ def test_prefixed_rdmsr_and_code_patched_after_it_ran(table):
     a = Asm()
     a.label("top")
     a.raw(Code.MOV_R32_IMM32, R.ECX, IA32_LBR_DEPTH, kinds="ri")
-    a.emit(lambda _l: __import__("iced_x86").Instruction.create(Code.RDMSR))
-    a.ops[-1] = lambda _l: __import__("iced_x86").Instruction.create_declare_byte_3(0x48, 0x0F, 0x32)
+    a.emit(lambda _l: Instruction.create(Code.RDMSR))
+    a.ops[-1] = lambda _l: Instruction.create_declare_byte_3(0x48, 0x0F, 0x32)
     a.store(0)
     a.mov(R.RBX, "patch")
     a.raw(Code.MOV_R32_IMM32, R.EAX, 0x320F, kinds="ri")
-    a.raw(Code.MOV_RM16_R16, __import__("iced_x86").MemoryOperand(R.RBX), R.AX, kinds="mr")
+    a.raw(Code.MOV_RM16_R16, MemoryOperand(R.RBX), R.AX, kinds="mr")
     a.raw(Code.MOV_R32_IMM32, R.EAX, 0x7777, kinds="ri")
     a.label("patch")
     a.raw(Code.NOPD)
-    a.ops[-1] = lambda _l: __import__("iced_x86").Instruction.create_declare_byte_2(0x66, 0x90)
+    a.ops[-1] = lambda _l: Instruction.create_declare_byte_2(0x66, 0x90)
     a.store(8)
     a.exit(0)
     sm, result = run(a, table)
@@ -432,7 +431,7 @@ def test_trap_flag_single_step_is_a_debug_exception(table):
     a.lidt()
     a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
     a.raw(Code.PUSHFQ)
-    a.raw(Code.OR_RM64_IMM32, __import__("iced_x86").MemoryOperand(R.RSP), 0x100, kinds="mi")
+    a.raw(Code.OR_RM64_IMM32, MemoryOperand(R.RSP), 0x100, kinds="mi")
     a.raw(Code.POPFQ)
     a.label("stepped")
     a.raw(Code.NOPD)
@@ -535,8 +534,8 @@ def test_qemu_fault_error_code_and_int_n_without_one(table):
     a.exit(0)
     a.label("gp")
     # first entry: [rsp] = error code; second: [rsp] = RIP. Keep both first words and RSPs.
-    a.raw(Code.MOV_R64_RM64, R.RAX, __import__("iced_x86").MemoryOperand(R.RSP), kinds="rm")
-    a.raw(Code.MOV_R64_RM64, R.RBX, __import__("iced_x86").MemoryOperand(R.RSP, displ=8, displ_size=1), kinds="rm")
+    a.raw(Code.MOV_R64_RM64, R.RAX, MemoryOperand(R.RSP), kinds="rm")
+    a.raw(Code.MOV_R64_RM64, R.RBX, MemoryOperand(R.RSP, displ=8, displ_size=1), kinds="rm")
     a.raw(Code.CMP_RM64_IMM32, R.R15, 0, kinds="ri")
     a.branch(Code.JNE_REL32_64, "second")
     a.store(0)
@@ -544,8 +543,8 @@ def test_qemu_fault_error_code_and_int_n_without_one(table):
     a.store(8)
     a.raw(Code.MOV_R32_IMM32, R.R15D, 1, kinds="ri")
     a.raw(Code.ADD_RM64_IMM32, R.RSP, 8, kinds="ri")  # drop the error code, skip the MOV
-    a.emit(lambda l: __import__("iced_x86").Instruction.create_mem_i32(
-        Code.ADD_RM64_IMM32, __import__("iced_x86").MemoryOperand(R.RSP),
+    a.emit(lambda l: Instruction.create_mem_i32(
+        Code.ADD_RM64_IMM32, MemoryOperand(R.RSP),
         l.get("int13", 0) - l.get("faulting", 0)))
     a.raw(Code.IRETQ)
     a.label("second")
