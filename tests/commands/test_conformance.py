@@ -78,3 +78,18 @@ def test_auto_runs_the_backend_pick_backend_chooses(reports, monkeypatch):
     monkeypatch.setattr(conf_cmd, "pick_backend", lambda name: Chosen())
     docs = [json.loads(line) for line in invoke("--backend", "auto", "--json").output.splitlines()]
     assert [d["backend"] for d in docs] == ["software"]
+
+
+def test_software_backend_passes_end_to_end():
+    from vlbr.guest.conformance import BackendNotLoadable, make_backend
+    try:
+        reason = make_backend("software").unavailable_reason()
+    except BackendNotLoadable as err:
+        reason = str(err)
+    if reason:
+        pytest.skip(f"software backend unavailable: {reason}")
+    result = CliRunner().invoke(cli.group, ["conformance", "--backend", "software", "--json"])
+    doc = json.loads(result.output)
+    assert doc["failed"] == 0, [r for r in doc["results"] if r["status"] == "fail"]
+    assert doc["passed"] >= 30  # issue 5: at least 30 checks
+    assert result.exit_code == 0

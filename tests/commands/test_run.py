@@ -109,3 +109,24 @@ def test_unknown_guest_is_a_clear_error(backend):
     result = CliRunner().invoke(cli.group, ["run", "nonesuch"])
     assert result.exit_code != 0
     assert "no guest 'nonesuch'" in str(result.exception) + result.output
+
+
+@pytest.mark.parametrize("name", ["software", "kvm"])
+def test_run_hello_on_a_real_backend(name, tmp_path, monkeypatch):
+    from vlbr.guest.build import build_guest
+    from vlbr.guest.conformance import BackendNotLoadable, make_backend
+    monkeypatch.setenv("VLBR_CACHE_DIR", str(tmp_path / "cache"))
+    try:
+        reason = make_backend(name).unavailable_reason()
+    except BackendNotLoadable as err:
+        reason = str(err)
+    if reason:
+        pytest.skip(f"backend {name} unavailable: {reason}")
+    result = invoke("hello", "--backend", name, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["backend"] == name
+    assert doc["vcpus"][0]["exit_status"] == 0
+    image = build_guest("hello")
+    want = [(frm, to) for frm, to, _ in reversed(known_loop_branches(image))]
+    assert [(r["from"], r["to"]) for r in doc["vcpus"][0]["records"]] == want

@@ -47,7 +47,11 @@ def _cpuid_1c(table) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for tools")
 def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
             vcpus: int | None, as_json: bool) -> None:
-    """Run GUEST (a built-in guest: hello, conformance, smp; or a path to a C file)."""
+    """Run GUEST: a built-in guest (hello, conformance, smp) or a path to a C file.
+
+    A C file is linked with the guest runtime: it includes "runtime.h" and defines
+    `int guest_main(int cpu, int ncpus)`, whose return value is the exit status; it may read
+    `vlbr_lbr_ctl` (set by --lbr-ctl)."""
     image = build_guest(guest)
     if lbr_ctl is not None:
         image = image.with_u64("vlbr_lbr_ctl", _int(lbr_ctl))

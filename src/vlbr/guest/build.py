@@ -21,6 +21,7 @@ SOURCE_DIR = Path(__file__).parent / "src"
 RUNTIME_DIR = SOURCE_DIR / "runtime"
 LOAD_ADDRESS = 0x100000  # Guest ABI (docs/design.md)
 ENTRY_SYMBOL = "_start"
+CACHE_VERSION = "1"  # bump when what the cache stores, or how, changes
 # Sources linked into every guest: the runtime and the branch scenarios with known records.
 COMMON_SOURCES = ("runtime/entry.S", "runtime/runtime.c", "lbr_scenarios.S")
 COMMON_DEPENDENCIES = ("runtime/runtime.h", "runtime/guest.ld")
@@ -76,8 +77,10 @@ def _tool_version(gcc: str) -> str:
 
 
 def _source_key(main: Path, gcc: str) -> str:
+    """Hash of everything that shapes the image (headers a user's C file includes from its
+    own directory are not part of it: pass use_cache=False when editing those)."""
     digest = hashlib.sha256()
-    for part in (*CFLAGS, *LDFLAGS, _tool_version(gcc)):
+    for part in (CACHE_VERSION, *CFLAGS, *LDFLAGS, _tool_version(gcc)):
         digest.update(part.encode() + b"\0")
     for rel in (*COMMON_SOURCES, *COMMON_DEPENDENCIES):
         digest.update((SOURCE_DIR / rel).read_bytes())
