@@ -554,3 +554,30 @@ def test_qemu_fault_error_code_and_int_n_without_one(table):
     sym = a.assemble().symbols
     assert result.exit_status == [13], result.stats
     assert data_words(sm, 3) == (0x38, sym["faulting"], sym["after_int"])
+
+
+def test_int_n_through_a_dpl0_gate_from_ring3_is_gp_with_the_idt_error_code(table):
+    """SDM INT n: a gate DPL below CPL raises #GP(vector * 8 + 2) (IDT bit) at the INT."""
+    a = Asm()
+    a.handler(13, "gp")
+    a.handler(0x81, "never")  # DPL 0
+    a.lidt()
+    for value in (layout.SEL_USER_DATA, 0x6F0000, 0x2, layout.SEL_USER_CODE, "user"):
+        a.mov(R.RAX, value)
+        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
+    a.raw(Code.IRETQ)
+    a.label("user")
+    a.label("int81")
+    a.raw(Code.INT_IMM8, 0x81, kinds="i")
+    a.exit(0)
+    a.label("never")
+    a.exit(0x81)
+    a.label("gp")
+    for i in range(3):
+        a.raw(Code.POP_R64, R.RAX, kinds="r")
+        a.store(8 * i)
+    a.exit(13)
+    sm, result = run(a, table)
+    sym = a.assemble().symbols
+    assert result.exit_status == [13], result.stats
+    assert data_words(sm, 3) == (0x81 * 8 + 2, sym["int81"], layout.SEL_USER_CODE)

@@ -341,8 +341,9 @@ class SoftwareMachine:
     def _raise(self, vector: int, fault_ip: int, error_code: int | None = None,
                return_ip: int | None = None, software: bool = False) -> None:
         """Deliver an exception and record it as the model's exception event (LER)."""
-        handler, cpl = self.delivery.deliver(vector, fault_ip if return_ip is None else return_ip,
-                                             error_code, software)
+        delivered, handler, cpl = self.delivery.deliver(
+            vector, fault_ip if return_ip is None else return_ip, error_code,
+            fault_ip if software else None)
         self.stats["exceptions"] += 1
         self.current.model.exception(fault_ip, handler, cpl)
         self.current.last_block = None

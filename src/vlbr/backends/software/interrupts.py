@@ -79,15 +79,16 @@ class InterruptDelivery:
         return seg
 
     def deliver(self, vector: int, return_ip: int, error_code: int | None = None,
-                software: bool = False) -> tuple[int, int]:
-        """Enter the handler of vector; returns (handler address, its CPL).
+                software_ip: int | None = None) -> tuple[int, int, int]:
+        """Enter the handler of vector; returns (vector delivered, handler address, its CPL).
 
-        software: INT n / INT3 / INTO, which check the gate's DPL against CPL (#GP if lower).
+        software_ip: the address of the INT n / INT3 / INTO that raised it; these check the
+        gate's DPL against CPL and raise #GP(vector*8+2) at that address instead (SDM INT n).
         """
         cpl = self.uc.reg_read(UC_X86_REG_CS) & 3
         gate = self.gate(vector)
-        if software and gate.dpl < cpl:
-            return self.deliver(VECTOR_GP, return_ip - 0, vector * 8 + 2)  # SDM INT n: #GP(vec*8+2)
+        if software_ip is not None and gate.dpl < cpl:
+            return self.deliver(VECTOR_GP, software_ip, vector * 8 + 2)
         if not gate.present or gate.type not in (GATE_INTERRUPT, GATE_TRAP):
             raise DeliveryFailed(f"IDT vector {vector}: gate not present or not a 64-bit "
                                  f"interrupt/trap gate (type {gate.type:#x})")
@@ -123,4 +124,4 @@ class InterruptDelivery:
         self.uc.reg_write(UC_X86_REG_RFLAGS, new_flags)
         self.uc.reg_write(UC_X86_REG_RIP, gate.offset)
         self.privilege.exception_delivered()
-        return gate.offset, new_cpl
+        return vector, gate.offset, new_cpl
