@@ -570,7 +570,8 @@ class SoftwareMachine:
                 self._invalid(rip)  # with a block hook QEMU stops on these without an error
                 return None
             if uc.mem_read(rip - 1, 1) == b"\xf4" and self._decode(rip - 1).mnemonic == Mnemonic.HLT:
-                run.done, run.error = True, f"vCPU {run.index} halted at {rip - 1:#x} with no interrupt to wake it"
+                run.done = True
+                run.error = f"vCPU {run.index} halted at {rip - 1:#x} with no interrupt to wake it"
                 return "halted"
             return "max_steps"
         if stop == _Stop.EMULATE:
