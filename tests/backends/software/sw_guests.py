@@ -118,9 +118,13 @@ class Asm:
         ip, enc = self.base, Encoder(64)
         for insn, names in items:
             for n in names:
+                if n in labels:
+                    raise ValueError(f"label {n!r} defined twice")
                 labels[n] = ip
             ip += enc.encode(insn, ip)
         for n in tail:
+            if n in labels:
+                raise ValueError(f"label {n!r} defined twice")
             labels[n] = ip
         items, _ = self._instructions(labels)
         block = BlockEncoder(64, False)
@@ -145,8 +149,6 @@ _KIND = {"r": "reg", "i": "u32", "m": "mem", "I": "i32"}
 
 
 def _default_kinds(args) -> str:
-    if any(isinstance(a, MemoryOperand) for a in args):
-        raise ValueError("say kinds= for memory operands")
     if args:
-        raise ValueError("say kinds= for operands")
+        raise ValueError("say kinds= for instructions with operands")
     return ""

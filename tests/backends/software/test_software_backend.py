@@ -122,21 +122,21 @@ def test_unknown_msr_raises_gp_not_qemus_zero(table):
     assert result.exit_status == [13]
 
 
-def known_loop(a: Asm, iterations=3):
+def known_loop(a: Asm, iterations=3, p=""):
     """ecx = iterations; a jnz loop (iterations-1 taken, one not taken), a call and a ret."""
     a.raw(Code.MOV_R32_IMM32, R.ECX, iterations, kinds="ri")
-    a.label("loop")
+    a.label(p + "loop")
     a.raw(Code.DEC_RM32, R.ECX, kinds="r")
-    a.label("jnz")
-    a.branch(Code.JNE_REL32_64, "loop")
-    a.label("call")
-    a.call("fn")
-    a.label("after_call")
-    a.jmp("done")
-    a.label("fn")
-    a.label("ret")
+    a.label(p + "jnz")
+    a.branch(Code.JNE_REL32_64, p + "loop")
+    a.label(p + "call")
+    a.call(p + "fn")
+    a.label(p + "after_call")
+    a.jmp(p + "done")
+    a.label(p + "fn")
+    a.label(p + "ret")
     a.ret()
-    a.label("done")
+    a.label(p + "done")
 
 
 def test_known_loop_leaves_exactly_the_expected_records(table):
@@ -581,3 +581,37 @@ def test_int_n_through_a_dpl0_gate_from_ring3_is_gp_with_the_idt_error_code(tabl
     sym = a.assemble().symbols
     assert result.exit_status == [13], result.stats
     assert data_words(sm, 3) == (0x81 * 8 + 2, sym["int81"], layout.SEL_USER_CODE)
+
+
+def test_block_hook_removed_when_lbren_cleared(table):
+    a = Asm()
+    a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
+    known_loop(a, 2)
+    a.wrmsr(IA32_LBR_CTL, 0)
+    known_loop(a, 4, p="second_")  # not recorded, and no hook to pay for
+    a.exit(0)
+    sm, result = run(a, table)
+    assert sm.block_hook is None
+    assert result.stats["branches_seen"] == 4  # taken jnz, call, ret, jmp of the first loop
+    assert len([r for r in result.vcpus[0].records() if r != (0, 0, 0)]) == 4
+
+
+def test_halt_without_exit_is_a_named_error(table):
+    a = Asm()
+    a.raw(Code.HLT)
+    _, result = run(a, table)
+    assert result.exit_status == [None]
+    assert "halted" in result.stats["error"]
+
+
+def test_xsaves_of_unemulated_components_is_a_named_error(table):
+    from vlbr.arch.msrs import IA32_XSS
+    a = Asm()
+    a.wrmsr(IA32_XSS, 1 << 15)
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 0x8003, kinds="ri")  # x87 | SSE | Arch LBR
+    a.raw(Code.XOR_R32_RM32, R.EDX, R.EDX, kinds="rr")
+    a.raw(Code.XSAVES64_MEM, mem(0x200000), kinds="m")
+    a.exit(0)
+    _, result = run(a, table)
+    assert result.exit_status == [None]
+    assert "component 15 only" in result.stats["error"]
