@@ -259,7 +259,7 @@ static void check_depth(void)
 
 static void check_records(void)
 {
-    lbr_clear(&caps);
+    lbr_clear();
     known_loop_fn(ALL_BRANCHES);
     records_match("known_loop_records", known_loop_expected, KNOWN_LOOP_RECORDS, 0);
     u64 newest = rdmsr(MSR_LBR_FROM(0)), oldest = rdmsr(MSR_LBR_FROM(KNOWN_LOOP_RECORDS - 1));
@@ -271,7 +271,7 @@ static void check_records(void)
     wrmsr(MSR_LBR_CTL, 0);
     records_match("lbr_ctl_write_keeps_records", known_loop_expected, KNOWN_LOOP_RECORDS, 0);
 
-    lbr_clear(&caps);
+    lbr_clear();
     branch_zoo(ALL_BRANCHES & ~LBR_CTL_LBREN);
     records_match("lbren_clear_records_nothing", 0, 0, 0);
 
@@ -289,7 +289,7 @@ static void check_records(void)
     check("lbr_record_noncanonical_gp", vn == 13 && rdmsr(MSR_LBR_FROM(0)) == from,
           "WRMSR IA32_LBR_0_FROM_IP=1<<56: vector %d (want 13), reads %lx", vn,
           rdmsr(MSR_LBR_FROM(0)));
-    lbr_clear(&caps);
+    lbr_clear();
 
     if (!caps.branch_filter) {
         for (int i = 0; i < ZOO_BRANCHES; i++)
@@ -304,7 +304,7 @@ static void check_records(void)
             for (int j = ZOO_BRANCHES - 1; j >= 0; j--)
                 if (zoo[j].filter == zoo[i].filter)
                     want[n++] = zoo[j].r;
-            lbr_clear(&caps);
+            lbr_clear();
             branch_zoo(LBR_CTL_LBREN | LBR_CTL_OS | zoo[i].filter);
             records_match(zoo[i].check, want, n, 0);
         }
@@ -313,7 +313,7 @@ static void check_records(void)
     struct rec all[ZOO_BRANCHES];
     for (int j = 0; j < ZOO_BRANCHES; j++)
         all[j] = zoo[ZOO_BRANCHES - 1 - j].r;
-    lbr_clear(&caps);
+    lbr_clear();
     branch_zoo(ALL_BRANCHES);
     records_match("branch_zoo_all_types", all, ZOO_BRANCHES, 0);
     if (!caps.br_type)
@@ -336,7 +336,7 @@ static void check_call_stack(void)
     if (!caps.branch_filter) {
         check_skip("call_stack_off_records_all", "CPUID.1C:EBX[1] branch filtering not enumerated");
     } else {
-        lbr_clear(&caps);
+        lbr_clear();
         call_stack_scenario(ctl);
         records_match("call_stack_off_records_all", plain, 4, 0);
     }
@@ -344,7 +344,7 @@ static void check_call_stack(void)
         check_skip("call_stack_mode", "CPUID.1C:EBX[2] call-stack mode not enumerated");
         return;
     }
-    lbr_clear(&caps);
+    lbr_clear();
     call_stack_scenario(ctl | LBR_CTL_CALL_STACK);
     records_match("call_stack_mode", stack, 2, 0);
 }
@@ -352,7 +352,7 @@ static void check_call_stack(void)
 static void check_ler_and_db(void)
 {
     struct fault_ctx *f = rt_fault();
-    lbr_clear(&caps);
+    lbr_clear();
     f->vector = NO_FAULT;
     f->recover = A(ler_recover);
     ler_scenario(ALL_BRANCHES);
@@ -369,7 +369,7 @@ static void check_ler_and_db(void)
               "IA32_LER_INFO.BR_TYPE=%lu, expected %d (near relative JMP)", ler_type,
               BR_TYPE_NEAR_REL_JMP);
 
-    lbr_clear(&caps);
+    lbr_clear();
     f->vector = NO_FAULT;
     f->recover = A(db_recover);
     db_scenario(ALL_BRANCHES);
@@ -407,15 +407,15 @@ static void check_cpl(void)
     const struct rec os[] = { k, k }, usr[] = { u, u }, both[] = { u, u, k, k };
     const u64 base = LBR_CTL_LBREN | LBR_CTL_COND;
 
-    lbr_clear(&caps);
+    lbr_clear();
     u64 exit_vector = cpl_scenario(base | LBR_CTL_OS, rt_user_stack_top());
     check("ring3_int_return", exit_vector == RT_USER_RETURN_VECTOR,
           "ring 3 ended with vector %ld, not by INT 0x80 through its DPL3 gate", exit_vector);
     records_match(names[0], os, 2, 0);
-    lbr_clear(&caps);
+    lbr_clear();
     cpl_scenario(base | LBR_CTL_USR, rt_user_stack_top());
     records_match(names[1], usr, 2, 0);
-    lbr_clear(&caps);
+    lbr_clear();
     cpl_scenario(base | LBR_CTL_OS | LBR_CTL_USR, rt_user_stack_top());
     records_match(names[2], both, 4, 0);
 }
@@ -465,7 +465,7 @@ static void check_xss_and_xsaves(void)
     }
 
     const u64 saved_ctl = LBR_CTL_OS | LBR_CTL_COND;  /* LBREn clear: nothing moves meanwhile */
-    lbr_clear(&caps);
+    lbr_clear();
     known_loop_fn(ALL_BRANCHES);
     wrmsr(MSR_LBR_CTL, saved_ctl);
     for (unsigned i = 0; i < sizeof(xsave_area) / 8; i++)
@@ -483,7 +483,7 @@ static void check_xss_and_xsaves(void)
           vec, xstate_bv, xcomp_bv, lbr[0], lbr[1], lbr[5], lbr[6]);
 
     wrmsr(MSR_LBR_CTL, 0);
-    lbr_clear(&caps);
+    lbr_clear();
     vec = xrstors_safe(xsave_area, XSS_ARCH_LBR);
     u64 ctl = rdmsr(MSR_LBR_CTL), from = rdmsr(MSR_LBR_FROM(0)), to = rdmsr(MSR_LBR_TO(0));
     check("xrstors_component15",

@@ -22,7 +22,7 @@ int guest_main(int cpu, int ncpus)
         rt_printf("IA32_LBR_CTL=%lx rejected with vector %d\n", ctl, vector);
         return 1;
     }
-    lbr_clear(&caps);
+    lbr_clear();
     rt_printf("IA32_LBR_DEPTH=%lu, running known_loop with IA32_LBR_CTL=%lx\n",
               rdmsr(MSR_LBR_DEPTH), ctl);
     known_loop(ctl);

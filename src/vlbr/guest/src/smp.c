@@ -56,7 +56,7 @@ int guest_main(int cpu, int ncpus)
             rt_printf("SKIP vcpu_clear_private: Arch LBR not enumerated\n");
         return 0;
     }
-    lbr_clear(&caps);
+    lbr_clear();
     u64 ctl = LBR_CTL_LBREN | LBR_CTL_OS | LBR_CTL_COND;
     if (cpu == 0)
         smp_run0(ctl);
@@ -71,7 +71,7 @@ int guest_main(int cpu, int ncpus)
        records must survive it. */
     if (cpu == 0) {
         if (wait_for(&recorded[1]))
-            lbr_clear(&caps);
+            lbr_clear();
         cleared = 1;
         return 0;
     }

@@ -229,8 +229,7 @@ int depth_legal(const struct lbr_caps *c, u64 depth)
     return (c->depth_mask >> (depth / 8 - 1)) & 1;
 }
 
-void lbr_clear(const struct lbr_caps *c)
+void lbr_clear(void)
 {
-    (void)c;
     wrmsr(MSR_LBR_DEPTH, rdmsr(MSR_LBR_DEPTH));
 }

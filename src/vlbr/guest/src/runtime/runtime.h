@@ -189,6 +189,6 @@ struct lbr_caps {
 };
 struct lbr_caps lbr_caps(void);
 int depth_legal(const struct lbr_caps *c, u64 depth);
-void lbr_clear(const struct lbr_caps *c);   /* rewrite DEPTH: clears every record */
+void lbr_clear(void);   /* rewrite IA32_LBR_DEPTH with its value: clears every record */
 
 #endif
