@@ -78,3 +78,29 @@ def test_same_guest_same_records_with_a_filter(hello):
     by_backend = {name: live(run_hello(name, calls_and_jcc).vcpus[0].records()) for name in BACKENDS}
     assert len(by_backend["kvm"]) == 5  # 3 calls and 2 taken Jcc of known_loop
     assert by_backend["kvm"] == by_backend["software"]
+
+
+def _ignore_cpl(monkeypatch):
+    from vlbr.vcpu import lbr
+    original = lbr.ArchLbrVcpu.retire_branch
+    monkeypatch.setattr(lbr.ArchLbrVcpu, "retire_branch",
+                        lambda self, b: original(self, b._replace(cpl=0)))
+
+
+def _depth_write_keeps_records(monkeypatch):
+    from vlbr.vcpu import state
+    monkeypatch.setattr(state.LbrState, "clear_records", lambda self: None)
+
+
+@pytest.mark.parametrize("breakage, check", [
+    (_ignore_cpl, "cpl_usr_only"),
+    (_depth_write_keeps_records, "lbr_depth_write_clears"),
+])
+def test_suite_catches_a_broken_model(breakage, check, monkeypatch):
+    # The checks can fail: break one rule of the vCPU model (reference doc section 2) under
+    # the software backend and the matching check must report it.
+    backend = backend_or_skip("software")
+    breakage(monkeypatch)
+    report = run_conformance(backend)
+    status = {r.name: r.status for r in report.results}
+    assert status[check] == "fail"
