@@ -214,3 +214,17 @@ def test_config_from_policy_emulated_guest_cpuid():
     v.put()
     v.load()
     assert v.rdmsr(IA32_LBR_DEPTH) == 64
+
+
+@pytest.mark.parametrize("stop", ["lbren", "freeze"])
+def test_ler_not_updated_while_lbren_clear_or_frozen(vcpu, stop):
+    enabled(vcpu).retire_branch(jcc(0))
+    if stop == "lbren":
+        vcpu.wrmsr(IA32_LBR_CTL, OS | USR | ANY_TYPE)
+    else:
+        vcpu.wrmsr(IA32_DEBUGCTL, 1 << 11)
+        vcpu.pmi()
+    vcpu.exception(0x10, 0x20, 0)
+    vcpu.debug_exception()
+    assert vcpu.ler == (0, 0, 0)
+    assert vcpu.records()[0][0] == 0x1000
