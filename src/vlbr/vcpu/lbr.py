@@ -56,14 +56,14 @@ read and write that buffer; guest accesses and branches while put are a backend 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 from vlbr.arch.msrs import (DEBUGCTL_FREEZE_LBRS_ON_PMI, GLOBAL_STATUS_LBR_FRZ, IA32_DEBUGCTL,
                             IA32_LBR_CTL, IA32_LBR_DEPTH, IA32_LER_FROM_IP, IA32_LER_INFO,
                             IA32_LER_TO_IP, IA32_PERF_CAPABILITIES, IA32_PERF_GLOBAL_STATUS,
                             IA32_PERF_GLOBAL_STATUS_RESET, IA32_XSS, INFO_BR_TYPE_SHIFT,
                             INFO_CYC_CNT_MASK, INFO_CYC_CNT_VALID, INFO_MISPRED,
-                            LBR_CTL_BRANCH_BITS, BranchType, LbrCtl, RecordKind,
+                            BranchType, LbrCtl, RecordKind,
                             decode_record_msr, msr_name, record_msr)
 from vlbr.arch.xsave import XSS_ARCH_LBR
 
@@ -497,7 +497,3 @@ class ArchLbrVcpu:
         where = "loaded" if self._s is not None else "put"
         return f"ArchLbrVcpu({self.config.describe()}, {where})"
 
-
-def branches(items: Sequence[tuple]) -> list[Branch]:
-    """Branch objects from plain tuples (tests and tools)."""
-    return [Branch(*item) for item in items]
