@@ -83,3 +83,20 @@ def test_batch_rejects_malformed_traces(bad):
     args.update(bad)
     with pytest.raises(BranchTraceError):
         v.record_batch(**args)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ctl=st.integers(0, 0x7F000F).map(lambda c: c & 0x7F000F), frozen=st.booleans(), b=branch)
+def test_not_recording_means_a_branch_changes_nothing(ctl, frozen, b):
+    # `recording` is the backends' cue to single-step: when False, no branch may matter
+    v = ArchLbrVcpu(CONFIGS["alder-lake"])
+    v.wrmsr(IA32_LBR_CTL, ctl)
+    v.wrmsr(0x1D9, 1 << 11)  # DEBUGCTL.FREEZE_LBRS_ON_PMI
+    if frozen:
+        v.pmi()
+    before = v.save()
+    v.retire_branch(Branch(*b[:6], is_return=b[6]))
+    if not v.recording:
+        assert v.save() == before
+    else:
+        assert ctl & 1 and not frozen
