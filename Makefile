@@ -16,9 +16,11 @@ system-deps:
 	@command -v cpuid >/dev/null && command -v gcc >/dev/null && command -v objcopy >/dev/null \
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpuid gcc binutils)
 
+# The main job: a guest with virtualized Arch LBR on the best backend (KVM, else unicorn),
+# then the conformance summary of that backend.
 run: $(STAMP) system-deps
-	$(VENV)/bin/vlbr cpuid show --host
-	$(VENV)/bin/vlbr kvm supported --host
+	$(VENV)/bin/vlbr run hello --backend auto
+	$(VENV)/bin/vlbr conformance --backend auto --summary
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
