@@ -7,21 +7,17 @@ compare recorded branches with addresses the encoder itself produced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from iced_x86 import BlockEncoder, Code, Decoder, Instruction, MemoryOperand, Register as R
+
+from vlbr.guest.image import GuestImage
 
 IMAGE_BASE = 0x100000
 
 
-@dataclass
-class Image:
-    """Shaped like vlbr.guest.GuestImage (data, load_address, entry, symbols)."""
-
-    data: bytes
-    load_address: int = IMAGE_BASE
-    entry: int = IMAGE_BASE
-    symbols: dict[str, int] = field(default_factory=dict)
+def Image(data: bytes, load_address: int = IMAGE_BASE, entry: int = IMAGE_BASE,
+          symbols: dict[str, int] | None = None) -> GuestImage:
+    """A vlbr.guest GuestImage of iced-encoded code."""
+    return GuestImage(bytes(data), load_address, entry, dict(symbols or {}), "asm")
 
 
 class Asm:

@@ -27,3 +27,71 @@ def test_hello_guest_records_its_known_loop():
     assert "newest record" in result.console[0]
     froms = {f for f, _, _ in result.vcpus[0].records() if f}
     assert froms and all(image.contains(f) for f in froms)
+
+
+def _software():
+    try:
+        from vlbr.backends.software import SoftwareBackend
+    except ImportError:
+        from vlbr.backends.software.backend import SoftwareBackend
+    return SoftwareBackend()
+
+
+@pytest.mark.parametrize("ctl", [0x7F0007, 0x7F000F, 0x10003, 0x200005])
+def test_hello_gives_the_same_records_on_both_backends(ctl):
+    # issue 5 "Must show": the same guest gives the same LBR records on both backends.
+    from vlbr.backends.kvm import KvmBackend
+    from vlbr.guest.build import build_guest
+    from vlbr.guest.conformance import machine_for
+    image = build_guest("hello").with_u64("vlbr_lbr_ctl", ctl)
+    kvm = KvmBackend().run(image, machine_for("kvm"))
+    software = _software().run(image, machine_for("software"))
+    assert kvm.exit_status == software.exit_status == [0]
+    assert kvm.vcpus[0].records() == software.vcpus[0].records()
+
+
+def test_ring3_guest_gives_the_same_records_on_both_backends():
+    # The ring-3 excursion path (unicorn inside the KVM backend) against the software CPU.
+    from conftest import machine_config
+    from test_backend import _ring3
+
+    from vlbr.backends.kvm import KvmBackend
+    for ctl in (0x7F0003, 0x7F0005, 0x7F0007):
+        image = _ring3(ctl)
+        kvm = KvmBackend().run(image, machine_config())
+        software = _software().run(image, machine_config())
+        assert kvm.exit_status == software.exit_status == [0x80]
+        assert kvm.vcpus[0].records() == software.vcpus[0].records()
+
+
+def _asm_guests():
+    from guest_asm import Asm, image
+    from iced_x86 import Code, Instruction
+    from test_backend import LBR_ALL, _gp_handler, _loop_guest
+
+    from vlbr.arch.msrs import IA32_LBR_CTL
+    int_n = Asm().lidt().wrmsr(IA32_LBR_CTL, LBR_ALL).emit(
+        Instruction.create_u32(Code.INT_IMM8, 0x1F)).exit(status=0)
+    gp = Asm().lidt().wrmsr(IA32_LBR_CTL, LBR_ALL).wrmsr(IA32_LBR_CTL, 1 << 5).exit(status=0)
+    icebp = Asm().lidt().wrmsr(IA32_LBR_CTL, LBR_ALL).op(Code.NOPD).op(Code.INT1).exit(status=0)
+    stop = Asm().wrmsr(IA32_LBR_CTL, 0).exit(status=0x21)
+    return {"loop": image(_loop_guest(4)),
+            "call_stack": image(_loop_guest(3, ctl=LBR_ALL | 8)),
+            "int_n": image(int_n, {0x1F: stop}),
+            "gp": image(gp, {13: _gp_handler()}),
+            "icebp": image(icebp, {1: stop})}
+
+
+@pytest.mark.parametrize("name", ["loop", "call_stack", "int_n", "gp", "icebp"])
+def test_asm_guests_give_the_same_records_on_both_backends(name):
+    from conftest import machine_config
+
+    from vlbr.backends.kvm import KvmBackend
+    image = _asm_guests()[name]
+    kvm = KvmBackend().run(image, machine_config())
+    software = _software().run(image, machine_config())
+    assert kvm.exit_status == software.exit_status
+    assert kvm.console == software.console
+    assert kvm.vcpus[0].records() == software.vcpus[0].records()
+    assert kvm.vcpus[0].rdmsr(0x1DD, host_initiated=True) == software.vcpus[0].rdmsr(
+        0x1DD, host_initiated=True)  # LER_FROM_IP
