@@ -305,3 +305,37 @@ def test_misaligned_xsaves_is_gp(backend):
     a.exit(status=0)
     result = backend.run(image(a, {13: _gp_handler()}), machine_config())
     assert result.exit_status == [13]  # SDM XSAVES: #GP if not 64-byte aligned
+
+
+def test_ring3_round_trip_without_recording_runs_in_kvm(backend):
+    # LBREn clear: no stepping, ring 3 runs in KVM itself; INT 0x80 (which this KVM cannot run
+    # at CPL3) comes back through the patched port exit (backends.kvm.traps).
+    img = _ring3(0)
+    result = backend.run(img, machine_config())
+    assert result.exit_status == [0x80]
+    assert result.stats["steps"] == 0 and result.stats["ring3_excursions"] == 0
+    assert result.stats["emulated"] == 1
+
+
+def _syscall_guest(ctl: int):
+    from guest_asm import IMAGE_BASE, ring3_image
+    kernel = (Asm().wrmsr(0xC0000082, IMAGE_BASE + 0x2800)  # LSTAR: `back`
+              .wrmsr(0xC0000081, (0x10 << 48) | (0x08 << 32))  # STAR: kernel CS 0x08, user base
+              .wrmsr(0xC0000084, 0x200)  # FMASK: clear IF
+              .wrmsr(IA32_LBR_CTL, ctl))
+    user = Asm().mov(R.RCX, 2).label("u_top").emit(Instruction.create_reg(Code.DEC_RM64, R.RCX))
+    user.branch(Code.JNE_REL32_64, "u_top").label("u_syscall").op(Code.SYSCALL)
+    back = Asm().wrmsr(IA32_LBR_CTL, 0).emit(Instruction.create_reg_reg(Code.MOV_R64_RM64, R.R9, R.R11))
+    back.print_hex(R.R9).exit(status=0x55)
+    return ring3_image(kernel, user, back, Asm().exit(status=0xBAD))
+
+
+def test_syscall_from_ring3(backend):
+    # SDM SYSCALL: RIP := LSTAR, R11 := RFLAGS (0x46 after the loop's last DEC set ZF|PF).
+    for ctl in (0, LBR_ALL):
+        img = _syscall_guest(ctl)
+        result = backend.run(img, machine_config())
+        assert result.exit_status == [0x55]
+        assert int(result.console[0], 16) & 0xFFFF == 0x46
+    s = img.symbols
+    assert _live(result.vcpus[0])[0] == (s["u_syscall"], s["back"], 8)

@@ -95,3 +95,17 @@ def test_asm_guests_give_the_same_records_on_both_backends(name):
     assert kvm.vcpus[0].records() == software.vcpus[0].records()
     assert kvm.vcpus[0].rdmsr(0x1DD, host_initiated=True) == software.vcpus[0].rdmsr(
         0x1DD, host_initiated=True)  # LER_FROM_IP
+
+
+@pytest.mark.parametrize("ctl", [0, 0x7F0003, 0x7F0005, 0x7F0007])
+def test_syscall_guest_gives_the_same_records_on_both_backends(ctl):
+    from conftest import machine_config
+    from test_backend import _syscall_guest
+
+    from vlbr.backends.kvm import KvmBackend
+    image = _syscall_guest(ctl)
+    kvm = KvmBackend().run(image, machine_config())
+    software = _software().run(image, machine_config())
+    assert kvm.exit_status == software.exit_status == [0x55]
+    assert kvm.console == software.console
+    assert kvm.vcpus[0].records() == software.vcpus[0].records()

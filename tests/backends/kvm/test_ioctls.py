@@ -82,3 +82,19 @@ def test_cpuid_patch_only_touches_decoded_cpuid(data):
             assert patched[i] == data[i]
     for s in sites:
         assert patched[s - 0x100000:s - 0x100000 + 2] == HLT_NOP
+
+
+@settings(max_examples=100)
+@given(st.binary(min_size=0, max_size=64))
+def test_trap_patch_only_touches_decoded_int_and_syscall(data):
+    from vlbr.backends.kvm.traps import OUT_TRAP, patch_traps
+    patched, sites = patch_traps(data, 0x100000)
+    assert len(patched) == len(data)
+    want = {i.ip for i in Decoder(64, data, ip=0x100000)
+            if i.code in (Code.INT_IMM8, Code.SYSCALL) and i.len == 2}
+    assert set(sites) == want
+    for at, insn in sites.items():
+        assert patched[at - 0x100000:at - 0x100000 + 2] == OUT_TRAP
+        assert data[at - 0x100000] in (0xCD, 0x0F)  # INT imm8 / SYSCALL as the guest wrote it
+    untouched = [i for i in range(len(data)) if not any(0 <= i - (a - 0x100000) < 2 for a in sites)]
+    assert all(patched[i] == data[i] for i in untouched)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import mmap
+from dataclasses import dataclass, field
 
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends import layout
 from vlbr.backends.base import RAM_SIZE
 from vlbr.backends.kvm.cpuid import patch_cpuid
+from vlbr.backends.kvm.traps import patch_traps
 from vlbr.backends.kvm.ioctls import Vcpu, Vm
 from vlbr.errors import VlbrError
 from vlbr.host import kvm as k
@@ -25,9 +27,18 @@ def kvm_segment(seg: layout.Segment) -> k.kvm_segment:
                          avl=0, unusable=seg.unusable)
 
 
-def create_memory(vm: Vm, image, vcpus: int) -> tuple[mmap.mmap, frozenset[int]]:
-    """RAM with the ABI's low memory and the image (CPUID patched, see backends.kvm.cpuid)
-    at its load address, mapped as slot 0; also the patched CPUID addresses."""
+@dataclass(frozen=True)
+class PatchedSites:
+    """Where the loaded image differs from the guest's: CPUID (cpuid.py), INT n/SYSCALL
+    (traps.py), each by guest address."""
+
+    cpuid: frozenset[int] = frozenset()
+    traps: dict = field(default_factory=dict)
+
+
+def create_memory(vm: Vm, image, vcpus: int) -> tuple[mmap.mmap, PatchedSites]:
+    """RAM with the ABI's low memory and the patched image at its load address, mapped as
+    slot 0; also where it was patched."""
     memory = mmap.mmap(-1, RAM_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                        mmap.PROT_READ | mmap.PROT_WRITE)
     layout.write_low_memory(memory, vcpus)
@@ -36,9 +47,10 @@ def create_memory(vm: Vm, image, vcpus: int) -> tuple[mmap.mmap, frozenset[int]]
         raise GuestImageError(f"image of {len(data)} bytes at {start:#x} is outside "
                               f"{layout.IMAGE_BASE:#x}..{RAM_SIZE:#x}")
     data, cpuid_sites = patch_cpuid(data, start)
+    data, trap_sites = patch_traps(data, start)
     memory[start:start + len(data)] = data
     vm.set_user_memory_region(0, 0, memory)
-    return memory, cpuid_sites
+    return memory, PatchedSites(cpuid_sites, trap_sites)
 
 
 def set_entry_state(vcpu: Vcpu, entry: layout.VcpuEntry, cpuid: CpuidTable) -> None:
@@ -68,10 +80,10 @@ def set_entry_state(vcpu: Vcpu, entry: layout.VcpuEntry, cpuid: CpuidTable) -> N
 
 
 def create_machine(kvm: Kvm, image, cpuid: CpuidTable, vcpus: int
-                   ) -> tuple[Vm, mmap.mmap, frozenset[int], list[Vcpu]]:
+                   ) -> tuple[Vm, mmap.mmap, PatchedSites, list[Vcpu]]:
     vm = Vm(kvm)
     try:
-        memory, cpuid_sites = create_memory(vm, image, vcpus)
+        memory, sites = create_memory(vm, image, vcpus)
         cpus = []
         for n in range(vcpus):
             vcpu = vm.create_vcpu(n)
@@ -80,4 +92,4 @@ def create_machine(kvm: Kvm, image, cpuid: CpuidTable, vcpus: int
     except BaseException:
         vm.close()
         raise
-    return vm, memory, cpuid_sites, cpus
+    return vm, memory, sites, cpus

@@ -21,6 +21,8 @@ import struct
 from vlbr.backends.kvm import cpuid, usermode, xsaves
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE
 from vlbr.backends.kvm.ioctls import Vcpu
+from vlbr.backends.kvm.machine import PatchedSites
+from vlbr.backends.kvm.traps import PORT_TRAP
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import ArchLbrVcpu, Branch, GeneralProtection
 
@@ -43,10 +45,11 @@ class VcpuRunner:
     """Runs one vCPU until it yields or exits; holds its console, exit status and model."""
 
     def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, memory: mmap.mmap, use_sync_regs: bool,
-                 table: CpuidTable, cpuid_sites: frozenset[int] = frozenset()):
+                 table: CpuidTable, sites: PatchedSites = PatchedSites()):
         self.vcpu = vcpu
         self.table = table
-        self.cpuid_sites = cpuid_sites
+        self.cpuid_sites = sites.cpuid
+        self.trap_sites = sites.traps
         self.model = model
         self.memory = memory
         self.run_struct = vcpu.run_struct
@@ -57,7 +60,8 @@ class VcpuRunner:
         self.stop_reason: str | None = None  # why it stopped, when not by port 0xF4
         self.stepping = False
         self.pending: Step | None = None
-        self._injected: int | None = None  # vector of an exception we had KVM inject
+        self._injected: int | None = None
+        self._resumed_at: int | None = None  # RIP we moved the vCPU to at a port exit  # vector of an exception we had KVM inject
         self._decoded: dict[int, tuple[bytes, Step]] = {}
         self.exits = 0
         self.steps = 0
@@ -115,7 +119,34 @@ class VcpuRunner:
             self._stop(None)
         elif io.port == PORT_YIELD:
             return True
+        elif io.port == PORT_TRAP:
+            self._trap()
         return False
+
+    def _trap(self) -> None:
+        """A patched INT n / SYSCALL (backends.kvm.traps): perform the original instruction."""
+        regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        site = next((a for a in (regs.rip - 2, regs.rip) if a in self.trap_sites), None)
+        if site is None:
+            return  # a guest's own OUT to port 0xF6: no device
+        insn = self.trap_sites[site]
+        self.emulated += 1
+        cpl = sregs.cs.selector & 3
+        if insn.code == Code.SYSCALL:
+            handler = self._syscall(regs, usermode.Leave("syscall", from_ip=site,
+                                                         return_ip=insn.next_ip))
+        else:
+            handler = usermode.deliver_event(self.vcpu, self.memory, regs, insn.immediate8,
+                                             insn.next_ip, None, True, cpl, sregs.cs.selector,
+                                             sregs.ss.selector)
+            if isinstance(handler, str):
+                self._stop(f"shutdown: {handler}")
+                return
+            self.model.exception(site, handler, 0)
+        self._sync_stepping(at_msr_exit=False)
+        if self.stepping:
+            self.pending = self._decode(handler)
+            self._resumed_at = handler
 
     # --- MSRs routed to the model ---------------------------------------------------------
     def _msr(self, reason: int) -> None:
@@ -187,6 +218,9 @@ class VcpuRunner:
         self.steps += 1
         regs, sregs = self._regs()
         rip, cpl = regs.rip, sregs.cs.selector & 3
+        resumed, self._resumed_at = self._resumed_at, None
+        if resumed is not None and rip == resumed:
+            return  # KVM reported the step of the trapping OUT itself: nothing ran since
         step, self.pending = self.pending, None
         if step is not None and step.insn.ip in self.cpuid_sites:
             regs = self.vcpu.get_regs()  # the step exit came before a HLT exit: answer here

@@ -128,6 +128,14 @@ class UserMode:
         if address in self.runner.cpuid_sites:
             self._cpuid(address)
             return
+        original = self.runner.trap_sites.get(address)
+        if original is not None:  # a patched INT n / SYSCALL (backends.kvm.traps)
+            if original.code == Code.SYSCALL:
+                self._stop(Leave("syscall", from_ip=address, return_ip=original.next_ip))
+            else:
+                self._stop(Leave("event", original.immediate8, address, original.next_ip,
+                                 software=True))
+            return
         step = self.runner._decode(address)
         insn = step.insn
         if insn.mnemonic in PRIVILEGED or insn.code in MOV_CR_DR:

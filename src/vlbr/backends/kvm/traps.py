@@ -1,0 +1,33 @@
+"""INT n and SYSCALL turned into port exits, because the KVM here cannot run them natively.
+
+Measured on this machine (kvm_pvm): `INT n` (n != 3) ends in KVM_EXIT_INTERNAL_ERROR
+(emulation failure) at CPL0 and raises #UD at CPL3; SYSCALL at CPL3 does not reach the
+guest's IA32_LSTAR. Neither exits to user space at CPL3, so before loading the image vlbr
+replaces each 2-byte `INT imm8` (CD ib) and SYSCALL (0F 05) with `OUT 0xF6, AL` (E6 F6): port
+0xF6 is open to ring 3 in the Guest ABI's TSS I/O bitmap (with the exit port's 0xF4-0xF7), so
+the OUT exits as KVM_EXIT_IO at any CPL and the runner performs the original instruction
+(delivery through the guest IDT, or SYSCALL through STAR/LSTAR/FMASK). Found by the same linear
+sweep with iced-x86 as the CPUID patch.
+"""
+
+from __future__ import annotations
+
+from iced_x86 import Code, Decoder, Instruction
+
+PORT_TRAP = 0xF6
+OUT_TRAP = bytes([0xE6, PORT_TRAP])
+PATCHED = {Code.INT_IMM8: 0xCD, Code.SYSCALL: 0x0F}
+
+
+def patch_traps(data: bytes, base: int) -> tuple[bytes, dict[int, Instruction]]:
+    """The image with each INT imm8 / SYSCALL replaced by OUT 0xF6, AL, and the originals by
+    address."""
+    out = bytearray(data)
+    sites: dict[int, Instruction] = {}
+    for insn in Decoder(64, data, ip=base):
+        first = PATCHED.get(insn.code)
+        at = insn.ip - base
+        if first is not None and insn.len == 2 and data[at] == first:
+            out[at:at + 2] = OUT_TRAP
+            sites[insn.ip] = insn
+    return bytes(out), sites
