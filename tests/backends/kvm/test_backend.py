@@ -339,3 +339,19 @@ def test_syscall_from_ring3(backend):
         assert int(result.console[0], 16) & 0xFFFF == 0x46
     s = img.symbols
     assert _live(result.vcpus[0])[0] == (s["u_syscall"], s["back"], 8)
+
+
+def test_guest_trap_flag_debug_exception_clears_lbren(backend):
+    # SDM 17.3.1.4: with TF set by POPFQ, #DB follows the next instruction; ref 2: #DB clears
+    # LBREn. KVM's own single-step would swallow that trap while recording.
+    handler = Asm().rdmsr(IA32_LBR_CTL).print_hex(R.RAX).print(" ")
+    handler.emit(Instruction.create_reg(Code.POP_R64, R.R9)).print_hex(R.R9).exit(status=1)
+    a = Asm().lidt().wrmsr(IA32_LBR_CTL, LBR_ALL).op(Code.PUSHFQ)
+    a.emit(Instruction.create_mem_u32(Code.OR_RM64_IMM32, MemoryOperand(R.RSP), 0x100))
+    a.op(Code.POPFQ).label("after").op(Code.NOPD).label("trap").op(Code.NOPD).exit(status=0)
+    img = image(a, {1: handler})
+    result = backend.run(img, machine_config())
+    assert result.exit_status == [1]
+    ctl, rip = (int(x, 16) for x in result.console[0].split())
+    assert ctl == LBR_ALL & ~int(LbrCtl.LBREN)
+    assert rip == img.symbols["trap"]  # the #DB frame's RIP: after the one instruction

@@ -61,7 +61,8 @@ class VcpuRunner:
         self.stepping = False
         self.pending: Step | None = None
         self._injected: int | None = None
-        self._resumed_at: int | None = None  # RIP we moved the vCPU to at a port exit  # vector of an exception we had KVM inject
+        self._resumed_at: int | None = None  # RIP we moved the vCPU to at a port exit
+        self._guest_tf = 0  # steps until the guest's own TF trap is due (0: none)  # vector of an exception we had KVM inject
         self._decoded: dict[int, tuple[bytes, Step]] = {}
         self.exits = 0
         self.steps = 0
@@ -229,6 +230,10 @@ class VcpuRunner:
                 rip, step = regs.rip, None
         if step is not None:
             self._retire(step, regs, rip, cpl, sregs)
+        if self._guest_tf:
+            self._guest_single_step()
+            if not self.stepping:
+                return
         if not self.exited and self.stepping:
             self._sync_stepping(at_msr_exit=False)
         if self.stepping:
@@ -311,7 +316,23 @@ class VcpuRunner:
             return
         if 0 <= slot <= RAM_SIZE - 8:
             value = int.from_bytes(self.memory[slot:slot + 8], "little")
+            if value & RFLAGS_TF:  # the guest sets TF itself: its #DB follows the next insn
+                self._guest_tf = 2
             self.memory[slot:slot + 8] = (value | RFLAGS_TF).to_bytes(8, "little")
+
+    def _guest_single_step(self) -> None:
+        """The guest's own TF trap, which KVM's stepping swallows: a #DB (SDM 17.3.1.4) after
+        the instruction that follows the POPFQ/IRETQ setting TF; LBREn is cleared."""
+        self._guest_tf -= 1
+        if self._guest_tf:
+            return
+        self.model.debug_exception()
+        self._set_stepping(self.model.recording)
+        control = STEP_CONTROL if self.stepping else k.KVM_GUESTDBG_ENABLE
+        self.vcpu.set_guest_debug(control | k.KVM_GUESTDBG_INJECT_DB)
+        if not self.stepping:
+            self.vcpu.set_guest_debug(0)
+        self.pending = None
 
     def _retire(self, step: Step, regs, rip: int, cpl: int, sregs) -> None:
         insn, cls = step.insn, step.cls
