@@ -1,0 +1,244 @@
+"""What the KVM here cannot run, completed by the VMM for the vCPU runner (a mixin).
+
+Each was measured on this machine (see `vlbr host`): CPUID rows KVM rewrites (answered from the
+machine's table at the patched HLT), INT n and SYSCALL (patched to a port exit, delivered
+through the guest IDT / STAR-LSTAR here), ICEBP and INT n reaching KVM_EXIT_INTERNAL_ERROR,
+XSAVES/XRSTORS (emulated with the model's component 15), CPL3 code while recording (run on
+unicorn, backends.kvm.usermode), and the guest's own TF trap that KVM's single-step swallows.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from iced_x86 import Code, Instruction
+
+from vlbr.arch.msrs import IA32_XSS
+from vlbr.backends import branches
+from vlbr.backends.base import RAM_SIZE
+from vlbr.backends.kvm import cpuid, usermode, xsaves
+from vlbr.host import kvm as k
+from vlbr.vcpu.lbr import Branch
+
+STEP_CONTROL = k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP
+KVM_INTERNAL_ERROR_EMULATION = 1
+VECTOR_GP = 13
+RFLAGS_TF = 1 << 8
+
+
+class KvmGaps:
+    """Mixed into VcpuRunner: uses its vcpu, model, memory, stepping state and _decode."""
+
+    def _trap(self) -> None:
+        """A patched INT n / SYSCALL (backends.kvm.traps): perform the original instruction."""
+        regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        site = next((a for a in (regs.rip - 2, regs.rip) if a in self.trap_sites), None)
+        if site is None:
+            return  # a guest's own OUT to port 0xF6: no device
+        insn = self.trap_sites[site]
+        self.emulated += 1
+        cpl = sregs.cs.selector & 3
+        if insn.code == Code.SYSCALL:
+            handler = self._syscall(regs, usermode.Leave("syscall", from_ip=site,
+                                                         return_ip=insn.next_ip))
+        else:
+            handler = usermode.deliver_event(self.vcpu, self.memory, regs, insn.immediate8,
+                                             insn.next_ip, None, True, cpl, sregs.cs.selector,
+                                             sregs.ss.selector)
+            if isinstance(handler, str):
+                self._stop(f"shutdown: {handler}")
+                return
+            self.model.exception(site, handler, 0)
+        self._sync_stepping(at_msr_exit=False)
+        if self.stepping:
+            self.pending = self._decode(handler)
+            self._resumed_at = handler
+
+    def _cpuid_after_hlt(self) -> bool:
+        regs = self.vcpu.get_regs()
+        site = regs.rip - 1  # KVM completed the one-byte HLT
+        if site not in self.cpuid_sites:
+            return False
+        self._cpuid(regs, site)
+        if self.stepping:  # the patched HLT was the pending step; the next one follows it
+            self.pending = self._decode(regs.rip)
+        return True
+
+    def _cpuid(self, regs, site: int) -> None:
+        self.cpuid_exits += 1
+        xcr0 = self.vcpu.get_xcrs().get(0, 3)
+        out = cpuid.answer(self.table, regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF,
+                           apic_id=self.vcpu.index, cr4=self.vcpu.get_sregs().cr4, xcr0=xcr0,
+                           xss=self._xss())
+        regs.rax, regs.rbx, regs.rcx, regs.rdx = out.as_tuple()
+        regs.rip = site + len(cpuid.HLT_NOP)
+        self.vcpu.set_regs(regs)
+
+    def _xss(self) -> int:
+        try:
+            return self.model.rdmsr(IA32_XSS, host_initiated=True)
+        except Exception:  # no XSAVES in the guest CPUID: IA32_XSS does not exist, reads 0
+            return 0
+
+    def _iret_to_user(self, rsp: int) -> bool:
+        frame = self._read(rsp + 8, 1)
+        return bool(frame) and frame[0] & 3 == 3
+
+    def _ring3(self) -> None:
+        """Run the ring-3 code the pending IRETQ enters on unicorn (see backends.kvm.usermode),
+        then resume KVM at the ring-0 handler that ends it."""
+        iret, self.pending = self.pending.insn, None
+        regs = self.vcpu.get_regs()
+        frame = struct.unpack_from("<5Q", self.memory, regs.rsp)
+        if self._user is None:
+            self._user = usermode.UserMode(self)
+        user = self._user
+        leave = user.enter(iret.ip, regs, frame)
+        self.excursions += 1
+        if leave.kind == "exit":
+            self.exit_status = leave.return_ip
+            self._stop(None)
+            return
+        if leave.kind == "fail":
+            self._stop(leave.detail)
+            return
+        user.user_regs(regs)
+        if leave.kind == "syscall":
+            handler = self._syscall(regs, leave)
+        else:
+            if leave.vector == usermode.VECTOR_DB:
+                self.model.debug_exception()  # #DB: LBREn cleared, the delivery not recorded
+            handler = usermode.deliver_event(
+                self.vcpu, self.memory, regs, leave.vector, leave.return_ip, leave.error_code,
+                leave.software, 3, user.user_cs, user.user_ss, leave.cr2)
+            if isinstance(handler, str):
+                self._stop(f"shutdown from ring 3: {handler}")
+                return
+            if leave.vector != usermode.VECTOR_DB:
+                self.model.exception(leave.from_ip, handler, 0)
+        self._sync_stepping(at_msr_exit=False)
+        if self.stepping:
+            self.pending = self._decode(handler)
+
+    def _syscall(self, regs, leave) -> int:
+        """SYSCALL (SDM vol. 2B): RCX/R11 saved, CS/SS from STAR, RIP from LSTAR, FMASK."""
+        msrs = self.vcpu.get_msrs([usermode.MSR_STAR, usermode.MSR_LSTAR, usermode.MSR_FMASK])
+        star, lstar = msrs.get(usermode.MSR_STAR, 0), msrs.get(usermode.MSR_LSTAR, 0)
+        regs.rcx, regs.r11 = leave.return_ip, regs.rflags & ~usermode.RFLAGS_RF
+        regs.rflags = (regs.rflags & ~msrs.get(usermode.MSR_FMASK, 0) & ~usermode.RFLAGS_RF) | 2
+        regs.rip = lstar
+        self.vcpu.set_regs(regs)
+        sregs = self.vcpu.get_sregs()
+        selector = (star >> 32) & 0xFFFC
+        sregs.cs = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=0xB,
+                                 present=1, dpl=0, db=0, s=1, l=1, g=1)
+        sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector + 8, type=0x3,
+                                 present=1, dpl=0, db=1, s=1, l=0, g=1)
+        self.vcpu.set_sregs(sregs)
+        self.model.retire_branch(Branch(leave.from_ip, lstar, branches.EVENT.kind, 0))
+        return lstar
+
+    def _keep_trap_flag(self, insn: Instruction, regs) -> None:
+        """IRETQ and POPFQ load RFLAGS from the stack and would drop the TF that KVM's
+        single-step relies on (measured: the next exit came only after a ring change), so set
+        TF in the image they pop; KVM hides TF from the guest while it steps and clears it
+        when stepping stops."""
+        if insn.code == Code.IRETQ:
+            if self._read(regs.rsp + 8, 1)[:1] and self._read(regs.rsp + 8, 1)[0] & 3:
+                return  # to CPL3: this KVM #UDs an IRETQ to user mode with TF set (measured)
+            slot = regs.rsp + 16
+        elif insn.code == Code.POPFQ:
+            slot = regs.rsp
+        else:
+            return
+        if 0 <= slot <= RAM_SIZE - 8:
+            value = int.from_bytes(self.memory[slot:slot + 8], "little")
+            if value & RFLAGS_TF:  # the guest sets TF itself: its #DB follows the next insn
+                self._guest_tf = 2
+            self.memory[slot:slot + 8] = (value | RFLAGS_TF).to_bytes(8, "little")
+
+    def _guest_single_step(self) -> None:
+        """The guest's own TF trap, which KVM's stepping swallows: a #DB (SDM 17.3.1.4) after
+        the instruction that follows the POPFQ/IRETQ setting TF; LBREn is cleared."""
+        self._guest_tf -= 1
+        if self._guest_tf:
+            return
+        self._raise_debug()
+
+    def _emulate(self) -> bool:
+        """Complete what KVM here fails to emulate (KVM_EXIT_INTERNAL_ERROR, suberror 1):
+        ICEBP (INT1) and XSAVES/XRSTORS; False leaves the exit to stop the vCPU."""
+        if self.run_struct.internal.suberror != KVM_INTERNAL_ERROR_EMULATION:
+            return False
+        regs = self.vcpu.get_regs()
+        step = self._decode(regs.rip)
+        if step.insn.code == Code.INT1:
+            return self._icebp(regs, step)
+        if step.insn.code in (Code.INT_IMM8, Code.INTO):
+            return self._software_interrupt(regs, step)
+        if xsaves.emulates(step.insn):
+            return self._xsaves(regs, step)
+        return False
+
+    def _xsaves(self, regs, step: Step) -> bool:
+        self.emulated += 1
+        cpl = self.vcpu.get_sregs().cs.selector & 3
+        try:
+            vector = xsaves.emulate(step.insn, self.vcpu, self.model, self.memory, regs, cpl)
+        except xsaves.NotEmulated as err:
+            self._stop(f"{step.insn} at {regs.rip:#x} (KVM_EXIT_INTERNAL_ERROR emulation "
+                       f"failure; vlbr does not emulate {err})")
+            return True
+        if vector is None:
+            regs.rip = step.insn.next_ip
+            self.vcpu.set_regs(regs)
+            if self.stepping:  # KVM steps the instruction after it next
+                self.pending = self._decode(regs.rip)
+        else:
+            self.vcpu.inject_exception(vector, 0 if vector == VECTOR_GP else None)
+            self._injected = vector
+            if self.stepping:
+                self.pending = step
+        self._sync_stepping(at_msr_exit=False)
+        return True
+
+    def _software_interrupt(self, regs, step: Step) -> bool:
+        """INT n / INTO (this KVM fails to emulate them): delivered through the guest IDT."""
+        insn = step.insn
+        if insn.code == Code.INTO and not regs.rflags & (1 << 11):
+            regs.rip = insn.next_ip
+            self.vcpu.set_regs(regs)
+            return True
+        self.emulated += 1
+        vector = 4 if insn.code == Code.INTO else insn.immediate8
+        sregs = self.vcpu.get_sregs()
+        handler = usermode.deliver_event(self.vcpu, self.memory, regs, vector, insn.next_ip,
+                                         None, True, sregs.cs.selector & 3, sregs.cs.selector,
+                                         sregs.ss.selector)
+        if isinstance(handler, str):
+            self._stop(f"shutdown: {handler}")
+            return True
+        self.model.exception(insn.ip, handler, 0)
+        self._sync_stepping(at_msr_exit=False)
+        self.pending = self._decode(handler) if self.stepping else None
+        return True
+
+    def _icebp(self, regs, step: Step) -> bool:
+        """ICEBP raises a trap-like #DB (SDM 17.3.1.2): RIP after it, LBREn cleared."""
+        self.emulated += 1
+        regs.rip = step.insn.next_ip
+        self.vcpu.set_regs(regs)
+        self._raise_debug()
+        return True
+
+    def _raise_debug(self) -> None:
+        """A #DB for the guest: the model clears LBREn (no record of the delivery), KVM injects
+        the exception (KVM_GUESTDBG_INJECT_DB) and stepping follows the model again."""
+        self.model.debug_exception()
+        self._set_stepping(self.model.recording)
+        control = STEP_CONTROL if self.stepping else k.KVM_GUESTDBG_ENABLE
+        self.vcpu.set_guest_debug(control | k.KVM_GUESTDBG_INJECT_DB)
+        if not self.stepping:
+            self.vcpu.set_guest_debug(0)  # the #DB stays queued; debug itself goes off again
+        self.pending = None
+
