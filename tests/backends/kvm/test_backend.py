@@ -355,3 +355,26 @@ def test_guest_trap_flag_debug_exception_clears_lbren(backend):
     ctl, rip = (int(x, 16) for x in result.console[0].split())
     assert ctl == LBR_ALL & ~int(LbrCtl.LBREN)
     assert rip == img.symbols["trap"]  # the #DB frame's RIP: after the one instruction
+
+
+def test_bad_machines_are_clear_vlbr_errors(backend):
+    import dataclasses
+
+    import pytest
+
+    from vlbr.errors import VlbrError
+    config = machine_config()
+    with pytest.raises(VlbrError, match="vCPUs"):
+        backend.run(image(Asm().exit(status=0)), dataclasses.replace(config, vcpus=0))
+    too_big = image(Asm().exit(status=0))
+    too_big = dataclasses.replace(too_big, data=too_big.data + bytes(8 << 20))
+    with pytest.raises(VlbrError, match="outside"):
+        backend.run(too_big, config)
+
+
+def test_max_steps_stops_a_spinning_guest(backend):
+    import dataclasses
+    a = Asm().wrmsr(IA32_LBR_CTL, LBR_ALL).label("spin").branch(Code.JMP_REL32_64, "spin")
+    result = backend.run(image(a), dataclasses.replace(machine_config(), max_steps=500))
+    assert result.exit_status == [None]
+    assert result.stats["out_of_budget"] and result.stats["exits"] == 500

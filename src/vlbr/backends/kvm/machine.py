@@ -18,7 +18,7 @@ from vlbr.host.kvm import Kvm, KvmError
 
 
 class GuestImageError(VlbrError):
-    """The guest image does not fit the Guest ABI's memory."""
+    """The guest image or machine does not fit the Guest ABI (memory, vCPU count)."""
 
 
 def kvm_segment(seg: layout.Segment) -> k.kvm_segment:
@@ -81,6 +81,8 @@ def set_entry_state(vcpu: Vcpu, entry: layout.VcpuEntry, cpuid: CpuidTable) -> N
 
 def create_machine(kvm: Kvm, image, cpuid: CpuidTable, vcpus: int
                    ) -> tuple[Vm, mmap.mmap, PatchedSites, list[Vcpu]]:
+    if not 1 <= vcpus <= layout.MAX_VCPUS:
+        raise GuestImageError(f"{vcpus} vCPUs: the Guest ABI lays out 1..{layout.MAX_VCPUS}")
     vm = Vm(kvm)
     try:
         memory, sites = create_memory(vm, image, vcpus)
