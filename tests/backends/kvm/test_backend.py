@@ -378,3 +378,18 @@ def test_max_steps_stops_a_spinning_guest(backend):
     result = backend.run(image(a), dataclasses.replace(machine_config(), max_steps=500))
     assert result.exit_status == [None]
     assert result.stats["out_of_budget"] and result.stats["exits"] == 500
+
+
+def test_filter_denies_exactly_the_models_msrs(backend):
+    # vlbr.arch.msrs: LBR_CTL, DEPTH, LER, 64 FROM/TO/INFO slots, DEBUGCTL, PERF_CAPABILITIES,
+    # XSS, PERF_GLOBAL_STATUS(_RESET) belong to the model; IA32_TSC (0x10) stays KVM's.
+    from vlbr.backends.kvm.backend import owned_msrs
+    from vlbr.vcpu.lbr import ArchLbrVcpu
+    model = ArchLbrVcpu(machine_config().lbr)
+    owned = owned_msrs(model)
+    assert {0x14CE, 0x14CF, 0x1DD, 0x1DE, 0x1E0, 0xDA0, 0x1D9, 0x345} <= owned
+    assert {0x1500 + i for i in range(64)} | {0x1600 + i for i in range(64)} <= owned
+    assert 0x10 not in owned and all(model.owns(m) for m in owned)
+    a = Asm().rdmsr(0x10).rdmsr(0x345).exit(status=0)
+    result = backend.run(image(a), machine_config())
+    assert result.exit_status == [0] and result.stats["msr_exits"] == 1

@@ -24,10 +24,22 @@ REQUIRED_CAPS = {
 }
 
 
-def owned_msrs(model: ArchLbrVcpu) -> set[int]:
+_OWNED: dict = {}  # LbrConfig -> owned MSRs: the scan costs ~50 ms, runs repeat configs
+
+
+def owned_msrs(model: ArchLbrVcpu) -> frozenset[int]:
     """Every MSR the model owns in the ranges the filter covers: exactly the ones denied."""
-    return {msr for base in MSR_SCAN_BLOCKS for msr in range(base, base + MSR_BLOCK)
-            if model.owns(msr)}
+    try:
+        return _OWNED[model.config]
+    except (KeyError, TypeError):
+        pass
+    owned = frozenset(msr for base in MSR_SCAN_BLOCKS for msr in range(base, base + MSR_BLOCK)
+                      if model.owns(msr))
+    try:
+        _OWNED[model.config] = owned
+    except TypeError:  # an unhashable config: scan every time
+        pass
+    return owned
 
 
 class KvmBackend:
