@@ -7,7 +7,7 @@ EFER, the addresses iced-x86's encoder gave the guest's labels, and the Arch LBR
 
 from __future__ import annotations
 
-from conftest import machine_config
+from kvm_machine import machine_config
 from guest_asm import Asm, R, image
 from iced_x86 import Code, Instruction, MemoryOperand
 

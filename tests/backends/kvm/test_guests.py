@@ -52,7 +52,7 @@ def test_hello_gives_the_same_records_on_both_backends(ctl):
 
 def test_ring3_guest_gives_the_same_records_on_both_backends():
     # The ring-3 excursion path (unicorn inside the KVM backend) against the software CPU.
-    from conftest import machine_config
+    from kvm_machine import machine_config
     from test_backend import _ring3
 
     from vlbr.backends.kvm import KvmBackend
@@ -84,7 +84,7 @@ def _asm_guests():
 
 @pytest.mark.parametrize("name", ["loop", "call_stack", "int_n", "gp", "icebp"])
 def test_asm_guests_give_the_same_records_on_both_backends(name):
-    from conftest import machine_config
+    from kvm_machine import machine_config
 
     from vlbr.backends.kvm import KvmBackend
     image = _asm_guests()[name]
@@ -99,7 +99,7 @@ def test_asm_guests_give_the_same_records_on_both_backends(name):
 
 @pytest.mark.parametrize("ctl", [0, 0x7F0003, 0x7F0005, 0x7F0007])
 def test_syscall_guest_gives_the_same_records_on_both_backends(ctl):
-    from conftest import machine_config
+    from kvm_machine import machine_config
     from test_backend import _syscall_guest
 
     from vlbr.backends.kvm import KvmBackend

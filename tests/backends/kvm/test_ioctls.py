@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import guest_cpuid
+from kvm_machine import guest_cpuid
 from guest_asm import Asm, R, image
 from hypothesis import given, settings, strategies as st
 from iced_x86 import Code, Decoder
