@@ -356,7 +356,30 @@ def ioctl(fd: int, request: int, arg=0, name: str | None = None) -> int:
 
 
 # --- the system object --------------------------------------------------------------------------
-class Kvm:
+class FileDescriptor:
+    """Owns one file descriptor (/dev/kvm, a VM or a vCPU); closes it once."""
+
+    fd: int = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Kvm(FileDescriptor):
     """An open /dev/kvm: the system ioctls (like kvm-ioctls' `Kvm`)."""
 
     def __init__(self, path: str = KVM_PATH):
@@ -377,23 +400,6 @@ class Kvm:
         if version != KVM_API_VERSION:
             return f"KVM_GET_API_VERSION: {version}, vlbr needs {KVM_API_VERSION}"
         return None
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> "Kvm":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def api_version(self) -> int:
         return ioctl(self.fd, KVM_GET_API_VERSION)

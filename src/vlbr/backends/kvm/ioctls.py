@@ -9,33 +9,10 @@ import os
 
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.host import kvm as k
-from vlbr.host.kvm import Kvm, KvmError, ioctl
+from vlbr.host.kvm import FileDescriptor, Kvm, KvmError, ioctl
 
 
-class _Fd:
-    """Owns one file descriptor; closes it once."""
-
-    fd: int = -1
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class Vm(_Fd):
+class Vm(FileDescriptor):
     """A KVM VM fd: memory slots, vCPUs, VM capabilities and the MSR filter."""
 
     def __init__(self, kvm: Kvm):
@@ -87,7 +64,7 @@ class Vm(_Fd):
         super().close()
 
 
-class Vcpu(_Fd):
+class Vcpu(FileDescriptor):
     """A KVM vCPU fd with its mmap'ed struct kvm_run."""
 
     def __init__(self, vm: Vm, fd: int, index: int):

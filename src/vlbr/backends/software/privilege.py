@@ -46,6 +46,10 @@ _SEG = struct.Struct("<I4xQII")
 _MAGIC = 0x5EC0_DE0F_C0FF_EE11
 
 
+def _int_at(data: bytes, offset: int) -> int:
+    return struct.unpack_from("<i", data, offset)[0]
+
+
 @dataclass(frozen=True)
 class SegmentCache:
     """A segment register as QEMU caches it."""
@@ -105,59 +109,32 @@ class PrivilegeSwitch:
         arrive as #DF. A DIV by zero on scratch bytes (restored afterwards) moves the field
         from -1 to 0; a second one then reports #DF (8); with -1 written back, #DE (0) again.
         """
-        from unicorn import UC_HOOK_INTR
-        from unicorn.x86_const import UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RFLAGS
-        uc = self.uc
-        saved_code = bytes(uc.mem_read(scratch, 16))
-        saved = {r: uc.reg_read(r) for r in (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX,
-                                              UC_X86_REG_RFLAGS, UC_X86_REG_RIP)}
-        seen: list[int] = []
-
-        def on_interrupt(uc, intno, user_data):
-            seen.append(intno)
-            uc.emu_stop()
-
-        def state() -> bytes:
-            ctx, address = self._raw()
-            return ctypes.string_at(address + self.regs_offset, ctx.size - self.regs_offset)
-
-        def divide() -> tuple[list[int], bytes]:
-            seen.clear()
-            uc.reg_write(UC_X86_REG_RDX, 0)
-            uc.emu_start(scratch, scratch + 4)
-            return list(seen), state()
-
-        def word(data: bytes, offset: int) -> int:
-            return struct.unpack_from("<i", data, offset)[0]
-
-        hook = uc.hook_add(UC_HOOK_INTR, on_interrupt)
-        uc.mem_write(scratch, b"\x31\xc9\xf7\xf1\xf4")  # xor ecx,ecx; div ecx; hlt
+        word = _int_at
+        divide = b"\x31\xc9\xf7\xf1\xf4"  # xor ecx,ecx; div ecx; hlt
         found = None
-        try:
-            before = state()
-            first, after = divide()
-            candidates = [o for o in range(_SEGS_OFFSET, len(after) - 4, 4)
-                          if word(before, o) == -1 and word(after, o) == 0]
-            second, after = divide()
-            if first == [0] and second == [8]:
-                for offset in candidates:
-                    if word(after, offset) != 8:
-                        continue
-                    self._poke(offset, struct.pack("<i", -1))
-                    third, _ = divide()
-                    if third == [0]:
-                        found = offset
-                        break
-        finally:
-            uc.hook_del(hook)
-            uc.mem_write(scratch, saved_code)
-            uc.ctl_remove_cache(scratch, scratch + 16)
-            for reg, value in saved.items():
-                uc.reg_write(reg, value)
+        before = self._state()
+        first, after = self._probe(scratch, divide)
+        candidates = [o for o in range(_SEGS_OFFSET, len(after) - 4, 4)
+                      if word(before, o) == -1 and word(after, o) == 0]
+        second, after = self._probe(scratch, divide)
+        if first == [0] and second == [8]:
+            for offset in candidates:
+                if word(after, offset) != 8:
+                    continue
+                self._poke(offset, struct.pack("<i", -1))
+                third, _ = self._probe(scratch, divide)
+                if third == [0]:
+                    found = offset
+                    break
         if found is None:
             raise BackendUnavailable("unicorn context layout: env->old_exception not found")
         self._poke(found, struct.pack("<i", -1))
         return found
+
+    def _state(self) -> bytes:
+        """The raw CPUX86State bytes from the register file on."""
+        ctx, address = self._raw()
+        return ctypes.string_at(address + self.regs_offset, ctx.size - self.regs_offset)
 
     def _probe(self, scratch: int, code: bytes) -> tuple[list[int], bytes]:
         """Run code on scratch bytes; the vectors QEMU raised and the CPU state afterwards."""
@@ -177,8 +154,7 @@ class PrivilegeSwitch:
         try:
             uc.mem_write(scratch, code)
             uc.emu_start(scratch, scratch + len(code) - 1)
-            ctx, address = self._raw()
-            state = ctypes.string_at(address + self.regs_offset, ctx.size - self.regs_offset)
+            state = self._state()
         finally:
             uc.hook_del(hook)
             uc.mem_write(scratch, saved_code)
@@ -195,7 +171,7 @@ class PrivilegeSwitch:
         gp, after_gp = self._probe(scratch, b"\xb8\x38\x00\x00\x00\x8e\xd8\xf4")
         self.exception_delivered()
         soft, after_int = self._probe(scratch, b"\xcd\x80\xf4")
-        word = lambda data, o: struct.unpack_from("<i", data, o)[0]  # noqa: E731
+        word = _int_at
         if gp == [13] and soft == [0x80]:
             for offset in range(_SEGS_OFFSET, len(after_gp) - 8, 4):
                 if (word(after_gp, offset), word(after_gp, offset + 4)) == (0x38, 0) and \
