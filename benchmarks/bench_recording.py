@@ -15,8 +15,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vlbr.arch.cpuid import CpuidTable, Registers  # noqa: E402
+from vlbr.arch.cpuid import CpuidTable  # noqa: E402
 from vlbr.arch.msrs import IA32_LBR_CTL, BranchType, LbrCtl  # noqa: E402
+from vlbr.host import read_cpuid_file  # noqa: E402
 from vlbr.vcpu import ArchLbrVcpu, Branch, LbrConfig  # noqa: E402
 
 N_BATCH = 1_000_000
@@ -26,17 +27,13 @@ FILTERED = (LbrCtl.LBREN | LbrCtl.OS | LbrCtl.COND | LbrCtl.NEAR_REL_CALL | LbrC
             | LbrCtl.OTHER_BRANCH)
 
 
+CORPUS_DUMP = (Path(__file__).resolve().parents[2] / "shared" / "corpus" / "instlatx64"
+               / "GenuineIntel0090672_AlderLake_01_LC_BC_CPUID.txt")
+
+
 def guest_table() -> CpuidTable:
-    """Alder Lake P-core rows (corpus instlatx64/GenuineIntel0090675_AlderLake_00_CPUID.txt)."""
-    return CpuidTable({
-        (0x1, 0): Registers(0x00090675, 0x00100800, 0x7FFAFBBF, 0xBFEBFBFF),
-        (0x7, 0): Registers(0x00000001, 0x239CA7EB, 0x98C007AC, 0xFC184410),
-        (0xA, 0): Registers(0x08300805, 0, 0x0000000F, 0x00008604),
-        (0xD, 0): Registers(0x00000207, 0x00000340, 0x00000A88, 0),
-        (0xD, 1): Registers(0x0000000F, 0x000003D0, 0x00019900, 0),
-        (0xD, 0xF): Registers(0x328, 0, 1, 0),
-        (0x1C, 0): Registers(0x4000000B, 7, 7, 0),
-    })
+    """An Alder Lake P-core (i9-12900K, logical CPU 0) as the corpus dump has it."""
+    return read_cpuid_file(CORPUS_DUMP)[0].table
 
 
 def trace(n: int, seed: int = 1):
