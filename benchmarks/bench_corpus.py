@@ -18,7 +18,9 @@ from pathlib import Path
 from vlbr.host import read_cpuid_file, write_cpuid_raw
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = (REPO.parent / "shared" / "corpus").resolve()
+sys.path.insert(0, str(REPO / "tests"))
+from corpus import CORPUS  # noqa: E402  (the tests' corpus locator)
+
 REPEAT = 3
 
 

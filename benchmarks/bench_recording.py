@@ -27,8 +27,10 @@ FILTERED = (LbrCtl.LBREN | LbrCtl.OS | LbrCtl.COND | LbrCtl.NEAR_REL_CALL | LbrC
             | LbrCtl.OTHER_BRANCH)
 
 
-CORPUS_DUMP = (Path(__file__).resolve().parents[2] / "shared" / "corpus" / "instlatx64"
-               / "GenuineIntel0090672_AlderLake_01_LC_BC_CPUID.txt")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from corpus import INSTLATX64  # noqa: E402  (the tests' corpus locator)
+
+CORPUS_DUMP = INSTLATX64 / "GenuineIntel0090672_AlderLake_01_LC_BC_CPUID.txt"
 
 
 def guest_table() -> CpuidTable:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = (REPO.parent / "shared" / "corpus").resolve()
+# Beside the checkout as the project lays it out; a clone elsewhere (CI) finds the machine's copy.
+_CANDIDATES = [REPO.parent / "shared" / "corpus", Path("/work/shared/corpus")]
+
+
+def _find_corpus() -> Path:
+    if os.environ.get("VLBR_CORPUS"):
+        return Path(os.environ["VLBR_CORPUS"]).resolve()
+    return next((p.resolve() for p in _CANDIDATES if (p / "INDEX.md").is_file()),
+                _CANDIDATES[0].resolve())
+
+
+CORPUS = _find_corpus()
 INSTLATX64 = CORPUS / "instlatx64"
 LIBVIRT = CORPUS / "libvirt"
 FIRECRACKER = CORPUS / "firecracker-guest-views"
