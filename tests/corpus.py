@@ -45,6 +45,9 @@ class IndexRow:
 
 
 def index_rows() -> list[IndexRow]:
+    """The rows of INDEX.md; none without a corpus (the tests that need it then skip)."""
+    if not INDEX.is_file():
+        return []
     rows = []
     for line in INDEX.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
