@@ -50,6 +50,16 @@ def data_words(sm, count, offset=0):
     return struct.unpack(f"<{count}Q", bytes(sm.uc.mem_read(DATA + offset, 8 * count)))
 
 
+def db_handler_reports_rip_and_lbr_ctl(a: Asm) -> None:
+    """A #DB handler that stores the faulting RIP and IA32_LBR_CTL at DATA and exits with 1."""
+    a.label("db")
+    a.raw(Code.POP_R64, R.RAX, kinds="r")
+    a.store(0)
+    a.rdmsr(IA32_LBR_CTL)
+    a.store(8)
+    a.exit(1)
+
+
 def br_type(info):
     return (info >> INFO_BR_TYPE_SHIFT) & 0xF
 
@@ -257,12 +267,7 @@ def test_int1_is_a_debug_exception_that_clears_lbren(table):
     a.raw(Code.INT1)
     a.label("after")
     a.exit(0)
-    a.label("db")
-    a.raw(Code.POP_R64, R.RAX, kinds="r")
-    a.store(0)
-    a.rdmsr(IA32_LBR_CTL)
-    a.store(8)
-    a.exit(1)
+    db_handler_reports_rip_and_lbr_ctl(a)
     sm, result = run(a, table)
     sym = a.assemble().symbols
     assert result.exit_status == [1]
@@ -437,12 +442,7 @@ def test_trap_flag_single_step_is_a_debug_exception(table):
     a.raw(Code.NOPD)
     a.label("after")
     a.exit(0)
-    a.label("db")
-    a.raw(Code.POP_R64, R.RAX, kinds="r")
-    a.store(0)
-    a.rdmsr(IA32_LBR_CTL)
-    a.store(8)
-    a.exit(1)
+    db_handler_reports_rip_and_lbr_ctl(a)
     sm, result = run(a, table)
     assert result.exit_status == [1], result.stats
     rip, ctl = data_words(sm, 2)
