@@ -22,7 +22,7 @@ from iced_x86 import BlockEncoder, Code, Instruction, Register as R  # noqa: E40
 from vlbr.arch.msrs import IA32_LBR_CTL, LbrCtl  # noqa: E402
 from vlbr.backends.base import IMAGE_BASE, MachineConfig  # noqa: E402
 from vlbr.backends.kvm import KvmBackend  # noqa: E402
-from vlbr.guest.image import GuestImage  # noqa: E402
+from vlbr.backends.image import GuestImage  # noqa: E402
 from vlbr.host.kvm import Kvm  # noqa: E402
 from vlbr.policy.emulated import emulated_guest_cpuid  # noqa: E402
 from vlbr.vcpu import LbrConfig  # noqa: E402

@@ -19,7 +19,7 @@ from vlbr.arch.msrs import IA32_LBR_CTL, LbrCtl
 from vlbr.backends import layout
 from vlbr.backends.base import IMAGE_BASE, PORT_EXIT, MachineConfig
 from vlbr.backends.software.backend import SoftwareMachine, enter_long_mode, load_guest
-from vlbr.guest.image import GuestImage
+from vlbr.backends.image import GuestImage
 
 BRANCHES_PER_ITERATION = 3  # call, ret, jnz (taken on all but the last iteration)
 RECORD_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | 0x7F0000

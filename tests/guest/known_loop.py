@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vlbr.arch.msrs import BranchType
-from vlbr.guest.image import GuestImage
+from vlbr.backends.image import GuestImage
 
 
 def known_loop_branches(image: GuestImage) -> list[tuple[int, int, BranchType]]:

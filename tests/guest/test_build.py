@@ -10,7 +10,7 @@ import pytest
 
 from vlbr.guest import build as guest_build
 from vlbr.guest.build import GuestBuildError, build_guest, builtin_guests
-from vlbr.guest.image import GuestImage, GuestImageError
+from vlbr.backends.image import GuestImage, GuestImageError
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 

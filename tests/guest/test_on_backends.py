@@ -104,3 +104,31 @@ def test_suite_catches_a_broken_model(breakage, check, monkeypatch):
     report = run_conformance(backend)
     status = {r.name: r.status for r in report.results}
     assert status[check] == "fail"
+
+
+DATA_LOOKS_LIKE_CODE = r'''
+#include "runtime.h"
+/* CPUID (0F A2), INT 0x80 (CD 80) and SYSCALL (0F 05) as data: what the KVM backend patches in
+   code must stay as the guest wrote it here. */
+volatile const unsigned char magic[8] = {0x0f, 0xa2, 0xcd, 0x80, 0x0f, 0x05, 0x90, 0x90};
+int guest_main(int cpu, int n)
+{
+    static const unsigned char want[8] = {0x0f, 0xa2, 0xcd, 0x80, 0x0f, 0x05, 0x90, 0x90};
+    for (int i = 0; i < 8; i++)
+        if (magic[i] != want[i])
+            return 10 + i;
+    return cpuid(0x1C, 0).eax ? 0 : 1;  /* and a real CPUID in code still answers */
+}
+'''
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_data_that_decodes_as_patched_instructions_is_left_alone(name, tmp_path):
+    src = tmp_path / "data_like_code.c"
+    src.write_text(DATA_LOOKS_LIKE_CODE)
+    image = build_guest(src, use_cache=False)
+    magic = image.address("magic")
+    assert not any(lo <= magic < hi for lo, hi in image.code_ranges())
+    backend = backend_or_skip(name)
+    result = backend.run(image, machine_for(name))
+    assert result.exit_status == [0], result.console

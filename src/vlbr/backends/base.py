@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vlbr.arch.cpuid import CpuidTable
+from vlbr.backends.image import GuestImage
 
-if TYPE_CHECKING:  # the guest and vcpu layers are only named here, never imported at run time
-    from vlbr.guest.image import GuestImage
+if TYPE_CHECKING:  # annotations only: importing the model here would cost every backend import
     from vlbr.vcpu.config import LbrConfig
     from vlbr.vcpu.lbr import ArchLbrVcpu
 
@@ -50,5 +50,5 @@ class Backend(Protocol):
     def unavailable_reason(self) -> str | None:
         """None when this backend can run guests here, else why not (ioctl and errno)."""
 
-    def run(self, image: "GuestImage", machine: MachineConfig) -> RunResult:
+    def run(self, image: GuestImage, machine: MachineConfig) -> RunResult:
         """Run every vCPU until all exited or max_steps; raises BackendUnavailable."""

@@ -10,12 +10,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from vlbr.errors import VlbrError
 
-from .image import GuestImage
+from vlbr.backends.image import GuestImage
 
 SOURCE_DIR = Path(__file__).parent / "src"
 RUNTIME_DIR = SOURCE_DIR / "runtime"
@@ -112,6 +113,16 @@ def read_symbols(elf_path: Path) -> tuple[int, dict[str, int]]:
     return entry, symbols
 
 
+def read_code_ranges(elf_path: Path) -> tuple[tuple[int, int], ...]:
+    """(start, end) of every allocated executable section: where a VMM may patch instructions
+    without touching data."""
+    with elf_path.open("rb") as fh:
+        return tuple((sec["sh_addr"], sec["sh_addr"] + sec["sh_size"])
+                     for sec in ELFFile(fh).iter_sections()
+                     if sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and sec["sh_flags"] & SH_FLAGS.SHF_ALLOC
+                     and sec["sh_size"])
+
+
 def _compile(main: Path, workdir: Path) -> tuple[Path, Path]:
     gcc, objcopy = _tool("gcc"), _tool("objcopy")
     sources = [str(SOURCE_DIR / rel) for rel in COMMON_SOURCES] + [str(main)]
@@ -139,7 +150,7 @@ def build_guest(guest: str | os.PathLike = "hello", *, use_cache: bool = True) -
         data = binary.read_bytes()
         if symbols.get("__image_start") != LOAD_ADDRESS:
             raise GuestBuildError(f"{main.name}: image not linked at {LOAD_ADDRESS:#x}")
-        image = GuestImage(data, LOAD_ADDRESS, entry, symbols, name)
+        image = GuestImage(data, LOAD_ADDRESS, entry, symbols, name, read_code_ranges(elf))
         if use_cache:
             _store_cached(cached, image, elf)
     return image
@@ -151,7 +162,8 @@ def _load_cached(path: Path, name: str) -> GuestImage | None:
         data = (path / "guest.bin").read_bytes()
     except (OSError, ValueError):
         return None
-    return GuestImage(data, meta["load_address"], meta["entry"], meta["symbols"], name)
+    code = tuple(tuple(r) for r in meta.get("code", ()))
+    return GuestImage(data, meta["load_address"], meta["entry"], meta["symbols"], name, code)
 
 
 def _store_cached(path: Path, image: GuestImage, elf: Path) -> None:
@@ -160,7 +172,8 @@ def _store_cached(path: Path, image: GuestImage, elf: Path) -> None:
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
         shutil.copy(elf, staging / "guest.elf")
         (staging / "guest.bin").write_bytes(image.data)
-        meta = {"load_address": image.load_address, "entry": image.entry, "symbols": image.symbols}
+        meta = {"load_address": image.load_address, "entry": image.entry, "symbols": image.symbols,
+                "code": image.code}
         (staging / "image.json").write_text(json.dumps(meta))
         try:
             staging.rename(path)  # atomic: a concurrent builder of the same key may win

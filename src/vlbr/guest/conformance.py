@@ -13,7 +13,7 @@ from vlbr.backends.base import Backend, BackendUnavailable, MachineConfig, RunRe
 from vlbr.errors import VlbrError
 
 from .build import build_guest
-from .image import GuestImage
+from vlbr.backends.image import GuestImage
 
 DEFAULT_DEPTH = 32  # the depth KVM's Arch LBR patches expose on their reference hosts
 STATUSES = ("pass", "fail", "skip")

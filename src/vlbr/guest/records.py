@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from vlbr.arch.msrs import BranchType, LbrInfo
 
-from .image import GuestImage
+from vlbr.backends.image import GuestImage
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from iced_x86 import BlockEncoder, Code, Decoder, Instruction, MemoryOperand, Register as R
 
-from vlbr.guest.image import GuestImage
+from vlbr.backends.image import GuestImage
 
 IMAGE_BASE = 0x100000
 

@@ -13,7 +13,7 @@ from iced_x86 import BlockEncoder, Code, Encoder, Instruction, MemoryOperand
 from iced_x86 import Register as R
 
 from vlbr.backends.base import IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD
-from vlbr.guest.image import GuestImage
+from vlbr.backends.image import GuestImage
 
 CODE_PAGES = 4
 DATA = IMAGE_BASE + CODE_PAGES * 0x1000  # scratch data page the tests read back

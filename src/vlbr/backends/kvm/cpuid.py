@@ -6,16 +6,17 @@ CPUID never shows CPUID.7.0:EDX[19] (Arch LBR), PDCM, XSAVES or XSS bit 15. KVM 
 user-space CPUID exit, so before loading the image vlbr replaces each CPUID instruction
 (0F A2) with HLT; NOP (F4 90): with no in-kernel irqchip a HLT exits to user space
 (KVM_EXIT_HLT), where the runner answers from the machine's table and skips both bytes.
-Found by a linear sweep with iced-x86 over the image; a guest's own HLT elsewhere still stops
+Found by the sweep of patching.py over the executable sections; a guest's own HLT elsewhere still stops
 its vCPU.
 """
 
 from __future__ import annotations
 
-from iced_x86 import Code, Decoder
+from iced_x86 import Code
 
 from vlbr.arch.cpuid import CpuidTable, Registers
 from vlbr.arch.xsave import XsaveLayout, XsaveLayoutError
+from vlbr.backends.kvm.patching import patch_instructions
 
 HLT_NOP = b"\xf4\x90"
 CPUID = b"\x0f\xa2"
@@ -29,17 +30,14 @@ def rewritten_leaves(table_set: CpuidTable, table_got: CpuidTable) -> list[tuple
             if table_set.query(*key) != table_got.query(*key)]
 
 
+# CPUID (0F A2) -> HLT; NOP
+CPUID_PATCH = {Code.CPUID: (CPUID[0], HLT_NOP)}
+
+
 def patch_cpuid(data: bytes, base: int) -> tuple[bytes, frozenset[int]]:
     """The image with every CPUID instruction replaced by HLT; NOP, and the patched addresses."""
-    out = bytearray(data)
-    sites = []
-    for insn in Decoder(64, data, ip=base):
-        if insn.code == Code.CPUID and insn.len == 2:
-            at = insn.ip - base
-            if data[at:at + 2] == CPUID:
-                out[at:at + 2] = HLT_NOP
-                sites.append(insn.ip)
-    return bytes(out), frozenset(sites)
+    out, sites = patch_instructions(data, base, [(base, base + len(data))], CPUID_PATCH)
+    return out, frozenset(sites)
 
 
 def answer(table: CpuidTable, leaf: int, subleaf: int, *, apic_id: int, cr4: int, xcr0: int,

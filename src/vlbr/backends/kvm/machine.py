@@ -5,19 +5,21 @@ from __future__ import annotations
 import mmap
 from dataclasses import dataclass, field
 
+from iced_x86 import Code
+
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends import layout
 from vlbr.backends.base import RAM_SIZE
-from vlbr.backends.kvm.cpuid import patch_cpuid
-from vlbr.backends.kvm.traps import patch_traps
+from vlbr.backends.kvm.cpuid import CPUID_PATCH
+from vlbr.backends.kvm.patching import patch_instructions
+from vlbr.backends.kvm.traps import TRAP_PATCHES
 from vlbr.backends.kvm.ioctls import Vcpu, Vm
 from vlbr.errors import VlbrError
 from vlbr.host import kvm as k
 from vlbr.host.kvm import Kvm, KvmError
 
 
-
-class GuestImageError(VlbrError):
+class GuestLayoutError(VlbrError):
     """The guest image or machine does not fit the Guest ABI (memory, vCPU count)."""
 
 
@@ -44,10 +46,11 @@ def create_memory(vm: Vm, image, vcpus: int) -> tuple[mmap.mmap, PatchedSites]:
     layout.write_low_memory(memory, vcpus)
     start, data = image.load_address, bytes(image.data)
     if start < layout.IMAGE_BASE or start + len(data) > RAM_SIZE:
-        raise GuestImageError(f"image of {len(data)} bytes at {start:#x} is outside "
+        raise GuestLayoutError(f"image of {len(data)} bytes at {start:#x} is outside "
                               f"{layout.IMAGE_BASE:#x}..{RAM_SIZE:#x}")
-    data, cpuid_sites = patch_cpuid(data, start)
-    data, trap_sites = patch_traps(data, start)
+    data, sites = patch_instructions(data, start, image.code_ranges(), {**CPUID_PATCH, **TRAP_PATCHES})
+    cpuid_sites = frozenset(a for a, insn in sites.items() if insn.code == Code.CPUID)
+    trap_sites = {a: insn for a, insn in sites.items() if insn.code != Code.CPUID}
     memory[start:start + len(data)] = data
     vm.set_user_memory_region(0, 0, memory)
     return memory, PatchedSites(cpuid_sites, trap_sites)
@@ -82,7 +85,7 @@ def set_entry_state(vcpu: Vcpu, entry: layout.VcpuEntry, cpuid: CpuidTable) -> N
 def create_machine(kvm: Kvm, image, cpuid: CpuidTable, vcpus: int
                    ) -> tuple[Vm, mmap.mmap, PatchedSites, list[Vcpu]]:
     if not 1 <= vcpus <= layout.MAX_VCPUS:
-        raise GuestImageError(f"{vcpus} vCPUs: the Guest ABI lays out 1..{layout.MAX_VCPUS}")
+        raise GuestLayoutError(f"{vcpus} vCPUs: the Guest ABI lays out 1..{layout.MAX_VCPUS}")
     vm = Vm(kvm)
     try:
         memory, sites = create_memory(vm, image, vcpus)

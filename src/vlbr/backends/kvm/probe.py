@@ -14,6 +14,7 @@ from iced_x86 import BlockEncoder, Code, Instruction, MemoryOperand, Register as
 
 from vlbr.arch.cpuid import CpuidTable, Registers
 from vlbr.backends.base import IMAGE_BASE
+from vlbr.backends.image import GuestImage
 from vlbr.backends.kvm.cpuid import rewritten_leaves
 from vlbr.backends.kvm.ioctls import Vm
 from vlbr.backends.kvm.machine import create_machine
@@ -60,18 +61,10 @@ class HostReport:
                            for p in self.probes]}
 
 
-@dataclass
-class _Image:
-    data: bytes
-    load_address: int = IMAGE_BASE
-    entry: int = IMAGE_BASE
-    symbols: dict = field(default_factory=dict)
-
-
-def _image(*instructions: Instruction) -> _Image:
+def _image(*instructions: Instruction) -> GuestImage:
     encoder = BlockEncoder(64)
     encoder.add_many(list(instructions))
-    return _Image(encoder.encode(IMAGE_BASE))
+    return GuestImage(encoder.encode(IMAGE_BASE), IMAGE_BASE, IMAGE_BASE)
 
 
 def _mov(reg, value: int) -> Instruction:
@@ -246,7 +239,7 @@ def probe_user_single_step(kvm: Kvm) -> Probe:
     code.append(Instruction.create(Code.IRETQ))
     head = _image(*code).data.ljust(0x40, b"\x90")
     tail = _image(Instruction.create(Code.NOPD), Instruction.create(Code.NOPD), *_exit()).data
-    vm, memory, _, (vcpu,) = create_machine(kvm, _Image(head + tail), _guest_table(kvm), 1)
+    vm, memory, _, (vcpu,) = create_machine(kvm, GuestImage(head + tail, IMAGE_BASE, IMAGE_BASE), _guest_table(kvm), 1)
     try:
         vcpu.set_guest_debug(k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP)
         user_steps = 0

@@ -7,27 +7,22 @@ replaces each 2-byte `INT imm8` (CD ib) and SYSCALL (0F 05) with `OUT 0xF6, AL` 
 0xF6 is open to ring 3 in the Guest ABI's TSS I/O bitmap (with the exit port's 0xF4-0xF7), so
 the OUT exits as KVM_EXIT_IO at any CPL and the runner performs the original instruction
 (delivery through the guest IDT, or SYSCALL through STAR/LSTAR/FMASK). Found by the same linear
-sweep with iced-x86 as the CPUID patch.
+sweep as the CPUID patch (patching.py).
 """
 
 from __future__ import annotations
 
-from iced_x86 import Code, Decoder, Instruction
+from iced_x86 import Code, Instruction
+
+from vlbr.backends.kvm.patching import patch_instructions
 
 PORT_TRAP = 0xF6
 OUT_TRAP = bytes([0xE6, PORT_TRAP])
-PATCHED = {Code.INT_IMM8: 0xCD, Code.SYSCALL: 0x0F}
+# INT imm8 (CD ib) and SYSCALL (0F 05) -> OUT 0xF6, AL
+TRAP_PATCHES = {Code.INT_IMM8: (0xCD, OUT_TRAP), Code.SYSCALL: (0x0F, OUT_TRAP)}
 
 
 def patch_traps(data: bytes, base: int) -> tuple[bytes, dict[int, Instruction]]:
     """The image with each INT imm8 / SYSCALL replaced by OUT 0xF6, AL, and the originals by
     address."""
-    out = bytearray(data)
-    sites: dict[int, Instruction] = {}
-    for insn in Decoder(64, data, ip=base):
-        first = PATCHED.get(insn.code)
-        at = insn.ip - base
-        if first is not None and insn.len == 2 and data[at] == first:
-            out[at:at + 2] = OUT_TRAP
-            sites[insn.ip] = insn
-    return bytes(out), sites
+    return patch_instructions(data, base, [(base, base + len(data))], TRAP_PATCHES)

@@ -35,6 +35,7 @@ from vlbr.backends import layout
 from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE,
                                 BackendUnavailable, MachineConfig, RunResult)
 from vlbr.backends.branches import EVENT, classify, taken_after
+from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
 
@@ -164,8 +165,7 @@ def load_guest(uc: Uc, image, vcpus: int, executable: bool = True) -> None:
     uc.mem_write(image.load_address, image.data)
 
 
-class _NullImage:
-    load_address, entry, data = IMAGE_BASE, IMAGE_BASE, b"\xf4"
+_NULL_IMAGE = GuestImage(b"\xf4", IMAGE_BASE, IMAGE_BASE)  # HLT: enough to probe the CPU
 
 
 class SoftwareBackend:
@@ -178,7 +178,7 @@ class SoftwareBackend:
         try:
             uc = Uc(UC_ARCH_X86, UC_MODE_64)
             uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
-            load_guest(uc, _NullImage, 1)
+            load_guest(uc, _NULL_IMAGE, 1)
             enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
             PrivilegeSwitch(uc)
         except BackendUnavailable as exc:

@@ -1,4 +1,5 @@
-"""A guest program as the backends load it: a flat image, where it goes, its entry and symbols."""
+"""A guest program as the backends load it: a flat image, where it goes, its entry, symbols and
+code ranges (built by vlbr.guest, or encoded by tests and probes)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class GuestImage:
     entry: int
     symbols: dict[str, int] = field(default_factory=dict)
     name: str = "guest"
+    # Executable sections as (start, end) guest addresses; empty: unknown, all of the image.
+    code: tuple[tuple[int, int], ...] = ()
 
     @property
     def end(self) -> int:
@@ -30,6 +33,10 @@ class GuestImage:
             return self.symbols[symbol]
         except KeyError:
             raise GuestImageError(f"guest {self.name!r} has no symbol {symbol!r}") from None
+
+    def code_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Where instructions are: the executable sections, else the whole image."""
+        return self.code or ((self.load_address, self.end),)
 
     def contains(self, address: int) -> bool:
         return self.load_address <= address < self.end
@@ -43,7 +50,8 @@ class GuestImage:
             raise GuestImageError(f"symbol {symbol} at {self.address(symbol):#x} is outside the image")
         data = bytearray(self.data)
         data[offset:offset + 8] = struct.pack("<Q", value)
-        return GuestImage(bytes(data), self.load_address, self.entry, dict(self.symbols), self.name)
+        return GuestImage(bytes(data), self.load_address, self.entry, dict(self.symbols), self.name,
+                          self.code)
 
     def read_u64(self, symbol: str) -> int:
         offset = self.address(symbol) - self.load_address
