@@ -14,7 +14,7 @@ def test_every_command_module_is_registered():
     from vlbr import commands
     import pkgutil
 
-    modules = [m.name for m in pkgutil.iter_modules(commands.__path__)]
+    modules = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
     registered = set(cli.group.commands)
     for name in modules:
         module = __import__(f"vlbr.commands.{name}", fromlist=["command"])

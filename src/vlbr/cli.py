@@ -20,7 +20,10 @@ def group() -> None:
 
 def _register() -> None:
     # Each command module exposes `command`; discovery keeps this file free of edits per feature.
+    # Modules named _x are helpers shared by commands, not commands.
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"vlbr.commands.{info.name}")
         group.add_command(module.command)
 

@@ -99,6 +99,20 @@ def test_table_output_names_symbols(backend):
     assert "kl_after_call" in result.output and "NEAR_RET" in result.output
 
 
+def test_svg_picture_holds_the_lbr_stack(backend, tmp_path):
+    svg = tmp_path / "stack.svg"
+    result = invoke("hello", "--svg", str(svg))
+    assert result.exit_code == 0
+    text = svg.read_text()
+    assert text.startswith("<svg") and "kl_after_call" in text
+
+
+def test_svg_to_an_unwritable_place_is_a_clear_error(backend, tmp_path):
+    result = CliRunner().invoke(cli.group, ["run", "hello", "--svg", str(tmp_path / "no" / "x.svg")])
+    assert result.exit_code != 0
+    assert "cannot write" in result.output or "not writable" in result.output
+
+
 def test_bad_lbr_ctl_is_a_usage_error(backend):
     result = CliRunner().invoke(cli.group, ["run", "hello", "--lbr-ctl", "lots"])
     assert result.exit_code == 2

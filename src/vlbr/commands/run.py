@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from vlbr.arch.leaves import arch_lbr_leaf
@@ -13,6 +12,8 @@ from vlbr.backends.base import BackendUnavailable
 from vlbr.guest.build import build_guest
 from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE, machine_for, pick_backend
 from vlbr.guest.records import lbr_stack
+
+from ._picture import console, svg_option
 
 
 def _int(text: str) -> int:
@@ -45,8 +46,9 @@ def _cpuid_1c(table) -> dict:
 @click.option("--vcpus", type=click.IntRange(1, 8), default=None,
               help="vCPUs to run (default: what the suite runs the guest with, else 1)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for tools")
+@svg_option
 def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
-            vcpus: int | None, as_json: bool) -> None:
+            vcpus: int | None, as_json: bool, svg) -> None:
     """Run GUEST: a built-in guest (hello, conformance, smp) or a path to a C file.
 
     A C file is linked with the guest runtime: it includes "runtime.h" and defines
@@ -77,11 +79,11 @@ def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
             "stats": {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))},
         }))
         return
-    _show(backend.name, image, machine, result, stacks)
+    with console(svg, f"vlbr run {image.name}") as out:
+        _show(out, backend.name, image, machine, result, stacks)
 
 
-def _show(backend_name, image, machine, result, stacks) -> None:
-    out = Console()
+def _show(out, backend_name, image, machine, result, stacks) -> None:
     c = _cpuid_1c(machine.cpuid)
     out.print(f"[bold]{image.name}[/] on [bold]{backend_name}[/] "
               f"({machine.vcpus} vCPU{'s' if machine.vcpus > 1 else ''})")
