@@ -194,18 +194,23 @@ def test_no_block_hook_while_lbren_clear(table):
     assert all(r == (0, 0, 0) for r in result.vcpus[0].records())
 
 
+def iretq_to_user(a: Asm, rflags: int = 0x2) -> None:
+    """IRETQ (at label "iretq") to ring 3 at label "user", stack at 0x6F0000."""
+    for value in (layout.SEL_USER_DATA, 0x6F0000, rflags, layout.SEL_USER_CODE, "user"):
+        a.mov(R.RAX, value)
+        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
+    a.label("iretq")
+    a.raw(Code.IRETQ)
+    a.label("user")
+
+
 def ring3_guest(ctl):
     """Kernel enables LBR with ctl, IRETQs to ring 3, which jumps twice and INT 0x80s back."""
     a = Asm()
     a.handler(0x80, "kernel_entry", dpl=3)
     a.lidt()
     a.wrmsr(IA32_LBR_CTL, ctl)
-    for value in (layout.SEL_USER_DATA, 0x6F0000, 0x2, layout.SEL_USER_CODE, "user"):
-        a.mov(R.RAX, value)
-        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
-    a.label("iretq")
-    a.raw(Code.IRETQ)
-    a.label("user")
+    iretq_to_user(a)
     a.jmp("u1")
     a.label("u1")
     a.jmp("u2")
@@ -336,12 +341,7 @@ def test_syscall_and_sysret_cross_rings_and_are_recorded(table):
     a.raw(Code.WRMSR)
     a.wrmsr(0xC0000084, 0x200)  # FMASK: clear IF
     a.wrmsr(IA32_LBR_CTL, RECORD_ALL)
-    for value in (layout.SEL_USER_DATA, 0x6F0000, 0x202, layout.SEL_USER_CODE, "user"):
-        a.mov(R.RAX, value)
-        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
-    a.label("iretq")
-    a.raw(Code.IRETQ)
-    a.label("user")
+    iretq_to_user(a, rflags=0x202)
     a.label("syscall")
     a.raw(Code.SYSCALL)
     a.label("after_syscall")
@@ -458,11 +458,7 @@ def test_gp_in_ring3_switches_to_the_tss_rsp0_stack(table, privileged):
     a = Asm()
     a.handler(13, "gp")
     a.lidt()
-    for value in (layout.SEL_USER_DATA, 0x6F0000, 0x2, layout.SEL_USER_CODE, "user"):
-        a.mov(R.RAX, value)
-        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
-    a.raw(Code.IRETQ)
-    a.label("user")
+    iretq_to_user(a)
     if privileged == "wrmsr":
         a.wrmsr(IA32_LBR_CTL, 1, label="faulting")
     else:
@@ -562,11 +558,7 @@ def test_int_n_through_a_dpl0_gate_from_ring3_is_gp_with_the_idt_error_code(tabl
     a.handler(13, "gp")
     a.handler(0x81, "never")  # DPL 0
     a.lidt()
-    for value in (layout.SEL_USER_DATA, 0x6F0000, 0x2, layout.SEL_USER_CODE, "user"):
-        a.mov(R.RAX, value)
-        a.raw(Code.PUSH_R64, R.RAX, kinds="r")
-    a.raw(Code.IRETQ)
-    a.label("user")
+    iretq_to_user(a)
     a.label("int81")
     a.raw(Code.INT_IMM8, 0x81, kinds="i")
     a.exit(0)
