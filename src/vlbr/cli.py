@@ -31,19 +31,37 @@ def _register() -> None:
 _register()
 
 
+def error_line(problem: str) -> str:
+    """The one line every usage and input error ends with."""
+    return f"vlbr: error: {problem}"
+
+
+def _fail(problem: str) -> None:
+    click.echo(error_line(problem), err=True)
+    sys.exit(2)
+
+
 def main() -> None:
+    """Exit status: 0 success, 1 a check failed, 2 bad input or usage, 130 interrupted."""
     try:
-        group.main(standalone_mode=False)
+        status = group.main(standalone_mode=False)
     except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
+        status = done.exit_code
+    except click.UsageError as err:
+        where = f"{err.ctx.command_path}: " if err.ctx is not None else ""
+        _fail(f"{where}{err.format_message()}")
     except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:
+        _fail(err.format_message())
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("vlbr: interrupted", err=True)
         sys.exit(130)
     except VlbrError as err:
-        click.echo(f"vlbr: error: {err}", err=True)
-        sys.exit(2)
+        _fail(str(err))
+    except OSError as err:
+        # A path the user named that cannot be read or written.
+        _fail(f"{err.filename}: {err.strerror}" if err.filename else str(err))
+    # standalone_mode=False returns a command's exit code instead of exiting with it.
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":
