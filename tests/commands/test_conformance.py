@@ -14,7 +14,7 @@ from vlbr.guest.conformance import CheckResult, ConformanceReport
 
 
 def fake_reports(statuses: dict[str, list[str]]):
-    def run_conformance(name, depth):
+    def run_conformance(name, depth, timeout):
         return ConformanceReport(name, [CheckResult(f"check_{i}", s, "" if s == "pass" else f"why {i}")
                                         for i, s in enumerate(statuses[name])])
     return run_conformance

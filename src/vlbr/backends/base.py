@@ -17,6 +17,30 @@ IMAGE_BASE = 0x100000
 PORT_CONSOLE = 0xE9
 PORT_EXIT = 0xF4
 PORT_YIELD = 0xF5
+DEFAULT_TIMEOUT = 30.0
+CONSOLE_LIMIT = 1 << 20
+
+
+class StopReason:
+    """Why a vCPU stopped: the words `vlbr run` prints and writes as `stop_reason`."""
+
+    EXIT = "exit"  # it wrote its status to port 0xF4
+    TIMEOUT = "timeout"  # the run's wall-clock limit
+    STEP_BUDGET = "step-budget"  # max_steps or max_exits
+    CONSOLE_LIMIT = "console-limit"
+    SHUTDOWN = "shutdown"  # triple fault: an exception could not be delivered
+    HALTED = "halted"  # HLT with interrupts off: nothing can wake it
+    UNSUPPORTED = "unsupported"  # an instruction or state the backend cannot run
+    ERROR = "error"  # the backend failed (a KVM exit or an emulator error it cannot handle)
+
+
+@dataclass(frozen=True)
+class VcpuStop:
+    reason: str  # a StopReason word
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 @dataclass(frozen=True)
@@ -26,7 +50,11 @@ class MachineConfig:
     cpuid: CpuidTable
     lbr: "LbrConfig"
     vcpus: int = 1
-    max_steps: int = 5_000_000  # instructions (software) or exits (kvm) before giving up
+    # Budgets: a run that reaches one stops with that reason (a runaway guest ends in seconds).
+    max_steps: int = 5_000_000  # instructions per stretch (software), single-steps (kvm)
+    max_exits: int = 100_000  # exits to the VMM: MSR/port/emulation exits, vCPU switches
+    timeout: float = DEFAULT_TIMEOUT  # wall-clock seconds for the whole run
+    console_limit: int = CONSOLE_LIMIT  # bytes of console per vCPU
 
 
 @dataclass
@@ -35,6 +63,20 @@ class RunResult:
     exit_status: list[int | None]  # per vCPU; None when it never wrote port 0xF4
     vcpus: list["ArchLbrVcpu"]  # the Arch LBR state each vCPU ended with
     stats: dict[str, Any] = field(default_factory=dict)
+    stops: list[VcpuStop] = field(default_factory=list)  # per vCPU, why it stopped
+
+    def __post_init__(self) -> None:
+        # A backend that reports only exit statuses: the statuses are its stops.
+        if not self.stops:
+            self.stops = [VcpuStop(StopReason.EXIT, f"status {s}") if s is not None
+                          else VcpuStop(StopReason.ERROR, "the backend gave no stop reason")
+                          for s in self.exit_status]
+
+    @property
+    def ok(self) -> bool:
+        """Every vCPU exited through port 0xF4 with status 0."""
+        return all(s.reason == StopReason.EXIT for s in self.stops) and \
+            all(status == 0 for status in self.exit_status)
 
     def lines(self, vcpu: int = 0) -> list[str]:
         return self.console[vcpu].splitlines()
@@ -51,4 +93,6 @@ class Backend(Protocol):
         """None when this backend can run guests here, else why not (ioctl and errno)."""
 
     def run(self, image: GuestImage, machine: MachineConfig) -> RunResult:
-        """Run every vCPU until all exited or max_steps; raises BackendUnavailable."""
+        """Run every vCPU until all exited or a budget or the timeout ends the run (each
+        vCPU's reason in RunResult.stops); raises BackendUnavailable, and KeyboardInterrupt
+        on SIGINT."""

@@ -11,6 +11,8 @@ from rich.table import Table
 from vlbr.guest.conformance import (BACKEND_NAMES, DEFAULT_DEPTH, ConformanceReport, pick_backend,
                                    run_conformance)
 
+from ._guest_output import timeout_option
+
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 
@@ -23,15 +25,18 @@ _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON object per backend, one per line")
 @click.option("--summary", is_flag=True, help="only the totals and the checks that did not pass")
-def command(backend_name: str, depth: int, as_json: bool, summary: bool) -> None:
+@timeout_option
+def command(backend_name: str, depth: int, as_json: bool, summary: bool, timeout: float) -> None:
     """Run the Arch LBR conformance checks; exit status 1 when any check fails."""
+    if as_json and summary:
+        raise click.UsageError("--summary shortens the table; JSON always has every result")
     if backend_name == "auto":
         names: tuple[str, ...] = (pick_backend("auto").name,)
     else:
         names = BACKEND_NAMES if backend_name == "all" else (backend_name,)
     reports = []
     for name in names:
-        report = run_conformance(name, depth=depth)
+        report = run_conformance(name, depth=depth, timeout=timeout)
         reports.append(report)
         if as_json:
             click.echo(json.dumps(report.to_json()))

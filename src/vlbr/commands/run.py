@@ -13,6 +13,7 @@ from vlbr.guest.build import build_guest
 from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE, machine_for, pick_backend
 from vlbr.guest.records import lbr_stack
 
+from ._guest_output import escape_console, stop_text, timeout_option
 from ._picture import console, svg_option
 
 
@@ -45,15 +46,21 @@ def _cpuid_1c(table) -> dict:
               help="IA32_LBR_CTL the guest uses (its vlbr_lbr_ctl variable), e.g. 0x7f0007")
 @click.option("--vcpus", type=click.IntRange(1, 8), default=None,
               help="vCPUs to run (default: what the suite runs the guest with, else 1)")
+@timeout_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for tools")
 @svg_option
 def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
-            vcpus: int | None, as_json: bool, svg) -> None:
+            vcpus: int | None, timeout: float, as_json: bool, svg) -> None:
     """Run GUEST: a built-in guest (hello, conformance, smp) or a path to a C file.
 
     A C file is linked with the guest runtime: it includes "runtime.h" and defines
     `int guest_main(int cpu, int ncpus)`, whose return value is the exit status; it may read
-    `vlbr_lbr_ctl` (set by --lbr-ctl)."""
+    `vlbr_lbr_ctl` (set by --lbr-ctl).
+
+    Exit status 0 when every vCPU exited with status 0; 1 when a guest exited non-zero or
+    stopped otherwise (timeout, budget, shutdown, ...: the stop reason says which)."""
+    if as_json and svg is not None:
+        raise click.UsageError("--svg saves the text output; it has no effect with --json")
     image = build_guest(guest)
     if lbr_ctl is not None:
         image = image.with_u64("vlbr_lbr_ctl", _int(lbr_ctl))
@@ -63,7 +70,7 @@ def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
         raise click.ClickException(f"backend {backend.name} is unavailable: {reason}")
     if vcpus is None:
         vcpus = next((p.vcpus for p in SUITE if p.guest == guest), 1)
-    machine = machine_for(backend.name, vcpus=vcpus, depth=depth)
+    machine = machine_for(backend.name, vcpus=vcpus, depth=depth, timeout=timeout)
     try:
         result = backend.run(image, machine)
     except BackendUnavailable as err:
@@ -74,13 +81,18 @@ def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
             "backend": backend.name, "guest": image.name, "cpuid_0x1c": _cpuid_1c(machine.cpuid),
             "lbr_ctl": image.read_u64("vlbr_lbr_ctl"),
             "vcpus": [{"index": n, "console": result.console[n], "exit_status": result.exit_status[n],
+                       "stop_reason": result.stops[n].reason, "stop_detail": result.stops[n].detail,
                        "records": [r.to_json() for r in stacks[n]] if n < len(stacks) else []}
                       for n in range(len(result.console))],
-            "stats": {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))},
+            "ok": result.ok,
+            "stats": {k: v for k, v in result.stats.items()
+                      if isinstance(v, (int, float, str, bool))},
         }))
-        return
-    with console(svg, f"vlbr run {image.name}") as out:
-        _show(out, backend.name, image, machine, result, stacks)
+    else:
+        with console(svg, f"vlbr run {image.name}") as out:
+            _show(out, backend.name, image, machine, result, stacks)
+    if not result.ok:
+        raise click.exceptions.Exit(1)
 
 
 def _show(out, backend_name, image, machine, result, stacks) -> None:
@@ -90,8 +102,9 @@ def _show(out, backend_name, image, machine, result, stacks) -> None:
     out.print(f"guest CPUID.(0x1C,0): EAX={c['eax']:08x} EBX={c['ebx']:08x} ECX={c['ecx']:08x} "
               f"EDX={c['edx']:08x}  depths {c['depths']}")
     for n, console in enumerate(result.console):
-        out.print(f"[bold]vCPU {n} console[/] (exit status {result.exit_status[n]}):")
-        out.print(console.rstrip("\n") or "(nothing)", markup=False, highlight=False)
+        out.print(f"[bold]vCPU {n} console[/] ({stop_text(result, n)}):", highlight=False)
+        out.print(escape_console(console).rstrip("\n") or "(nothing)", markup=False,
+                  highlight=False)
         if n >= len(stacks):
             continue
         table = Table(title=f"vCPU {n} LBR stack (record 0 = newest)")

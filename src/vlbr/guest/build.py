@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -90,10 +91,26 @@ def _source_key(main: Path, gcc: str) -> str:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # A source in any encoding gives diagnostics in it: never fail on decoding them.
+    done = subprocess.run(cmd, capture_output=True, text=True, errors="backslashreplace",
+                          check=False)
     if done.returncode != 0:
-        raise GuestBuildError(f"{what} failed ({' '.join(cmd[:1])} exit {done.returncode}):\n"
-                              f"{done.stderr.strip() or done.stdout.strip()}")
+        raise GuestBuildError(f"{what} failed ({Path(cmd[0]).name} exit {done.returncode}): "
+                              f"{first_diagnostic(done.stderr or done.stdout)}")
+
+
+_DIAGNOSTIC_ERROR = re.compile(r": (fatal )?error: ")
+
+
+def first_diagnostic(output: str) -> str:
+    """The first `error:` line of a compiler's output (else its first line), and how many
+    lines followed, so the error stays one line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if not lines:
+        return "no diagnostics"
+    first = next((line for line in lines if _DIAGNOSTIC_ERROR.search(line)), lines[0])
+    more = len(lines) - 1
+    return first + (f" (and {more} more lines of diagnostics)" if more else "")
 
 
 def read_symbols(elf_path: Path) -> tuple[int, dict[str, int]]:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from vlbr.arch.cpuid import CpuidTable
-from vlbr.backends.base import Backend, BackendUnavailable, MachineConfig, RunResult
+from vlbr.backends.base import (DEFAULT_TIMEOUT, Backend, BackendUnavailable, MachineConfig,
+                                RunResult)
 from vlbr.errors import VlbrError
 
 from .build import build_guest
@@ -141,6 +142,8 @@ def _how_it_ended(run: RunResult) -> str:
         lines = run.console[n].splitlines() if n < len(run.console) else []
         last = f", last line {lines[-1]!r}" if lines else ", no console output"
         state = "never exited" if status is None else f"exit status {status}"
+        if n < len(run.stops) and run.stops[n] is not None and status is None:
+            state = f"stopped: {run.stops[n]}"
         parts.append(f"vCPU {n} {state}{last}")
     return "; ".join(parts) or "no vCPU ran"
 
@@ -213,8 +216,8 @@ def all_skipped(backend_name: str, reason: str, programs: Iterable[SuiteProgram]
 def run_conformance(backend: Backend | str, *, depth: int | None = DEFAULT_DEPTH,
                     programs: Iterable[SuiteProgram] = SUITE,
                     build: Callable[[str], GuestImage] = build_guest,
-                    on_result: Callable[[RunResult, SuiteProgram], None] | None = None
-                    ) -> ConformanceReport:
+                    on_result: Callable[[RunResult, SuiteProgram], None] | None = None,
+                    timeout: float = DEFAULT_TIMEOUT) -> ConformanceReport:
     """Run every suite program on the backend; an unavailable backend gives all-skip with
     its reason."""
     programs = tuple(programs)
@@ -231,7 +234,8 @@ def run_conformance(backend: Backend | str, *, depth: int | None = DEFAULT_DEPTH
     for program in programs:
         image = build(program.guest)
         try:
-            run = backend.run(image, machine_for(backend.name, program.vcpus, cpuid=table))
+            run = backend.run(image, machine_for(backend.name, program.vcpus, cpuid=table,
+                                                 timeout=timeout))
         except BackendUnavailable as err:
             report.results += all_skipped(backend.name, str(err), (program,)).results
             continue

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import signal
+import threading
 
-from vlbr.backends.base import BackendUnavailable, MachineConfig, RunResult
+from vlbr.backends.base import BackendUnavailable, MachineConfig, RunResult, StopReason, VcpuStop
 from vlbr.backends.kvm.ioctls import Vm
 from vlbr.backends.kvm.machine import create_machine
-from vlbr.backends.kvm.runner import VcpuRunner
+from vlbr.backends.kvm.runner import Budget, VcpuRunner
+from vlbr.backends.watch import TIMEOUT, RunWatch
 from vlbr.host import kvm as k
 from vlbr.host.kvm import Kvm, KvmError
 from vlbr.vcpu.lbr import ArchLbrVcpu
@@ -88,27 +90,22 @@ class KvmBackend:
         if self.msr_filter:
             self._route_msrs(vm, models[0])
         sync = bool(kvm.check_extension(k.KVM_CAP_SYNC_REGS) & k.KVM_SYNC_X86_SREGS)
-        runners = [VcpuRunner(vcpu, model, memory, sync, machine.cpuid, sites)
-                   for vcpu, model in zip(vcpus, models)]
+        runners = [VcpuRunner(vcpu, model, memory, sync, machine.cpuid, sites,
+                              machine.console_limit) for vcpu, model in zip(vcpus, models)]
         for model in models:
             model.put()  # every vCPU starts scheduled out, as KVM's vCPU threads would
-        budget, switches = machine.max_steps, 0
-        start = time.perf_counter()
-        while budget > 0 and not all(r.exited for r in runners):
-            for runner in runners:
-                if runner.exited or budget <= 0:
-                    continue
-                runner.model.load()  # sched-in
-                budget -= runner.run_slice(budget)
-                runner.model.put()  # sched-out
-                switches += 1
-        elapsed = time.perf_counter() - start
+        budget = Budget(machine.max_steps, machine.max_exits)
+        with _Kicker(runners) as kicker, RunWatch(machine.timeout, kicker.kick) as watch:
+            switches = self._schedule(runners, budget, watch)
+        watch.check()
+        self._stop_the_rest(runners, budget, watch, machine)
         for model in models:
             model.load()  # results are read with the state in registers
         return RunResult(
             console=[r.console.decode("latin-1") for r in runners],
             exit_status=[r.exit_status for r in runners],
             vcpus=models,
+            stops=[r.stop for r in runners],
             stats={
                 "backend": self.name,
                 "exits": sum(r.exits for r in runners),
@@ -120,7 +117,7 @@ class KvmBackend:
                 "ring3_excursions": sum(r.excursions for r in runners),
                 "ring3_instructions": sum(r._user.instructions for r in runners if r._user),
                 "switches": switches,
-                "seconds": elapsed,
+                "seconds": watch.elapsed,
                 "out_of_budget": any(not r.exited for r in runners),
                 "stop_reasons": [r.stop_reason for r in runners],
                 "msr_filter": self.msr_filter,
@@ -129,9 +126,68 @@ class KvmBackend:
         )
 
     @staticmethod
+    def _schedule(runners: list[VcpuRunner], budget: Budget, watch: RunWatch) -> int:
+        """Round-robin slices until every vCPU exited or the run stops; returns the switches."""
+        switches = 0
+        stopped = lambda: watch.reason is not None or budget.limit_hit is not None  # noqa: E731
+        while not stopped() and not all(r.exited for r in runners):
+            for runner in runners:
+                if runner.exited or stopped():
+                    continue
+                runner.model.load()  # sched-in
+                runner.run_slice(budget, stopped)
+                runner.model.put()  # sched-out
+                switches += 1
+        return switches
+
+    @staticmethod
+    def _stop_the_rest(runners: list[VcpuRunner], budget: Budget, watch: RunWatch,
+                       machine: MachineConfig) -> None:
+        if watch.reason is not None:
+            stop = VcpuStop(StopReason.TIMEOUT if watch.reason == TIMEOUT else watch.reason,
+                            f"{watch.reason} after {watch.elapsed:.1f} s "
+                            f"(limit {machine.timeout:g} s)")
+        elif budget.limit_hit is not None:
+            stop = VcpuStop(StopReason.STEP_BUDGET, f"{budget.limit_hit}="
+                            f"{getattr(machine, budget.limit_hit)} reached before every vCPU exited")
+        else:
+            return
+        for runner in runners:
+            if not runner.exited:
+                runner.stop = stop
+
+    @staticmethod
     def _route_msrs(vm: Vm, model: ArchLbrVcpu) -> None:
         try:
             vm.enable_cap(k.KVM_CAP_X86_USER_SPACE_MSR, k.KVM_MSR_EXIT_REASON_FILTER)
             vm.set_msr_filter(owned_msrs(model))
         except KvmError as err:
             raise BackendUnavailable(str(err)) from None
+
+
+def _ignore(signum, frame) -> None:
+    """SIGUSR1 only interrupts KVM_RUN (it returns EINTR); there is nothing else to do."""
+
+
+class _Kicker:
+    """Makes a vCPU thread's KVM_RUN return: immediate_exit, then SIGUSR1 to that thread."""
+
+    def __init__(self, runners: list[VcpuRunner]):
+        self.runners = runners
+        self.thread = threading.get_ident()
+        self.signals = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> "_Kicker":
+        if self.signals:  # the default action of SIGUSR1 would end the process
+            self.old = signal.signal(signal.SIGUSR1, _ignore)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.signals:
+            signal.signal(signal.SIGUSR1, self.old)
+
+    def kick(self) -> None:
+        for runner in self.runners:
+            runner.kick()
+        if self.signals:
+            signal.pthread_kill(self.thread, signal.SIGUSR1)

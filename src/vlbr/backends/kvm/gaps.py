@@ -15,7 +15,7 @@ from iced_x86 import Code, Instruction
 
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.backends import branches
-from vlbr.backends.base import RAM_SIZE
+from vlbr.backends.base import RAM_SIZE, StopReason
 from vlbr.backends.kvm import cpuid, usermode, xsaves
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
@@ -46,7 +46,7 @@ class KvmGaps:
                                              insn.next_ip, None, True, cpl, sregs.cs.selector,
                                              sregs.ss.selector)
             if isinstance(handler, str):
-                self._stop(f"shutdown: {handler}")
+                self._stop(StopReason.SHUTDOWN, handler)
                 return
             self.model.exception(site, handler, 0)
         self._sync_stepping(at_msr_exit=False)
@@ -97,10 +97,11 @@ class KvmGaps:
         self.excursions += 1
         if leave.kind == "exit":
             self.exit_status = leave.return_ip
-            self._stop(None)
+            self._stop(StopReason.EXIT, f"status {self.exit_status}")
             return
         if leave.kind == "fail":
-            self._stop(leave.detail)
+            if not self.kicked:  # a kick (timeout, Ctrl-C) is the run's stop, not the vCPU's
+                self._stop(StopReason.ERROR, leave.detail)
             return
         user.user_regs(regs)
         if leave.kind == "syscall":
@@ -112,7 +113,7 @@ class KvmGaps:
                 self.vcpu, self.memory, regs, leave.vector, leave.return_ip, leave.error_code,
                 leave.software, 3, user.user_cs, user.user_ss, leave.cr2)
             if isinstance(handler, str):
-                self._stop(f"shutdown from ring 3: {handler}")
+                self._stop(StopReason.SHUTDOWN, f"from ring 3: {handler}")
                 return
             if leave.vector != usermode.VECTOR_DB:
                 self.model.exception(leave.from_ip, handler, 0)
@@ -186,7 +187,8 @@ class KvmGaps:
         try:
             vector = xsaves.emulate(step.insn, self.vcpu, self.model, self.memory, regs, cpl)
         except xsaves.NotEmulated as err:
-            self._stop(f"{step.insn} at {regs.rip:#x} (KVM_EXIT_INTERNAL_ERROR emulation "
+            self._stop(StopReason.UNSUPPORTED,
+                       f"{step.insn} at {regs.rip:#x} (KVM_EXIT_INTERNAL_ERROR emulation "
                        f"failure; vlbr does not emulate {err})")
             return True
         if vector is None:
@@ -216,7 +218,7 @@ class KvmGaps:
                                          None, True, sregs.cs.selector & 3, sregs.cs.selector,
                                          sregs.ss.selector)
         if isinstance(handler, str):
-            self._stop(f"shutdown: {handler}")
+            self._stop(StopReason.SHUTDOWN, handler)
             return True
         self.model.exception(insn.ip, handler, 0)
         self._sync_stepping(at_msr_exit=False)

@@ -15,7 +15,8 @@ from iced_x86 import Code, Instruction
 
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends import branches
-from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE
+from vlbr.backends.base import (PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE, StopReason,
+                                VcpuStop)
 from vlbr.backends.kvm import usermode
 from vlbr.backends.kvm.gaps import STEP_CONTROL, VECTOR_GP, KvmGaps
 from vlbr.backends.kvm.ioctls import Vcpu
@@ -25,6 +26,25 @@ from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import ArchLbrVcpu, Branch, GeneralProtection
 
 SYNC = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
+
+
+@dataclass
+class Budget:
+    """What is left of a run's budgets, shared by its vCPUs (MachineConfig.max_steps/max_exits)."""
+
+    exits: int  # every KVM_RUN return, single-steps included (max_steps)
+    vmm_exits: int  # the returns that are not single-steps (max_exits)
+    limit_hit: str | None = None  # "max_steps" or "max_exits" once one ran out
+
+    def spend(self, step: bool) -> bool:
+        """Account one exit; False once a budget is exhausted."""
+        self.exits -= 1
+        self.vmm_exits -= 0 if step else 1
+        if self.exits <= 0:
+            self.limit_hit = "max_steps"
+        elif self.vmm_exits <= 0:
+            self.limit_hit = "max_exits"
+        return self.limit_hit is None
 
 
 @dataclass
@@ -39,8 +59,10 @@ class VcpuRunner(KvmGaps):
     """Runs one vCPU until it yields or exits; holds its console, exit status and model."""
 
     def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, memory: mmap.mmap, use_sync_regs: bool,
-                 table: CpuidTable, sites: PatchedSites = PatchedSites()):
+                 table: CpuidTable, sites: PatchedSites = PatchedSites(),
+                 console_limit: int = 1 << 20):
         self.vcpu = vcpu
+        self.console_limit = console_limit
         self.table = table
         self.cpuid_sites = sites.cpuid
         self.trap_sites = sites.traps
@@ -51,7 +73,8 @@ class VcpuRunner(KvmGaps):
         self.console = bytearray()
         self.exit_status: int | None = None
         self.exited = False
-        self.stop_reason: str | None = None  # why it stopped, when not by port 0xF4
+        self.stop: VcpuStop | None = None  # why it stopped
+        self.kicked = False  # kick() was called: the run is ending from outside
         self.stepping = False
         self.pending: Step | None = None
         self._injected: int | None = None  # vector of an exception we had KVM inject
@@ -68,36 +91,56 @@ class VcpuRunner(KvmGaps):
         self._user: usermode.UserMode | None = None
 
     # --- the loop -------------------------------------------------------------------------
-    def run_slice(self, budget: int) -> int:
-        """Run until yield, exit or `budget` exits; returns the exits used."""
+    @property
+    def stop_reason(self) -> str | None:
+        """The stop's detail when it was not an exit through port 0xF4."""
+        if self.stop is None or self.stop.reason == StopReason.EXIT:
+            return None
+        return self.stop.detail
+
+    def kick(self) -> None:
+        """From another thread: make the current or next KVM_RUN (or ring-3 run) return."""
+        self.kicked = True
+        self.run_struct.immediate_exit = 1
+        if self._user is not None:
+            self._user.uc.emu_stop()
+
+    def run_slice(self, budget: Budget, stopped=lambda: False) -> int:
+        """Run until yield, exit, a budget runs out or `stopped()`; returns the exits used."""
         used = 0
         self._sync_stepping(at_msr_exit=False)
-        while not self.exited and used < budget:
+        while not self.exited and not stopped():
             used += 1
             if self.stepping and self.sync:
                 self.run_struct.kvm_valid_regs = SYNC
             reason = self.vcpu.run()
-            if reason == k.KVM_EXIT_DEBUG:
-                self._after_step()
-            elif reason == k.KVM_EXIT_IO:
-                if self._io():
-                    break  # yield
-            elif reason in (k.KVM_EXIT_X86_RDMSR, k.KVM_EXIT_X86_WRMSR):
-                self._msr(reason)
-            elif reason == k.KVM_EXIT_HLT and self._cpuid_after_hlt():
-                continue
-            elif reason == k.KVM_EXIT_INTR:
-                continue
-            elif reason == k.KVM_EXIT_INTERNAL_ERROR and self._emulate():
-                continue
-            else:
-                self._stop(self._describe_exit(reason))
+            in_budget = budget.spend(step=reason == k.KVM_EXIT_DEBUG and self.stepping)
+            if self._handle(reason) or not in_budget:
+                break  # yield, or out of budget
         self.exits += used
         return used
 
-    def _stop(self, why: str | None) -> None:
+    def _handle(self, reason: int) -> bool:
+        """Act on one exit; True when the vCPU yields."""
+        if reason == k.KVM_EXIT_DEBUG:
+            self._after_step()
+        elif reason == k.KVM_EXIT_IO:
+            return self._io()
+        elif reason in (k.KVM_EXIT_X86_RDMSR, k.KVM_EXIT_X86_WRMSR):
+            self._msr(reason)
+        elif reason == k.KVM_EXIT_HLT and self._cpuid_after_hlt():
+            pass
+        elif reason == k.KVM_EXIT_INTR:
+            pass
+        elif reason == k.KVM_EXIT_INTERNAL_ERROR and self._emulate():
+            pass
+        else:
+            self._stop(*self._describe_exit(reason))
+        return False
+
+    def _stop(self, reason: str, detail: str) -> None:
         self.exited = True
-        self.stop_reason = why
+        self.stop = VcpuStop(reason, detail)
         self._set_stepping(False)
 
     # --- port I/O (Guest ABI) -------------------------------------------------------------
@@ -109,9 +152,12 @@ class VcpuRunner(KvmGaps):
         data = self.vcpu.io_data()
         if io.port == PORT_CONSOLE:
             self.console += data[::io.size]
+            if len(self.console) >= self.console_limit:
+                self._stop(StopReason.CONSOLE_LIMIT, f"vCPU {self.vcpu.index} wrote "
+                           f"{self.console_limit} console bytes (the limit)")
         elif io.port == PORT_EXIT:
             self.exit_status = int.from_bytes(data[:io.size], "little")
-            self._stop(None)
+            self._stop(StopReason.EXIT, f"status {self.exit_status}")
         elif io.port == PORT_YIELD:
             return True
         elif io.port == PORT_TRAP:
@@ -256,16 +302,22 @@ class VcpuRunner(KvmGaps):
         self._decoded[rip] = (raw[:insn.len], step)
         return step
 
-    def _describe_exit(self, reason: int) -> str:
+    def _describe_exit(self, reason: int) -> tuple[str, str]:
+        """The stop reason and its detail for an exit the runner cannot handle."""
         name = k.EXIT_NAMES.get(reason, f"exit reason {reason}")
+        why = {k.KVM_EXIT_SHUTDOWN: StopReason.SHUTDOWN, k.KVM_EXIT_HLT: StopReason.HALTED,
+               k.KVM_EXIT_INTERNAL_ERROR: StopReason.UNSUPPORTED}.get(reason, StopReason.ERROR)
         try:
             rip = self.vcpu.get_regs().rip
         except k.KvmError:
-            return name
+            return why, name
         text = f"{name} at rip {rip:#x}"
         if reason == k.KVM_EXIT_INTERNAL_ERROR:
             insn = self._decode(rip).insn
-            text += f" (suberror {self.run_struct.internal.suberror}, instruction {insn})"
+            text += (f" (suberror {self.run_struct.internal.suberror}, instruction {insn}: "
+                     f"KVM here cannot run it and vlbr does not emulate it)")
         elif reason == k.KVM_EXIT_SHUTDOWN:
             text += " (triple fault: no IDT or a fault while delivering one)"
-        return text
+        elif reason == k.KVM_EXIT_HLT:
+            text += " (HLT: nothing can wake the vCPU)"
+        return why, text

@@ -8,10 +8,11 @@ follow each switch). What unicorn cannot do the backend does itself:
   XSAVE sizes for the current XCR0/XSS).
 - exceptions, INT n, INT1 and SYSCALL: delivered by us through the guest IDT / LSTAR
   (interrupts.py, privilege.py); recorded as OTHER branches (exceptions also set LER).
-- max_steps: unicorn cannot say how many instructions ran before a hook stopped it, so
-  max_steps bounds each uninterrupted stretch (emu_start count) and the number of stretches
-  (a stretch ends at every emulated instruction, exception, page scan or vCPU switch);
-  reaching it ends the run with stats["stopped"] = "max_steps" and stats["error"].
+- budgets: unicorn cannot say how many instructions ran before a hook stopped it, so
+  max_steps bounds each uninterrupted stretch (emu_start count) and max_exits the number of
+  stretches (a stretch ends at every emulated instruction, exception, page scan or vCPU
+  switch); the timeout is a watchdog thread's emu_stop (backends.watch). Reaching one ends
+  the run with stats["stopped"] = "max_steps" (or the watch's reason) and each vCPU's stop.
 - branches: while the model records, a UC_HOOK_BLOCK looks at the last instruction of the
   block that just ran (branches.py); a conditional is recorded only when taken. No hook is
   installed while LBREn is clear.
@@ -33,7 +34,9 @@ from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
 from vlbr.backends import layout
 from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE,
-                                BackendUnavailable, MachineConfig, RunResult)
+                                BackendUnavailable, MachineConfig, RunResult, StopReason,
+                                VcpuStop)
+from vlbr.backends.watch import INTERRUPTED, TIMEOUT, RunWatch
 from vlbr.backends.branches import EVENT, classify, taken_after
 from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
@@ -77,6 +80,7 @@ class VcpuRun:
     exit_status: int | None = None
     done: bool = False
     error: str | None = None
+    stop: VcpuStop | None = None
     xcr0: int = XCR0_X87 | XCR0_SSE
     last_block: tuple[int, int] | None = None  # the block that ran last, while recording
 
@@ -84,7 +88,7 @@ class VcpuRun:
 class _Stop:
     """Why emu_start returned, set by a hook before it called emu_stop()."""
 
-    NONE, EMULATE, EXIT, YIELD, SYSCALL, INTERRUPT = range(6)
+    NONE, EMULATE, EXIT, YIELD, SYSCALL, INTERRUPT, CONSOLE_FULL = range(7)
 
 
 def guest_cpuid(table: CpuidTable, leaf: int, subleaf: int, cr4: int, xcr0: int,
@@ -258,6 +262,8 @@ class SoftwareMachine:
     def _on_out(self, uc, port, size, value, user_data) -> None:
         if port == PORT_CONSOLE:
             self.current.console.append(chr(value & 0xFF))
+            if len(self.current.console) >= self.machine.console_limit:
+                self._halt(_Stop.CONSOLE_FULL)
         elif port == PORT_EXIT:
             self._halt(_Stop.EXIT, value & 0xFFFFFFFF)
         elif port == PORT_YIELD:
@@ -522,9 +528,11 @@ class SoftwareMachine:
         """Run the current vCPU until it yields, exits or fails; returns why it stopped."""
         run, uc = self.current, self.uc
         while True:
+            if self.run_watch.reason is not None:
+                return self.run_watch.reason
             self.stretches_left -= 1
             if self.stretches_left < 0:
-                return "max_steps"
+                return "max_exits"
             self.stop, self.stop_arg = _Stop.NONE, None
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
@@ -537,7 +545,7 @@ class SoftwareMachine:
             try:
                 outcome = self._handle_stop(error)
             except DeliveryFailed as exc:
-                run.done, run.error = True, f"vCPU {run.index} shut down: {exc}"
+                self._end(run, StopReason.SHUTDOWN, f"vCPU {run.index} shut down: {exc}")
                 return "shutdown"
             if outcome is not None:
                 return outcome
@@ -557,10 +565,14 @@ class SoftwareMachine:
             if error.errno == UC_ERR_INSN_INVALID:
                 self._invalid(uc.reg_read(X.UC_X86_REG_RIP))
                 return None
-            run.done, run.error = True, (f"vCPU {run.index}: unicorn stopped at "
-                                         f"{uc.reg_read(X.UC_X86_REG_RIP):#x}: {error}")
+            self._end(run, StopReason.ERROR, (
+                f"vCPU {run.index}: unicorn stopped at {uc.reg_read(X.UC_X86_REG_RIP):#x}: "
+                f"{error} (not delivered as a guest exception: the software backend cannot "
+                f"say which one the CPU would raise)"))
             return "error"
         if stop == _Stop.NONE:
+            if self.run_watch.reason is not None:  # stopped from outside
+                return self.run_watch.reason
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             if uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_TF:  # QEMU's single-step trap
                 self._debug_trap(rip)
@@ -570,8 +582,8 @@ class SoftwareMachine:
                 self._invalid(rip)  # with a block hook QEMU stops on these without an error
                 return None
             if uc.mem_read(rip - 1, 1) == b"\xf4" and self._decode(rip - 1).mnemonic == Mnemonic.HLT:
-                run.done = True
-                run.error = f"vCPU {run.index} halted at {rip - 1:#x} with no interrupt to wake it"
+                self._end(run, StopReason.HALTED, f"vCPU {run.index} halted at {rip - 1:#x} "
+                          f"with no interrupt to wake it")
                 return "halted"
             return "max_steps"
         if stop == _Stop.EMULATE:
@@ -581,40 +593,32 @@ class SoftwareMachine:
         elif stop == _Stop.SYSCALL:
             self._syscall(arg)
         elif stop == _Stop.EXIT:
-            run.exit_status, run.done = arg, True
+            run.exit_status = arg
+            self._end(run, StopReason.EXIT, f"status {arg}", error=False)
             return "exit"
+        elif stop == _Stop.CONSOLE_FULL:
+            self._end(run, StopReason.CONSOLE_LIMIT, f"vCPU {run.index} wrote "
+                      f"{self.machine.console_limit} console bytes (the limit)")
+            return "console-limit"
         elif stop == _Stop.YIELD:
             run.last_block = None
             return "yield"
         return None
 
+    def _end(self, run: VcpuRun, reason: str, detail: str, error: bool = True) -> None:
+        run.done, run.stop = True, VcpuStop(reason, detail)
+        if error:
+            run.error = detail
+
     def run(self) -> RunResult:
-        budget = self.machine.max_steps
-        slices_left = budget
-        self.stretches_left = budget
+        self.stretches_left = self.machine.max_exits
         self.uc.context_restore(self.current.context)
         for other in self.vcpus[1:]:
             other.model.put()
         self._sync_recording()
-        stopped = None
-        index = 0
-        while not all(r.done for r in self.vcpus):
-            run = self.vcpus[index]
-            if not run.done:
-                self._switch_to(run)
-                try:
-                    why = self._run_slice(budget)
-                except SoftwareBackendError as exc:
-                    run.done, run.error, why = True, str(exc), "error"
-                slices_left -= 1
-                self.stats["turns"] += 1
-                if why == "max_steps" or slices_left <= 0:
-                    stopped = "max_steps"
-                    self.stats["error"] = (
-                        f"max_steps={budget} reached on vCPU {run.index} at "
-                        f"{self.uc.reg_read(X.UC_X86_REG_RIP):#x} before every vCPU exited")
-                    break
-            index = (index + 1) % len(self.vcpus)
+        with RunWatch(self.machine.timeout, self.uc.emu_stop) as self.run_watch:
+            stopped = self._run_vcpus()
+        self.run_watch.check()
         for r in self.vcpus:
             if not r.model.loaded:
                 r.model.load()
@@ -622,10 +626,45 @@ class SoftwareMachine:
         if errors:
             self.stats.setdefault("error", "; ".join(errors))
         self.stats["stopped"] = stopped or ("error" if errors else "exit")
+        self.stats["seconds"] = self.run_watch.elapsed
         self.stats["code_hooks"] = len(self.watch.hooked)
         self.stats["executable_pages"] = len(self.watch.executable)
         return RunResult(console=["".join(r.console) for r in self.vcpus],
                          exit_status=[r.exit_status for r in self.vcpus],
-                         vcpus=[r.model for r in self.vcpus], stats=self.stats)
+                         vcpus=[r.model for r in self.vcpus], stats=self.stats,
+                         stops=[r.stop for r in self.vcpus])
 
+    def _run_vcpus(self) -> str | None:
+        """Turns of the vCPUs until all are done or the run stops; returns what stopped it."""
+        index = 0
+        while not all(r.done for r in self.vcpus):
+            run = self.vcpus[index]
+            if not run.done:
+                self._switch_to(run)
+                try:
+                    why = self._run_slice(self.machine.max_steps)
+                except SoftwareBackendError as exc:
+                    self._end(run, StopReason.UNSUPPORTED, str(exc))
+                    why = "error"
+                self.stats["turns"] += 1
+                if why in ("max_steps", "max_exits", TIMEOUT, INTERRUPTED):
+                    self._stop_the_rest(run, why)
+                    return "max_steps" if why == "max_exits" else why
+            index = (index + 1) % len(self.vcpus)
+        return None
 
+    def _stop_the_rest(self, current: VcpuRun, why: str) -> None:
+        """The run ends on `current`: it and every vCPU not done stop for that reason."""
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        if why in ("max_steps", "max_exits"):
+            budget = f"{why}={getattr(self.machine, why)}"
+            reason, detail = StopReason.STEP_BUDGET, (
+                f"{budget} reached on vCPU {current.index} at {rip:#x} before every vCPU exited")
+            self.stats["error"] = detail
+        else:
+            reason = StopReason.TIMEOUT if why == TIMEOUT else why
+            detail = (f"{why} after {self.run_watch.elapsed:.1f} s (limit "
+                      f"{self.machine.timeout:g} s) on vCPU {current.index} at {rip:#x}")
+        for r in self.vcpus:
+            if not r.done:
+                r.stop = VcpuStop(reason, detail)
