@@ -109,3 +109,40 @@ def test_syscall_guest_gives_the_same_records_on_both_backends(ctl):
     assert kvm.exit_status == software.exit_status == [0x55]
     assert kvm.console == software.console
     assert kvm.vcpus[0].records() == software.vcpus[0].records()
+
+
+GP_WHILE_RECORDING = r'''#include "runtime.h"
+int guest_main(int cpu, int ncpus) {
+    u64 v = 0;
+    for (int i = 0; i < 40; i++) {
+        u32 ok = wrmsr_safe(0x14ce, 0x7F0007);
+        u32 gp = wrmsr_safe(0x14ce, 0x7F0017);   /* reserved bit 4: #GP, LBREn stays set */
+        u32 rd = rdmsr_safe(0x14ce, &v);
+        rt_printf("%d %x %x %x %lx\n", i, ok, gp, rd, v);
+        if (i % 8 == 7)
+            wrmsr(0x14ce, 0);                    /* stepping stops right after a #GP path */
+    }
+    wrmsr(0x14ce, 0);
+    rt_printf("done\n");
+    return 0;
+}
+'''
+
+
+def test_injected_gp_while_recording_leaves_no_spurious_db(tmp_path):
+    # Issue 8: this loop died on KVM with "unexpected exception vector 1" (a #DB the guest never
+    # caused) and ran correctly on software: the stepping state across an injected #GP
+    # (SDM 17.3.1.4: only the guest's own TF raises a single-step #DB). Both backends must agree
+    # on the console and on every LBR record.
+    from vlbr.backends.kvm import KvmBackend
+    from vlbr.guest.build import build_guest
+    from vlbr.guest.conformance import machine_for
+    src = tmp_path / "gp_while_recording.c"
+    src.write_text(GP_WHILE_RECORDING)
+    image = build_guest(src)
+    kvm = KvmBackend().run(image, machine_for("kvm"))
+    software = _software().run(image, machine_for("software"))
+    assert "unexpected_exception" not in kvm.console[0]
+    assert kvm.console == software.console and kvm.console[0].endswith("done\n")
+    assert kvm.stops[0].reason == software.stops[0].reason == "exit"
+    assert kvm.vcpus[0].records() == software.vcpus[0].records()

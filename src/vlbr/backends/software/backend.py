@@ -220,6 +220,7 @@ class SoftwareMachine:
         self.current: VcpuRun = self.vcpus[0]
         self.stop, self.stop_arg = _Stop.NONE, None
         self.skip_once: int | None = None
+        self.last_delivery: tuple[int, int] | None = None  # (vector, handler) delivered last
         self.block_hook = None
         self.cpl = 0  # CPL of the current vCPU, refreshed per emu_start and on far branches
         self.tails: dict[tuple[int, int], tuple] = {}
@@ -347,10 +348,19 @@ class SoftwareMachine:
     def _raise(self, vector: int, fault_ip: int, error_code: int | None = None,
                return_ip: int | None = None, software: bool = False) -> None:
         """Deliver an exception and record it as the model's exception event (LER)."""
+        if (vector, fault_ip) == self.last_delivery:
+            # Delivery writes the frame through physical memory, not the guest's page tables,
+            # so where a CPU would fault on the stack or IDT (#DF, then shutdown) we see the
+            # handler's own first instruction fault: say so instead of looping.
+            raise DeliveryFailed(
+                f"{EXCEPTION_NAMES.get(vector, f'vector {vector}')} at the first instruction "
+                f"of its own handler {fault_ip:#x} (this backend delivers exceptions without "
+                f"walking the guest page tables; a CPU would triple-fault here)")
         delivered, handler, cpl = self.delivery.deliver(
             vector, fault_ip if return_ip is None else return_ip, error_code,
             fault_ip if software else None)
         self.stats["exceptions"] += 1
+        self.last_delivery = (vector, handler)
         self.current.model.exception(fault_ip, handler, cpl)
         self.current.last_block = None
 
