@@ -17,6 +17,7 @@ from vlbr.arch.msrs import IA32_XSS
 from vlbr.backends import branches
 from vlbr.backends.base import RAM_SIZE, StopReason
 from vlbr.backends.kvm import cpuid, usermode, xsaves
+from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
 
@@ -67,7 +68,7 @@ class KvmGaps:
     def _cpuid(self, regs, site: int) -> None:
         self.cpuid_exits += 1
         xcr0 = self.vcpu.get_xcrs().get(0, 3)
-        out = cpuid.answer(self.table, regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF,
+        out = runtime_cpuid(self.table, regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF,
                            apic_id=self.vcpu.index, cr4=self.vcpu.get_sregs().cr4, xcr0=xcr0,
                            xss=self._xss())
         regs.rax, regs.rbx, regs.rcx, regs.rdx = out.as_tuple()

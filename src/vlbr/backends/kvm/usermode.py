@@ -25,6 +25,7 @@ from vlbr.arch.msrs import BranchType
 from vlbr.backends import branches, layout
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, RAM_SIZE
 from vlbr.backends.kvm import cpuid
+from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
 
@@ -160,7 +161,7 @@ class UserMode:
     def _cpuid(self, address: int) -> None:
         r = self.runner
         uc = self.uc
-        out = cpuid.answer(r.table, uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX),
+        out = runtime_cpuid(r.table, uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX),
                            apic_id=r.vcpu.index, cr4=r.vcpu.get_sregs().cr4,
                            xcr0=r.vcpu.get_xcrs().get(0, 3), xss=r._xss())
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,

@@ -29,7 +29,6 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOO
                      UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
-from vlbr.arch.cpuid import CpuidTable, Registers
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
 from vlbr.backends import layout
@@ -40,6 +39,7 @@ from vlbr.backends.watch import INTERRUPTED, TIMEOUT, RunWatch
 from vlbr.backends.branches import EVENT, classify, taken_after
 from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
+from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
 
 from .codewatch import CodeWatch
@@ -89,34 +89,6 @@ class _Stop:
     """Why emu_start returned, set by a hook before it called emu_stop()."""
 
     NONE, EMULATE, EXIT, YIELD, SYSCALL, INTERRUPT, CONSOLE_FULL = range(7)
-
-
-def guest_cpuid(table: CpuidTable, leaf: int, subleaf: int, cr4: int, xcr0: int,
-                xss: int) -> Registers:
-    """CPUID as KVM answers it from a vCPU's table, with its runtime updates.
-
-    Absent leaves above the maximum basic/extended leaf read as the maximum basic leaf
-    (Intel, as KVM's kvm_cpuid); OSXSAVE follows CR4; 0xD.0/0xD.1 EBX follow XCR0/XSS.
-    """
-    regs = table.query(leaf, subleaf)
-    if regs is None:
-        top = table.regs(leaf & 0xFFFF0000).eax if leaf & 0xFFFF0000 else table.max_basic_leaf
-        if leaf > top and leaf < 0x40000000 or leaf & 0xFFFF0000 == 0x80000000 and leaf > top:
-            regs = table.regs(table.max_basic_leaf, subleaf)
-        else:
-            regs = Registers(0, 0, 0, 0)
-    eax, ebx, ecx, edx = regs.as_tuple()
-    if leaf == 1 and ecx & (1 << 26):
-        ecx = (ecx & ~(1 << 27)) | ((1 << 27) if cr4 & CR4_OSXSAVE else 0)
-    elif leaf == 0xD and subleaf in (0, 1):
-        try:
-            if subleaf == 0:
-                ebx = XsaveLayout.for_mask(table, xcr0, compacted=False).size
-            elif eax & (1 << 3):  # XSAVES: size of the XCR0|XSS compacted area
-                ebx = XsaveLayout.for_mask(table, xcr0 | xss, compacted=True).size
-        except ValueError:
-            pass  # a table without the components keeps its own EBX
-    return Registers(eax, ebx, ecx, edx)
 
 
 def enter_long_mode(uc: Uc, e: layout.VcpuEntry) -> None:
@@ -252,9 +224,9 @@ class SoftwareMachine:
 
     def _on_cpuid(self, uc, user_data) -> int:
         run = self.current
-        regs = guest_cpuid(self.machine.cpuid, uc.reg_read(X.UC_X86_REG_EAX),
-                           uc.reg_read(X.UC_X86_REG_ECX), uc.reg_read(X.UC_X86_REG_CR4),
-                           run.xcr0, self._xss())
+        regs = runtime_cpuid(self.machine.cpuid, uc.reg_read(X.UC_X86_REG_EAX),
+                             uc.reg_read(X.UC_X86_REG_ECX), apic_id=run.index,
+                             cr4=uc.reg_read(X.UC_X86_REG_CR4), xcr0=run.xcr0, xss=self._xss())
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
                                X.UC_X86_REG_RDX), regs.as_tuple()):
             uc.reg_write(reg, value)
