@@ -263,6 +263,26 @@ def test_unowned_msr_is_a_keyerror(vcpu):
         vcpu.rdmsr(0x10)
 
 
+def test_unowned_msr_is_named(vcpu):
+    # G10: an MSR outside the model is the backend's to handle: a named error, not a #GP.
+    from vlbr.vcpu import NotOwnedMsr
+    with pytest.raises(NotOwnedMsr, match="0x10 is not an MSR of the Arch LBR model|IA32_TSC"):
+        vcpu.wrmsr(0x10, 0)
+
+
+def test_filter_snapshot_follows_lbr_ctl(vcpu):
+    # The batch recorder reads this public snapshot instead of the model's private state.
+    assert not vcpu.filters.recording
+    vcpu.wrmsr(IA32_LBR_CTL, 0x7F0007)
+    f = vcpu.filters
+    assert f.recording and f.cpl_ok == (True,) * 4 and not f.call_stack
+    vcpu.wrmsr(IA32_LBR_CTL, 0x7F0003 | 0x8)  # OS only, call-stack
+    f = vcpu.filters
+    assert f.cpl_ok == (True, False, False, False) and f.call_stack
+    vcpu.put()
+    assert not vcpu.filters.recording
+
+
 def test_guest_access_while_put_is_a_backend_bug(vcpu):
     vcpu.put()
     with pytest.raises(VcpuStateError):

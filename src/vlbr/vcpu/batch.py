@@ -44,16 +44,17 @@ def record_batch(vcpu: "ArchLbrVcpu", from_ips, to_ips, kinds, cpls, mispred=Non
         raise BranchTraceError("branch trace kinds: BR_TYPE values must be 0..15")
     if n and (cpls.min() < 0 or cpls.max() > 3):
         raise BranchTraceError("branch trace cpls: CPL values must be 0..3")
-    if not vcpu._recording:
-        if vcpu._s is None:
+    filters = vcpu.filters
+    if not filters.recording:
+        if not vcpu.loaded:
             raise VcpuStateError("record_batch on a vCPU whose LBR state is put")
         return
     if n == 0:
         return
     cfg = vcpu.config
-    passed = np.asarray(vcpu._kind_ok, dtype=bool)[kinds] & np.asarray(vcpu._cpl_ok, dtype=bool)[cpls]
+    passed = np.asarray(filters.kind_ok, dtype=bool)[kinds] & np.asarray(filters.cpl_ok, dtype=bool)[cpls]
     survivors = np.flatnonzero(passed)
-    if vcpu._callstack:
+    if filters.call_stack:
         pops = kinds[survivors] == int(BranchType.NEAR_RET)
         if is_return is not None:
             pops |= _array(is_return, bool, "is_return", n)[survivors]
@@ -68,17 +69,17 @@ def record_batch(vcpu: "ArchLbrVcpu", from_ips, to_ips, kinds, cpls, mispred=Non
         before = np.concatenate(([0], total[pushes[:-1]])) if len(pushes) else np.zeros(0, np.int64)
         cyc = total[pushes] - before
         if len(pushes):
-            cyc[0] += vcpu._cyc
-            vcpu._cyc = int(total[-1] - total[pushes[-1]])
+            cyc[0] += vcpu.pending_cycles
+            vcpu.pending_cycles = int(total[-1] - total[pushes[-1]])
         else:
-            vcpu._cyc += int(total[-1])
+            vcpu.pending_cycles += int(total[-1])
     else:
         cyc = np.zeros(len(pushes), np.int64)
         if len(pushes):
-            cyc[0] = vcpu._cyc
-            vcpu._cyc = 0
+            cyc[0] = vcpu.pending_cycles
+            vcpu.pending_cycles = 0
 
-    info = np.asarray(vcpu._info_kind, dtype=np.uint64)[kinds[pushes]]
+    info = np.asarray(filters.info_kind, dtype=np.uint64)[kinds[pushes]]
     if cfg.mispredict and mispred is not None:
         mis = _array(mispred, bool, "mispred", n)[pushes]
         info |= np.where(mis, np.uint64(INFO_MISPRED), np.uint64(0))
@@ -89,7 +90,7 @@ def record_batch(vcpu: "ArchLbrVcpu", from_ips, to_ips, kinds, cpls, mispred=Non
         base = np.uint64(vcpu.cs_base)
         frm, to = frm + base, to + base  # uint64 arithmetic wraps mod 2^64, as linear addresses do
 
-    s = vcpu._s
+    s = vcpu.guest_state()
     depth = s.depth
     if pops is None:
         keep = min(depth, len(pushes))

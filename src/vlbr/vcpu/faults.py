@@ -21,5 +21,16 @@ class InvalidOpcode(Exception):
         super().__init__(f"#UD: {reason}")
 
 
+class NotOwnedMsr(KeyError):
+    """An MSR the vCPU model does not own (not Arch LBR state): the backend's, not a #GP (G10)."""
+
+    def __init__(self, msr_name: str):
+        self.msr_name = msr_name
+        super().__init__(msr_name)
+
+    def __str__(self) -> str:
+        return f"{self.msr_name} is not an MSR of the Arch LBR model"
+
+
 class VcpuStateError(VlbrError):
     """A backend used the vCPU in the wrong state (guest access or branch while put)."""

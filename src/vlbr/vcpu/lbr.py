@@ -1,6 +1,6 @@
 """ArchLbrVcpu: the Arch LBR a guest observes on one vCPU: MSRs, recording, events, XSAVES.
 
-Facts come from /work/shared/docs/arch-lbr-reference.md ("ref" below). Where the reference
+Facts come from ../shared/docs/arch-lbr-reference.md ("ref" below). Where the reference
 leaves a case open, vlbr decides as follows (tests cite these rules):
 
 MSR access (#GP = GeneralProtection; the VMM sees it as -EINVAL):
@@ -25,7 +25,7 @@ MSR access (#GP = GeneralProtection; the VMM sees it as -EINVAL):
   set only bit 58 (and only with Arch LBR and PMU v4). GLOBAL_STATUS_RESET 0x390
   (PMU >= 2): bits outside the counters and 58..63 (58..61 only from v4) #GP; reads 0;
   writing bit 58 unfreezes.
-- G10 a value wider than 64 bits #GPs. MSRs the vCPU does not own raise KeyError.
+- G10 a value wider than 64 bits #GPs. MSRs the vCPU does not own raise NotOwnedMsr.
 
 Recording:
 - A branch is recorded while LBREn=1, not frozen (GLOBAL_STATUS bit 58), and the filters pass:
@@ -69,11 +69,12 @@ from vlbr.arch.xsave import XSS_ARCH_LBR
 
 from . import xsaves as _xs
 from .config import LbrConfig
-from .faults import GeneralProtection, InvalidOpcode, VcpuStateError
+from .faults import GeneralProtection, InvalidOpcode, NotOwnedMsr, VcpuStateError
 from .state import (MASK64, ZERO_RECORD, LbrState, check_depth, check_info, check_ip,
                     check_lbr_ctl, check_u64)
 
-__all__ = ["ArchLbrVcpu", "Branch", "GeneralProtection", "InvalidOpcode", "VcpuStateError"]
+__all__ = ["ArchLbrVcpu", "Branch", "FilterState", "GeneralProtection", "InvalidOpcode",
+           "NotOwnedMsr", "VcpuStateError"]
 
 _LER_MSRS = (IA32_LER_FROM_IP, IA32_LER_TO_IP, IA32_LER_INFO)
 _OTHER_MSRS = frozenset({IA32_LBR_CTL, IA32_LBR_DEPTH, *_LER_MSRS, IA32_DEBUGCTL,
@@ -96,6 +97,17 @@ class Branch(NamedTuple):
     cycles: int = 0
     is_call: bool = False
     is_return: bool = False
+
+
+class FilterState(NamedTuple):
+    """What decides whether a retired branch changes the records (module doc: Recording),
+    as of the last change of LBR_CTL, GLOBAL_STATUS or the state's location."""
+
+    recording: bool
+    cpl_ok: tuple[bool, ...]  # by the CPL a branch ends at, 0..3
+    kind_ok: tuple[bool, ...]  # by BR_TYPE, 0..15
+    call_stack: bool
+    info_kind: tuple[int, ...]  # the INFO bits of each BR_TYPE (0 without ECX[2])
 
 
 class ArchLbrVcpu:
@@ -141,6 +153,25 @@ class ArchLbrVcpu:
         self._recording = bool(s is not None and cfg.arch_lbr and ctl & LbrCtl.LBREN
                                and not frozen and any(self._cpl_ok) and any(kinds))
         self._info_kind = [(k << INFO_BR_TYPE_SHIFT) if cfg.branch_type else 0 for k in range(16)]
+
+    @property
+    def filters(self) -> FilterState:
+        """A snapshot of the recording filters, for recorders that batch branches."""
+        return FilterState(self._recording, tuple(self._cpl_ok), tuple(self._kind_ok),
+                           self._callstack, tuple(self._info_kind))
+
+    def guest_state(self) -> LbrState:
+        """The loaded component-15 state that branches change (VcpuStateError while put)."""
+        return self._guest_state()
+
+    @property
+    def pending_cycles(self) -> int:
+        """Cycles retired while recording since the last pushed record (the next CYC_CNT)."""
+        return self._cyc
+
+    @pending_cycles.setter
+    def pending_cycles(self, value: int) -> None:
+        self._cyc = value
 
     @property
     def recording(self) -> bool:
@@ -273,8 +304,8 @@ class ArchLbrVcpu:
         return self._xrstors_own()
 
     def _check_access(self, msr: int, host_initiated: bool) -> None:
-        if not self.owns(msr):
-            raise KeyError(f"{msr_name(msr)} is not an Arch LBR MSR")
+        if not self.owns(msr):  # G10: the backend's MSR, not the model's
+            raise NotOwnedMsr(msr_name(msr))
         if not host_initiated and self._s is None:
             raise VcpuStateError(f"guest access to {msr_name(msr)} while the LBR state is put")
 
@@ -282,27 +313,27 @@ class ArchLbrVcpu:
         self._check_access(msr, host_initiated)
         cfg = self.config
         if msr in _COMPONENT_MSRS or decode_record_msr(msr) is not None:
-            self._need_arch_lbr(msr)
+            self._need_arch_lbr(msr)  # G5
             return self._read_component(self._state_for_host(), msr, host_initiated)
         if msr == IA32_DEBUGCTL:
             return self._debugctl
-        if msr == IA32_PERF_CAPABILITIES:
+        if msr == IA32_PERF_CAPABILITIES:  # G7
             if not (cfg.pdcm or host_initiated):
                 raise GeneralProtection("IA32_PERF_CAPABILITIES without CPUID.1:ECX[15] PDCM")
             return cfg.perf_capabilities
-        if msr == IA32_XSS:
+        if msr == IA32_XSS:  # G8
             if not (cfg.xsaves or host_initiated):
                 raise GeneralProtection("IA32_XSS without CPUID.(0xD,1):EAX[3] XSAVES")
             return self._xss
-        self._need_pmu(msr)
+        self._need_pmu(msr)  # G9
         return self._global_status if msr == IA32_PERF_GLOBAL_STATUS else 0
 
     def wrmsr(self, msr: int, value: int, host_initiated: bool = False) -> None:
         self._check_access(msr, host_initiated)
-        check_u64(value, msr_name(msr))
+        check_u64(value, msr_name(msr))  # G10
         cfg = self.config
         if msr in _COMPONENT_MSRS or decode_record_msr(msr) is not None:
-            self._need_arch_lbr(msr)
+            self._need_arch_lbr(msr)  # G5
             if self._s is not None:
                 self._write_component(self._s, msr, value, host_initiated)
                 self._update()
@@ -311,25 +342,25 @@ class ArchLbrVcpu:
                 self._write_component(state, msr, value, host_initiated)
                 self._xsaves_own(state)
             return
-        if msr == IA32_DEBUGCTL:
+        if msr == IA32_DEBUGCTL:  # G6
             allowed = _DEBUGCTL_DROPPED | (DEBUGCTL_FREEZE_LBRS_ON_PMI if cfg.arch_lbr else 0)
             if value & ~allowed:
                 raise GeneralProtection(f"IA32_DEBUGCTL bits {value & ~allowed:#x} not supported")
             self._debugctl = value & DEBUGCTL_FREEZE_LBRS_ON_PMI
-        elif msr == IA32_PERF_CAPABILITIES:
+        elif msr == IA32_PERF_CAPABILITIES:  # G7
             if not host_initiated:
                 raise GeneralProtection("IA32_PERF_CAPABILITIES is read-only for the guest")
             if value != cfg.perf_capabilities:
                 raise GeneralProtection(
                     f"IA32_PERF_CAPABILITIES {value:#x} differs from this vCPU's {cfg.perf_capabilities:#x}")
-        elif msr == IA32_XSS:
+        elif msr == IA32_XSS:  # G8
             if not (cfg.xsaves or host_initiated):
                 raise GeneralProtection("IA32_XSS without CPUID.(0xD,1):EAX[3] XSAVES")
             if value & ~cfg.supported_xss:
                 raise GeneralProtection(
                     f"IA32_XSS bits {value & ~cfg.supported_xss:#x} not in CPUID.(0xD,1) EDX:ECX")
             self._xss = value
-        elif msr == IA32_PERF_GLOBAL_STATUS:
+        elif msr == IA32_PERF_GLOBAL_STATUS:  # G9
             self._need_pmu(msr)
             if not host_initiated:
                 raise GeneralProtection("IA32_PERF_GLOBAL_STATUS is read-only for the guest")
@@ -338,7 +369,7 @@ class ArchLbrVcpu:
                 raise GeneralProtection(f"IA32_PERF_GLOBAL_STATUS bits {value & ~allowed:#x} not modelled")
             self._global_status = value
             self._update()
-        else:  # IA32_PERF_GLOBAL_STATUS_RESET
+        else:  # IA32_PERF_GLOBAL_STATUS_RESET, G9
             self._need_pmu(msr)
             if value & ~cfg.global_status_valid:
                 raise GeneralProtection(
@@ -355,6 +386,7 @@ class ArchLbrVcpu:
             raise GeneralProtection(f"{msr_name(msr)} needs PMU version 2 (CPUID.0xA)")
 
     def _record_index(self, state: LbrState, msr: int, host: bool) -> tuple[RecordKind, int]:
+        """G3: guest accesses stop at LBR_DEPTH, host accesses at the max depth."""
         kind, index = decode_record_msr(msr)
         limit = self._slots if host else state.depth
         if index >= limit:
@@ -377,14 +409,14 @@ class ArchLbrVcpu:
     def _write_component(self, s: LbrState, msr: int, value: int, host: bool) -> None:
         cfg = self.config
         if msr == IA32_LBR_CTL:
-            check_lbr_ctl(cfg, value)
+            check_lbr_ctl(cfg, value)  # G1
             s.ctl = value
         elif msr == IA32_LBR_DEPTH:
-            check_depth(cfg, value)
+            check_depth(cfg, value)  # G2
             s.depth = value
             s.clear_records()
         elif msr in _LER_MSRS:
-            i = _LER_MSRS.index(msr)
+            i = _LER_MSRS.index(msr)  # G4
             (check_info if i == 2 else lambda v, w: check_ip(cfg, v, w))(value, msr_name(msr))
             ler = list(s.ler)
             ler[i] = value
@@ -392,7 +424,7 @@ class ArchLbrVcpu:
         else:
             kind, index = self._record_index(s, msr, host)
             f = self._FIELD[kind]
-            if f == 2:
+            if f == 2:  # G4
                 check_info(value, msr_name(msr))
             else:
                 check_ip(cfg, value, msr_name(msr))
