@@ -193,6 +193,7 @@ class SoftwareMachine:
         self.stop, self.stop_arg = _Stop.NONE, None
         self.skip_once: int | None = None
         self.last_delivery: tuple[int, int] | None = None  # (vector, handler) delivered last
+        self.cr2: int | None = None  # the guest's CR2 as a stopping hook saw it
         self.block_hook = None
         self.cpl = 0  # CPL of the current vCPU, refreshed per emu_start and on far branches
         self.tails: dict[tuple[int, int], tuple] = {}
@@ -208,6 +209,7 @@ class SoftwareMachine:
 
     def _halt(self, why: int, arg=None) -> None:
         self.stop, self.stop_arg = why, arg
+        self.cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)  # unicorn reads -2 once stopped
         self.uc.emu_stop()
 
     def _on_candidate(self, uc, address, size, user_data) -> None:
@@ -519,11 +521,15 @@ class SoftwareMachine:
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
             self.stats["stretches"] += 1
+            self.cr2, cr2 = None, uc.reg_read(X.UC_X86_REG_CR2)
             try:
                 uc.emu_start(rip, NO_END, count=budget)
                 error = None
             except UcError as exc:
                 error = exc
+            # Every stop leaves unicorn's CR2 at -2: put back what the guest had (a hook
+            # saw it, with a #PF's new address), else what it had when the stretch began.
+            uc.reg_write(X.UC_X86_REG_CR2, cr2 if self.cr2 is None else self.cr2)
             try:
                 outcome = self._handle_stop(error)
             except DeliveryFailed as exc:
@@ -539,6 +545,7 @@ class SoftwareMachine:
             if error.errno == UC_ERR_FETCH_PROT and fault is not None:
                 self.privilege.exception_delivered()  # unicorn raised it as a QEMU #PF
                 if not self.watch.make_executable(fault):
+                    uc.reg_write(X.UC_X86_REG_CR2, fault)
                     self._raise(14, uc.reg_read(X.UC_X86_REG_RIP), 0x10)
                 return None
             if stop == _Stop.INTERRUPT:

@@ -86,8 +86,10 @@ isr_common:
 isr_from_user:
     pop rax
     mov rdx, [rsp]                  /* the vector */
+    mov rcx, [rsp + 8]              /* the error code (0 for vectors without one) */
     call rt_cpu_index
     mov [rt_user_exit_vector + rax * 8], rdx
+    mov [rt_user_exit_error + rax * 8], rcx
     jmp rt_user_resume
 isr_kernel:
     pop rax

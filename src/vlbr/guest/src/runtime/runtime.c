@@ -23,6 +23,7 @@ static int failures[MAX_VCPUS];
 static u8 user_stacks[MAX_VCPUS][4096] __attribute__((aligned(16)));
 u64 rt_kernel_rsp[MAX_VCPUS];
 u64 rt_user_exit_vector[MAX_VCPUS];
+u64 rt_user_exit_error[MAX_VCPUS];
 volatile u64 vlbr_lbr_ctl = LBR_CTL_LBREN | LBR_CTL_OS | LBR_CTL_USR | LBR_CTL_BRANCH_BITS;
 
 extern char isr_0[], isr_1[], isr_2[], isr_3[], isr_4[], isr_5[], isr_6[], isr_7[], isr_8[],
@@ -151,6 +152,8 @@ void rt_exception(struct exception_frame *frame)
         f->rip = frame->rip;
         frame->rip = f->recover;
         f->recover = 0;
+        if (frame->vector == 1)
+            frame->rflags &= ~0x100ull;  /* a recovered single-step trap does not re-arm */
         return;
     }
     rt_printf("FAIL unexpected_exception: vector %ld at rip %lx error %lx\n",

@@ -89,6 +89,7 @@ void rt_printf(const char *fmt, ...);
 void rt_vprintf(const char *fmt, va_list ap);
 /* Runs fn at CPL3 until it executes `int 0x80` or faults; returns that vector (0x80 normally). */
 u64 rt_enter_user(void (*fn)(void), u64 user_stack_top);
+extern u64 rt_user_exit_error[MAX_VCPUS];  /* error code of the fault that ended it */
 u64 rt_user_stack_top(void);
 
 /* The check protocol (docs/design.md): one console line per check. */
