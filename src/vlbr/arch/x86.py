@@ -8,8 +8,9 @@ from __future__ import annotations
 VECTOR_DE, VECTOR_DB, VECTOR_NMI, VECTOR_BP, VECTOR_OF, VECTOR_BR = 0, 1, 2, 3, 4, 5
 VECTOR_UD, VECTOR_NM, VECTOR_DF, VECTOR_TS, VECTOR_NP, VECTOR_SS = 6, 7, 8, 10, 11, 12
 VECTOR_GP, VECTOR_PF, VECTOR_MF, VECTOR_AC, VECTOR_MC, VECTOR_XM = 13, 14, 16, 17, 18, 19
+VECTOR_CP, VECTOR_VC, VECTOR_SX = 21, 29, 30
 VECTORS_WITH_ERROR_CODE = frozenset([VECTOR_DF, VECTOR_TS, VECTOR_NP, VECTOR_SS, VECTOR_GP,
-                                     VECTOR_PF, VECTOR_AC])
+                                     VECTOR_PF, VECTOR_AC, VECTOR_CP, VECTOR_VC, VECTOR_SX])
 EXCEPTION_NAMES = {VECTOR_DE: "#DE", VECTOR_DB: "#DB", VECTOR_NMI: "NMI", VECTOR_BP: "#BP",
                    VECTOR_OF: "#OF", VECTOR_BR: "#BR", VECTOR_UD: "#UD", VECTOR_NM: "#NM",
                    VECTOR_DF: "#DF", VECTOR_TS: "#TS", VECTOR_NP: "#NP", VECTOR_SS: "#SS",
@@ -19,12 +20,13 @@ EXCEPTION_NAMES = {VECTOR_DE: "#DE", VECTOR_DB: "#DB", VECTOR_NMI: "NMI", VECTOR
 # #PF error code bits (SDM 4.7).
 PF_PRESENT, PF_WRITE, PF_USER, PF_RESERVED, PF_FETCH = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
 
-# RFLAGS (SDM 3.4.3).
-RFLAGS_FIXED = 1 << 1  # reads as 1
-RFLAGS_TF = 1 << 8
-RFLAGS_IF = 1 << 9
-RFLAGS_OF = 1 << 11
-RFLAGS_RF = 1 << 16
+# RFLAGS (SDM vol. 1, 3.4.3).
+RFLAGS_CF, RFLAGS_FIXED, RFLAGS_PF, RFLAGS_ZF, RFLAGS_SF = 1 << 0, 1 << 1, 1 << 2, 1 << 6, 1 << 7
+RFLAGS_TF, RFLAGS_IF, RFLAGS_OF, RFLAGS_NT = 1 << 8, 1 << 9, 1 << 11, 1 << 14
+RFLAGS_RF, RFLAGS_VM = 1 << 16, 1 << 17
+
+# Paging-structure entry bits (SDM 4.5).
+PTE_P, PTE_RW, PTE_US, PTE_PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
 
 # CR0 / CR4 (SDM 2.5).
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31

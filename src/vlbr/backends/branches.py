@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import iced_x86
 from iced_x86 import Code, ConditionCode, FlowControl, Instruction, Mnemonic
 
+from vlbr.arch.x86 import RFLAGS_CF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF
 from vlbr.arch.msrs import BranchType
 
 MAX_INSTRUCTION_LENGTH = 15
@@ -83,13 +84,12 @@ def classify_bytes(code: bytes, ip: int, bitness: int = 64) -> tuple[Instruction
     return insn, classify(insn)
 
 
-_RFLAGS_CF, _RFLAGS_PF, _RFLAGS_ZF, _RFLAGS_SF, _RFLAGS_OF = 1, 1 << 2, 1 << 6, 1 << 7, 1 << 11
 
 
 def condition_holds(cc: int, rflags: int) -> bool:
     """Evaluate an iced-x86 ConditionCode against RFLAGS."""
-    cf, pf, zf = bool(rflags & _RFLAGS_CF), bool(rflags & _RFLAGS_PF), bool(rflags & _RFLAGS_ZF)
-    sf, of = bool(rflags & _RFLAGS_SF), bool(rflags & _RFLAGS_OF)
+    cf, pf, zf = bool(rflags & RFLAGS_CF), bool(rflags & RFLAGS_PF), bool(rflags & RFLAGS_ZF)
+    sf, of = bool(rflags & RFLAGS_SF), bool(rflags & RFLAGS_OF)
     table = {
         ConditionCode.O: of, ConditionCode.NO: not of,
         ConditionCode.B: cf, ConditionCode.AE: not cf,
@@ -128,10 +128,10 @@ def taken_after(insn: Instruction, rflags: int, rcx: int) -> bool:
     if mnemonic in (Mnemonic.LOOP, Mnemonic.LOOPE, Mnemonic.LOOPNE):
         count_nonzero = rcx & _count_register_mask(insn) != 0
         if mnemonic == Mnemonic.LOOPE:
-            return count_nonzero and bool(rflags & _RFLAGS_ZF)
+            return count_nonzero and bool(rflags & RFLAGS_ZF)
         if mnemonic == Mnemonic.LOOPNE:
-            return count_nonzero and not rflags & _RFLAGS_ZF
+            return count_nonzero and not rflags & RFLAGS_ZF
         return count_nonzero
     if mnemonic == Mnemonic.INTO:
-        return bool(rflags & _RFLAGS_OF)
+        return bool(rflags & RFLAGS_OF)
     return condition_holds(insn.condition_code, rflags)

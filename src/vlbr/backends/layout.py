@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlbr.arch.x86 import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
+                           CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, EFER_LMA, EFER_LME, EFER_SCE,
+                           PTE_P, PTE_PS, PTE_RW, PTE_US, XFEATURES_LEGACY)
 from vlbr.backends.base import IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE
 
 PAGE_2M = 2 << 20
@@ -28,17 +31,13 @@ GDT_ENTRIES = 7
 GDT_LIMIT = GDT_ENTRIES * 8 - 1
 
 # Control registers at entry (Intel SDM vol. 3A 2.5, 2.2.1).
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE = 1 << 5, 1 << 9, 1 << 10, 1 << 18
-EFER_SCE, EFER_LME, EFER_LMA = 1, 1 << 8, 1 << 10
 ENTRY_CR0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
 ENTRY_CR4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE
 ENTRY_EFER = EFER_LME | EFER_LMA | EFER_SCE
-ENTRY_XCR0 = 0b11  # x87 | SSE
+ENTRY_XCR0 = XFEATURES_LEGACY
 ENTRY_RFLAGS = 0x2
 
 # Page-table entry bits.
-PTE_P, PTE_RW, PTE_US, PTE_PS = 1, 1 << 1, 1 << 2, 1 << 7
 
 # The TSS: 104 bytes, then an I/O permission bitmap for ports 0-255 and its 0xFF terminator.
 # The bitmap lets ring 3 use the ABI's ports: the console byte, the exit status (`out dx, eax`

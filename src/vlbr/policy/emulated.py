@@ -12,13 +12,13 @@ from vlbr.arch.xsave import ARCH_LBR_COMPONENT, XsaveLayout
 from . import rules
 from .caps import VLBR_EMULATION_CAPS, LbrEmulationCaps
 from .errors import UnsupportedDepth
+from vlbr.arch.x86 import CPUID1_ECX_PDCM, CPUID1_ECX_XSAVE, XFEATURES_LEGACY
+
 from .supported import XSAVES
 
 EMULATED_SUPPORTED_XSS = 1 << ARCH_LBR_COMPONENT  # the supervisor states the backends provide
-XCR0_INITIAL = 0x3  # x87 | SSE: the Guest ABI's entry XCR0 (docs/design.md)
+XCR0_INITIAL = XFEATURES_LEGACY  # the Guest ABI's entry XCR0 (docs/design.md)
 XSS_INITIAL = 0  # IA32_XSS resets to 0
-CPUID1_ECX_PDCM = 1 << 15  # IA32_PERF_CAPABILITIES exists (LBR_FMT reads 0x3F)
-CPUID1_ECX_XSAVE = 1 << 26
 
 
 def emulated_guest_cpuid(base: CpuidTable, depth: int | None = 32,

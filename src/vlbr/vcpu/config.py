@@ -9,6 +9,7 @@ from vlbr.arch.cpuid import CpuidTable, Registers
 from vlbr.arch.leaves import (arch_lbr_leaf, perfmon, structured_features, xsave_component,
                               xsave_extended)
 from vlbr.arch.msrs import LBR_CTL_BRANCH_BITS, PERF_CAP_LBR_FMT_ARCH, LbrCtl
+from vlbr.arch.x86 import XFEATURES_LEGACY
 from vlbr.arch.xsave import (ARCH_LBR_COMPONENT, XSS_ARCH_LBR, XsaveLayout, arch_lbr_depth_for_size,
                              arch_lbr_state_size)
 
@@ -117,7 +118,7 @@ class LbrConfig:
     @property
     def own_buffer_layout(self) -> XsaveLayout:
         """Layout of the vCPU's private XSAVE buffer: x87|SSE|Arch LBR, compacted."""
-        return XsaveLayout.for_mask(self.xsave_table, 0x3 | XSS_ARCH_LBR, compacted=True)
+        return XsaveLayout.for_mask(self.xsave_table, XFEATURES_LEGACY | XSS_ARCH_LBR, compacted=True)
 
     @property
     def global_status_valid(self) -> int:

@@ -65,6 +65,7 @@ from vlbr.arch.msrs import (DEBUGCTL_FREEZE_LBRS_ON_PMI, GLOBAL_STATUS_LBR_FRZ, 
                             INFO_CYC_CNT_MASK, INFO_CYC_CNT_VALID, INFO_MISPRED,
                             BranchType, LbrCtl, RecordKind,
                             decode_record_msr, msr_name, record_msr)
+from vlbr.arch.x86 import XFEATURES_LEGACY
 from vlbr.arch.xsave import XSS_ARCH_LBR
 
 from . import xsaves as _xs
@@ -83,7 +84,7 @@ _OTHER_MSRS = frozenset({IA32_LBR_CTL, IA32_LBR_DEPTH, *_LER_MSRS, IA32_DEBUGCTL
 _COMPONENT_MSRS = frozenset({IA32_LBR_CTL, IA32_LBR_DEPTH, *_LER_MSRS})
 _DEBUGCTL_DROPPED = 0b11  # LBR, BTF: accepted and ignored
 _NEAR_RET = int(BranchType.NEAR_RET)
-_OWN_MASK = 0x3 | XSS_ARCH_LBR  # the vCPU's own buffer: x87 | SSE | Arch LBR
+_OWN_MASK = XFEATURES_LEGACY | XSS_ARCH_LBR  # the vCPU's own buffer
 
 
 class Branch(NamedTuple):
@@ -455,12 +456,12 @@ class ArchLbrVcpu:
         return self._own_layout
 
     def _xsaves_own(self, state: LbrState) -> None:
-        _xs.xsaves(state, self.config, self._buffer, 0, _OWN_MASK, 0x3, XSS_ARCH_LBR,
+        _xs.xsaves(state, self.config, self._buffer, 0, _OWN_MASK, XFEATURES_LEGACY, XSS_ARCH_LBR,
                    table=self._own_table())
 
     def _xrstors_own(self) -> LbrState:
         blank = LbrState(self.config.max_depth, self._slots)
-        return _xs.xrstors(blank, self.config, self._buffer, 0, _OWN_MASK, 0x3, XSS_ARCH_LBR,
+        return _xs.xrstors(blank, self.config, self._buffer, 0, _OWN_MASK, XFEATURES_LEGACY, XSS_ARCH_LBR,
                            verbatim=True, table=self._own_table())
 
     def put(self) -> None:

@@ -13,6 +13,8 @@ import struct
 
 from iced_x86 import Code, Instruction
 
+from vlbr.arch.x86 import (MSR_FMASK, MSR_LSTAR, MSR_STAR, RFLAGS_RF, RFLAGS_TF, VECTOR_DB,
+                           VECTOR_GP)
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.backends import branches
 from vlbr.backends.base import RAM_SIZE, StopReason
@@ -23,8 +25,6 @@ from vlbr.vcpu.lbr import Branch
 
 STEP_CONTROL = k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP
 KVM_INTERNAL_ERROR_EMULATION = 1
-VECTOR_GP = 13
-RFLAGS_TF = 1 << 8
 
 
 class KvmGaps:
@@ -108,7 +108,7 @@ class KvmGaps:
         if leave.kind == "syscall":
             handler = self._syscall(regs, leave)
         else:
-            if leave.vector == usermode.VECTOR_DB:
+            if leave.vector == VECTOR_DB:
                 self.model.debug_exception()  # #DB: LBREn cleared, the delivery not recorded
             handler = usermode.deliver_event(
                 self.vcpu, self.memory, regs, leave.vector, leave.return_ip, leave.error_code,
@@ -116,7 +116,7 @@ class KvmGaps:
             if isinstance(handler, str):
                 self._stop(StopReason.SHUTDOWN, f"from ring 3: {handler}")
                 return
-            if leave.vector != usermode.VECTOR_DB:
+            if leave.vector != VECTOR_DB:
                 self.model.exception(leave.from_ip, handler, 0)
         self._sync_stepping(at_msr_exit=False)
         if self.stepping:
@@ -124,10 +124,10 @@ class KvmGaps:
 
     def _syscall(self, regs, leave) -> int:
         """SYSCALL (SDM vol. 2B): RCX/R11 saved, CS/SS from STAR, RIP from LSTAR, FMASK."""
-        msrs = self.vcpu.get_msrs([usermode.MSR_STAR, usermode.MSR_LSTAR, usermode.MSR_FMASK])
-        star, lstar = msrs.get(usermode.MSR_STAR, 0), msrs.get(usermode.MSR_LSTAR, 0)
-        regs.rcx, regs.r11 = leave.return_ip, regs.rflags & ~usermode.RFLAGS_RF
-        regs.rflags = (regs.rflags & ~msrs.get(usermode.MSR_FMASK, 0) & ~usermode.RFLAGS_RF) | 2
+        msrs = self.vcpu.get_msrs([MSR_STAR, MSR_LSTAR, MSR_FMASK])
+        star, lstar = msrs.get(MSR_STAR, 0), msrs.get(MSR_LSTAR, 0)
+        regs.rcx, regs.r11 = leave.return_ip, regs.rflags & ~RFLAGS_RF
+        regs.rflags = (regs.rflags & ~msrs.get(MSR_FMASK, 0) & ~RFLAGS_RF) | 2
         regs.rip = lstar
         self.vcpu.set_regs(regs)
         sregs = self.vcpu.get_sregs()

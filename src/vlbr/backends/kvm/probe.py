@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from iced_x86 import BlockEncoder, Code, Instruction, MemoryOperand, Register as R
 
 from vlbr.arch.cpuid import CpuidTable, Registers
+from vlbr.arch.x86 import CPUID1_ECX_XSAVE
 from vlbr.backends.base import IMAGE_BASE
 from vlbr.backends.image import GuestImage
 from vlbr.backends.kvm.cpuid import rewritten_leaves
@@ -80,7 +81,7 @@ def _guest_table(kvm: Kvm) -> CpuidTable:
     """KVM's table plus what the Guest ABI's CR4.OSXSAVE needs (CPUID.1:ECX.XSAVE)."""
     table = kvm.supported_cpuid()
     r = table.regs(1)
-    return table.replace({(1, 0): Registers(r.eax, r.ebx, r.ecx | 1 << 26, r.edx)})
+    return table.replace({(1, 0): Registers(r.eax, r.ebx, r.ecx | CPUID1_ECX_XSAVE, r.edx)})
 
 
 def _first_exit(vcpu) -> int:

@@ -21,6 +21,8 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID,
                      UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
 from unicorn import x86_const as X
 
+from vlbr.arch.x86 import (RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, VECTORS_WITH_ERROR_CODE,
+                           VECTOR_DB, VECTOR_GP, VECTOR_PF, VECTOR_UD)
 from vlbr.arch.msrs import BranchType
 from vlbr.backends import branches, layout
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, RAM_SIZE
@@ -44,10 +46,6 @@ PRIVILEGED = {Mnemonic.HLT, Mnemonic.CLI, Mnemonic.STI, Mnemonic.RDMSR, Mnemonic
               Mnemonic.SWAPGS, Mnemonic.SYSRET, Mnemonic.SYSRETQ, Mnemonic.SYSEXIT,
               Mnemonic.SYSEXITQ, Mnemonic.RDPMC, Mnemonic.MONITOR, Mnemonic.MWAIT}
 MOV_CR_DR = {Code.MOV_R64_CR, Code.MOV_CR_R64, Code.MOV_R64_DR, Code.MOV_DR_R64}
-FAULTS_WITH_CODE = {8, 10, 11, 12, 13, 14, 17, 21}
-VECTOR_DB, VECTOR_UD, VECTOR_GP, VECTOR_PF = 1, 6, 13, 14
-RFLAGS_TF, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF = 1 << 8, 1 << 9, 1 << 14, 1 << 16
-MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000081, 0xC0000082, 0xC0000084
 MAX_INSTRUCTIONS = 20_000_000
 
 
@@ -178,7 +176,7 @@ class UserMode:
         if soft:
             self._stop(Leave("event", intno, insn.ip, insn.next_ip, software=True))
         else:
-            code = 0 if intno in FAULTS_WITH_CODE else None
+            code = 0 if intno in VECTORS_WITH_ERROR_CODE else None
             self._stop(Leave("event", intno, self.current, self.current, code))
 
     def _on_out(self, uc, port, size, value, user_data) -> None:

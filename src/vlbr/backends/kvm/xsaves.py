@@ -13,23 +13,20 @@ from __future__ import annotations
 
 from iced_x86 import Code, Instruction, Register
 
+from vlbr.arch.x86 import VECTOR_GP, VECTOR_UD, XFEATURES_LEGACY
 from vlbr.arch.msrs import IA32_XSS
-from vlbr.arch.xsave import XCOMP_BV_COMPACTED
+from vlbr.arch.xsave import LEGACY_AREA_SIZE, XCOMP_BV_COMPACTED, XSS_ARCH_LBR
 from vlbr.backends.base import RAM_SIZE
 from vlbr.vcpu.lbr import GeneralProtection, InvalidOpcode
 
 SAVES = {Code.XSAVES_MEM, Code.XSAVES64_MEM}
 RESTORES = {Code.XRSTORS_MEM, Code.XRSTORS64_MEM}
-LEGACY = 512  # bytes of the legacy region; the XSAVE header follows it
-X87_SSE = 0b11
-ARCH_LBR = 1 << 15
-EMULATED = X87_SSE | ARCH_LBR
+EMULATED = XFEATURES_LEGACY | XSS_ARCH_LBR
 WINDOW = 0x4000  # bytes of guest memory handed to the model: >= any layout of these components
 
 _GPRS = {Register.RAX: "rax", Register.RBX: "rbx", Register.RCX: "rcx", Register.RDX: "rdx",
          Register.RSI: "rsi", Register.RDI: "rdi", Register.RSP: "rsp", Register.RBP: "rbp",
          **{getattr(Register, f"R{n}"): f"r{n}" for n in range(8, 16)}}
-VECTOR_UD, VECTOR_GP = 6, 13
 
 
 class NotEmulated(Exception):
@@ -59,7 +56,7 @@ def emulate(insn: Instruction, vcpu, model, memory, regs, cpl: int) -> int | Non
         if cpl != 0:
             raise GeneralProtection("XSAVES/XRSTORS at CPL > 0")
         address = effective_address(insn, regs)
-        xcr0 = vcpu.get_xcrs().get(0, X87_SSE)
+        xcr0 = vcpu.get_xcrs().get(0, XFEATURES_LEGACY)
         xss = model.rdmsr(IA32_XSS)
         rfbm = ((regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF)) & (xcr0 | xss)
         if rfbm & ~EMULATED:
@@ -86,24 +83,25 @@ def emulate(insn: Instruction, vcpu, model, memory, regs, cpl: int) -> int | Non
 def _save_legacy(vcpu, area: bytearray, offset: int, rfbm: int) -> None:
     if offset % 64:
         raise GeneralProtection("XSAVES area not 64-byte aligned")
-    if not rfbm & X87_SSE or len(area) < offset + LEGACY + 64:
+    if not rfbm & XFEATURES_LEGACY or len(area) < offset + LEGACY_AREA_SIZE + 64:
         return
     image = vcpu.get_xsave()
-    in_use = int.from_bytes(image[LEGACY:LEGACY + 8], "little") & X87_SSE & rfbm
+    xstate_bv = int.from_bytes(image[LEGACY_AREA_SIZE:LEGACY_AREA_SIZE + 8], "little")
+    in_use = xstate_bv & XFEATURES_LEGACY & rfbm
     if rfbm & 1:
         area[offset:offset + 160] = image[0:160]  # FCW..FOP, FIP/FDP and ST0-7
     if rfbm & 2:
         area[offset + 24:offset + 32] = image[24:32]  # MXCSR, MXCSR_MASK
         area[offset + 160:offset + 416] = image[160:416]  # XMM0-15
-    bv_at = offset + LEGACY
+    bv_at = offset + LEGACY_AREA_SIZE
     old = int.from_bytes(area[bv_at:bv_at + 8], "little")
-    area[bv_at:bv_at + 8] = ((old & ~X87_SSE) | in_use).to_bytes(8, "little")
+    area[bv_at:bv_at + 8] = ((old & ~XFEATURES_LEGACY) | in_use).to_bytes(8, "little")
 
 
 def _restore_legacy(vcpu, area: bytearray, offset: int, rfbm: int) -> None:
-    if not rfbm & X87_SSE:
+    if not rfbm & XFEATURES_LEGACY:
         return
-    header = area[offset + LEGACY:offset + LEGACY + 16]
+    header = area[offset + LEGACY_AREA_SIZE:offset + LEGACY_AREA_SIZE + 16]
     xstate_bv = int.from_bytes(header[:8], "little")
     if not int.from_bytes(header[8:16], "little") & XCOMP_BV_COMPACTED:
         raise GeneralProtection("XRSTORS of a standard-format area")
@@ -122,7 +120,7 @@ def _restore_legacy(vcpu, area: bytearray, offset: int, rfbm: int) -> None:
             image[160:416] = bytes(256)
     if rfbm & 2:  # MXCSR is loaded with RFBM[1] whatever XSTATE_BV says (SDM 13.8.1)
         image[24:28] = area[offset + 24:offset + 28]
-    bv = int.from_bytes(image[LEGACY:LEGACY + 8], "little")
-    image[LEGACY:LEGACY + 8] = ((bv & ~(rfbm & X87_SSE)) | (xstate_bv & rfbm & X87_SSE)
+    bv = int.from_bytes(image[LEGACY_AREA_SIZE:LEGACY_AREA_SIZE + 8], "little")
+    image[LEGACY_AREA_SIZE:LEGACY_AREA_SIZE + 8] = ((bv & ~(rfbm & XFEATURES_LEGACY)) | (xstate_bv & rfbm & XFEATURES_LEGACY)
                                 ).to_bytes(8, "little")
     vcpu.set_xsave(bytes(image))

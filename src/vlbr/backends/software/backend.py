@@ -29,6 +29,9 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOO
                      UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
+from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MSR_EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR,
+                           RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB, VECTOR_GP, VECTOR_UD,
+                           XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87)
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
 from vlbr.backends import layout
@@ -43,24 +46,16 @@ from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
 
 from .codewatch import CodeWatch
-from .interrupts import (RFLAGS_TF, VECTOR_DB, VECTOR_GP, VECTOR_UD, DeliveryFailed,
-                         InterruptDelivery)
+from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, flat_code64, flat_data
 
-MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
 # MSRs QEMU implements and the Guest ABI lets a guest use; any other non-LBR MSR #GPs, as
 # on a CPU without it (QEMU itself would read 0 and ignore writes).
 QEMU_MSRS = frozenset([0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, MSR_EFER, MSR_STAR, MSR_LSTAR,
                        0xC0000083, MSR_FMASK, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103])
-XCR0_X87, XCR0_SSE, XCR0_AVX = 1, 2, 4
-CR4_OSXSAVE = 1 << 18
 NO_END = 0xFFFF_FFFF_FFFF_FFFF
 RAM_REGION = 256 << 10
-EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
-                   8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
-                   17: "#AC", 18: "#MC", 19: "#XM"}
 _QUIET_STOPS = frozenset([Mnemonic.INT1, Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2])
-_FAULTS_WITH_CODE = frozenset([8, 10, 11, 12, 13, 14, 17])
 
 _REGS64 = {getattr(Register, n): getattr(X, f"UC_X86_REG_{n}") for n in (
     "RAX RBX RCX RDX RSI RDI RBP RSP R8 R9 R10 R11 R12 R13 R14 R15 "
@@ -81,7 +76,7 @@ class VcpuRun:
     done: bool = False
     error: str | None = None
     stop: VcpuStop | None = None
-    xcr0: int = XCR0_X87 | XCR0_SSE
+    xcr0: int = XFEATURE_X87 | XFEATURE_SSE
     last_block: tuple[int, int] | None = None  # the block that ran last, while recording
 
 
@@ -391,8 +386,8 @@ class SoftwareMachine:
         value = (self._reg(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | self._reg(X.UC_X86_REG_RAX) & 0xFFFFFFFF
         main = self.machine.cpuid.regs(0xD, 0)
         supported = main.edx << 32 | main.eax
-        if (ecx != 0 or not value & XCR0_X87 or value & ~supported
-                or value & XCR0_AVX and not value & XCR0_SSE):
+        if (ecx != 0 or not value & XFEATURE_X87 or value & ~supported
+                or value & XFEATURE_AVX and not value & XFEATURE_SSE):
             self._raise(VECTOR_GP, insn.ip, 0)
             return
         self.current.xcr0 = value
@@ -477,7 +472,7 @@ class SoftwareMachine:
             ip = two.ip if two.mnemonic == Mnemonic.INT and two.next_ip == rip else rip - 1
             self._raise(intno, ip, return_ip=rip, software=True)
             return
-        self._raise(intno, rip, error_code if intno in _FAULTS_WITH_CODE else None)
+        self._raise(intno, rip, error_code if intno in VECTORS_WITH_ERROR_CODE else None)
 
     def _invalid(self, rip: int) -> None:
         """UC_ERR_INSN_INVALID: QEMU's #UD, or INT1 (icebp) which QEMU routes to its debugger."""

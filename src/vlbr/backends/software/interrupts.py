@@ -16,14 +16,12 @@ from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_GDTR, UC_X86_REG_IDTR,
                                UC_X86_REG_RFLAGS, UC_X86_REG_RIP, UC_X86_REG_RSP,
                                UC_X86_REG_SS, UC_X86_REG_TR)
 
+from vlbr.arch.x86 import RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, RFLAGS_VM, VECTOR_GP
 from vlbr.errors import VlbrError
 
 from .privilege import DESC_L, DESC_P, DESC_S, PrivilegeSwitch, SegmentCache, null_stack
 
 GATE_INTERRUPT, GATE_TRAP = 0xE, 0xF
-RFLAGS_TF, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_VM = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17
-VECTOR_DB, VECTOR_BP, VECTOR_UD, VECTOR_GP = 1, 3, 6, 13
-ERROR_CODE_VECTORS = frozenset([8, 10, 11, 12, 13, 14, 17, 21, 29, 30])
 TSS_RSP0, TSS_IST1 = 4, 0x24
 
 
