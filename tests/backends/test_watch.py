@@ -11,7 +11,8 @@ import pytest
 from vlbr.backends.base import StopReason
 from vlbr.backends.watch import INTERRUPTED, TIMEOUT, RunWatch
 from vlbr.guest.build import build_guest
-from vlbr.guest.conformance import machine_for, make_backend
+from vlbr.backends.registry import make_backend
+from vlbr.guest.conformance import machine_for
 
 SPIN = '#include "runtime.h"\nint guest_main(int c, int n) { rt_puts("up\\n"); for (;;) ; }\n'
 

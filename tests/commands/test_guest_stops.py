@@ -12,7 +12,7 @@ import time
 import pytest
 
 from vlbr.backends.base import StopReason
-from vlbr.guest.conformance import make_backend
+from vlbr.backends.registry import make_backend
 from vlbr_script import one_error_line, start, vlbr
 
 BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(

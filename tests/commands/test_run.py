@@ -128,7 +128,7 @@ def test_unknown_guest_is_a_clear_error(backend):
 @pytest.mark.parametrize("name", ["software", "kvm"])
 def test_run_hello_on_a_real_backend(name, tmp_path, monkeypatch):
     from vlbr.guest.build import build_guest
-    from vlbr.guest.conformance import BackendNotLoadable, make_backend
+    from vlbr.backends.registry import BackendNotLoadable, make_backend
     monkeypatch.setenv("VLBR_CACHE_DIR", str(tmp_path / "cache"))
     try:
         reason = make_backend(name).unavailable_reason()

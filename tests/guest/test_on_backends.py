@@ -9,8 +9,8 @@ import pytest
 
 from vlbr.arch.msrs import LbrInfo
 from vlbr.guest.build import build_guest
-from vlbr.guest.conformance import (SUITE, BackendNotLoadable, machine_for, make_backend,
-                                    run_conformance)
+from vlbr.backends.registry import BackendNotLoadable, make_backend
+from vlbr.guest.conformance import SUITE, machine_for, run_conformance
 
 from known_loop import known_loop_branches
 

@@ -81,7 +81,8 @@ def test_both_backends_answer_cpuid_through_it(backend, tmp_path):
     # One rule for both (issue: one x86 core): a guest reading out-of-range leaves and its
     # APIC ID on two vCPUs sees exactly runtime_cpuid's answers on either backend.
     from vlbr.guest.build import build_guest
-    from vlbr.guest.conformance import machine_for, make_backend
+    from vlbr.backends.registry import make_backend
+    from vlbr.guest.conformance import machine_for
     b = make_backend(backend)
     if b.unavailable_reason() is not None:
         pytest.skip(f"{backend}: {b.unavailable_reason()}")

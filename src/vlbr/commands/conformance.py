@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from vlbr.guest.conformance import (BACKEND_NAMES, DEFAULT_DEPTH, ConformanceReport, pick_backend,
-                                   run_conformance)
+from vlbr.backends.registry import BACKEND_NAMES, pick_backend
+from vlbr.guest.conformance import DEFAULT_DEPTH, ConformanceReport, run_conformance
 
 from ._guest_output import timeout_option
 

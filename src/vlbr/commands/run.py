@@ -10,7 +10,8 @@ from rich.table import Table
 from vlbr.arch.leaves import arch_lbr_leaf
 from vlbr.backends.base import BackendUnavailable
 from vlbr.guest.build import build_guest
-from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE, machine_for, pick_backend
+from vlbr.backends.registry import pick_backend
+from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE, machine_for
 from vlbr.guest.records import lbr_stack
 
 from ._guest_output import escape_console, stop_text, timeout_option

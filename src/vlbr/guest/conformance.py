@@ -3,7 +3,6 @@ their console lines (PASS/FAIL/SKIP, docs/design.md) into a report."""
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -11,20 +10,15 @@ from typing import Callable, Iterable
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends.base import (DEFAULT_TIMEOUT, Backend, BackendUnavailable, MachineConfig,
                                 RunResult)
-from vlbr.errors import VlbrError
+from vlbr.backends.registry import BackendNotLoadable, make_backend
 
 from .build import build_guest
 from vlbr.backends.image import GuestImage
 
 DEFAULT_DEPTH = 32  # the depth KVM's Arch LBR patches expose on their reference hosts
 STATUSES = ("pass", "fail", "skip")
-BACKEND_NAMES = ("kvm", "software")
 REST = "rest"  # `SKIP rest: reason` skips every check the program has not reported yet
 _LINE = re.compile(r"^(PASS|FAIL|SKIP) ([A-Za-z0-9_.\-]+)(?:: ?(.*))?$")
-
-
-class UnknownBackend(VlbrError):
-    """A backend name other than kvm or software."""
 
 
 @dataclass(frozen=True)
@@ -170,41 +164,6 @@ def machine_for(backend_name: str, vcpus: int = 1, depth: int | None = DEFAULT_D
     from vlbr.vcpu import LbrConfig
     table = cpuid if cpuid is not None else guest_cpuid(backend_name, depth)
     return MachineConfig(cpuid=table, lbr=LbrConfig.from_cpuid(table), vcpus=vcpus, **extra)
-
-
-_BACKEND_CLASSES = {"kvm": "KvmBackend", "software": "SoftwareBackend"}
-
-
-class BackendNotLoadable(VlbrError):
-    """The backend's module or class cannot be imported."""
-
-
-def make_backend(name: str) -> Backend:
-    """A backend object by name (kvm or software)."""
-    try:
-        class_name = _BACKEND_CLASSES[name]
-    except KeyError:
-        raise UnknownBackend(f"unknown backend {name!r}: choose {' or '.join(BACKEND_NAMES)}") from None
-    problems = []
-    for module_name in (f"vlbr.backends.{name}", f"vlbr.backends.{name}.backend"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            problems.append(f"{module_name}: {err}")
-            continue
-        cls = getattr(module, class_name, None)
-        if cls is not None:
-            return cls()
-        problems.append(f"{module_name} has no {class_name}")
-    raise BackendNotLoadable(f"backend {name} cannot be loaded ({'; '.join(problems)})")
-
-
-def pick_backend(name: str = "auto") -> Backend:
-    """`auto`: kvm when it can run here, else software."""
-    if name != "auto":
-        return make_backend(name)
-    kvm = make_backend("kvm")
-    return kvm if kvm.unavailable_reason() is None else make_backend("software")
 
 
 def all_skipped(backend_name: str, reason: str, programs: Iterable[SuiteProgram] = SUITE

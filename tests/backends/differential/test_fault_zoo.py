@@ -15,7 +15,8 @@ import pytest
 
 from vlbr.backends.base import StopReason
 from vlbr.guest.build import build_guest
-from vlbr.guest.conformance import machine_for, make_backend
+from vlbr.backends.registry import make_backend
+from vlbr.guest.conformance import machine_for
 
 ZOO = Path(__file__).with_name("fault_zoo.c")
 BACKENDS = ("software", "kvm")
