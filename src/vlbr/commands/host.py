@@ -26,9 +26,12 @@ def command(as_json: bool, device: str) -> None:
             click.echo(f"KVM unavailable: {reason}")
         raise SystemExit(1)
     from vlbr.backends.kvm.probe import host_report
+    from vlbr.backends.kvm.quirks import probe_quirks
     report = host_report(device)
+    quirks = probe_quirks(device).active()
     if as_json:
-        click.echo(json.dumps({"device": device, "available": True, **report.to_json()}))
+        click.echo(json.dumps({"device": device, "available": True, **report.to_json(),
+                               "quirks": quirks}))
         return
     console = Console()
     console.print(f"[bold]{device}[/]: KVM API version {report.api_version}; "
@@ -42,3 +45,4 @@ def command(as_json: bool, device: str) -> None:
     for probe in report.probes:
         probes.add_row(probe.name, "[green]yes[/]" if probe.ok else "[red]no[/]", probe.detail)
     console.print(probes)
+    console.print(f"KVM quirks the backend works around: {', '.join(quirks) or 'none'}")

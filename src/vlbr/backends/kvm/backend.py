@@ -8,6 +8,7 @@ import threading
 from vlbr.backends.base import BackendUnavailable, MachineConfig, RunResult, StopReason, VcpuStop
 from vlbr.backends.kvm.ioctls import Vm
 from vlbr.backends.kvm.machine import create_machine
+from vlbr.backends.kvm.quirks import KvmQuirks, probe_quirks
 from vlbr.backends.kvm.runner import Budget, VcpuRunner
 from vlbr.backends.watch import TIMEOUT, RunWatch
 from vlbr.host import kvm as k
@@ -73,9 +74,11 @@ class KvmBackend:
         if reason is not None:
             raise BackendUnavailable(reason)
         with Kvm(self.path) as kvm:
-            vm, memory, sites, vcpus = create_machine(kvm, image, machine.cpuid, machine.vcpus)
+            quirks = probe_quirks(self.path)
+            vm, memory, sites, vcpus = create_machine(kvm, image, machine.cpuid, machine.vcpus,
+                                                      quirks.patches())
             try:
-                return self._run(kvm, vm, memory, sites, vcpus, machine)
+                return self._run(kvm, vm, memory, sites, vcpus, machine, quirks)
             finally:
                 for vcpu in vcpus:
                     vcpu.close()
@@ -85,13 +88,14 @@ class KvmBackend:
                 except BufferError:  # unicorn's ring-3 CPU still maps it; GC frees both
                     pass
 
-    def _run(self, kvm: Kvm, vm: Vm, memory, sites, vcpus, machine: MachineConfig) -> RunResult:
+    def _run(self, kvm: Kvm, vm: Vm, memory, sites, vcpus, machine: MachineConfig,
+             quirks: KvmQuirks) -> RunResult:
         models = [ArchLbrVcpu(machine.lbr) for _ in vcpus]
         if self.msr_filter:
             self._route_msrs(vm, models[0])
         sync = bool(kvm.check_extension(k.KVM_CAP_SYNC_REGS) & k.KVM_SYNC_X86_SREGS)
         runners = [VcpuRunner(vcpu, model, memory, sync, machine.cpuid, sites,
-                              machine.console_limit) for vcpu, model in zip(vcpus, models)]
+                              machine.console_limit, quirks) for vcpu, model in zip(vcpus, models)]
         for model in models:
             model.put()  # every vCPU starts scheduled out, as KVM's vCPU threads would
         budget = Budget(machine.max_steps, machine.max_exits)
@@ -122,6 +126,7 @@ class KvmBackend:
                 "stop_reasons": [r.stop_reason for r in runners],
                 "msr_filter": self.msr_filter,
                 "sync_regs": sync,
+                "quirks": ",".join(quirks.active()),
             },
         )
 

@@ -1,6 +1,6 @@
-"""Guest CPUID answered by vlbr, because the KVM here rewrites leaves 1, 7 and 0xD.
+"""Guest CPUID answered by vlbr, when quirk cpuid_rewritten (quirks.py) holds.
 
-Measured on this machine (kvm_pvm): after KVM_SET_CPUID2, KVM_GET_CPUID2 returns the host's
+Measured on kvm_pvm: after KVM_SET_CPUID2, KVM_GET_CPUID2 returns the host's
 values for leaves 1, 7.0, 7.1, 0xD.0, 0xD.1 and 0xD.15 instead of the ones set, so a guest
 CPUID never shows CPUID.7.0:EDX[19] (Arch LBR), PDCM, XSAVES or XSS bit 15. KVM offers no
 user-space CPUID exit, so before loading the image vlbr replaces each CPUID instruction

@@ -1,11 +1,11 @@
-"""What the KVM here cannot run, completed by the VMM for the vCPU runner (a mixin).
+"""What a KVM with quirks cannot run, completed by the VMM for the vCPU runner (a mixin).
 
-Each was measured on this machine (see `vlbr host`): CPUID rows KVM rewrites (answered from the
-machine's table at the patched HLT), INT n and SYSCALL (patched to a port exit, delivered
-through the guest IDT / STAR-LSTAR here), ICEBP and INT n reaching KVM_EXIT_INTERNAL_ERROR,
-XSAVES/XRSTORS (emulated with the model's component 15), CPL3 code while recording (run on
-unicorn, backends.kvm.usermode), and the guest's own TF trap that KVM's single-step swallows.
-"""
+Per quirk (quirks.py, shown by `vlbr host`): cpuid_rewritten - CPUID answered at the patched
+HLT; int_n_fails / user_syscall_fails - INT n and SYSCALL patched to a port exit, delivered
+through the guest IDT / STAR-LSTAR here; user_single_step_fails - CPL3 code while recording
+runs on unicorn (backends.kvm.usermode). Reactive, on KVM_EXIT_INTERNAL_ERROR: ICEBP, INT n
+and XSAVES/XRSTORS (with the model's component 15); and the guest's own TF trap that KVM's
+single-step swallows."""
 
 from __future__ import annotations
 

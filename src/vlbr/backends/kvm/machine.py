@@ -10,9 +10,7 @@ from iced_x86 import Code
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends import layout
 from vlbr.backends.base import RAM_SIZE
-from vlbr.backends.kvm.cpuid import CPUID_PATCH
 from vlbr.backends.kvm.patching import patch_instructions
-from vlbr.backends.kvm.traps import TRAP_PATCHES
 from vlbr.backends.kvm.ioctls import Vcpu, Vm
 from vlbr.errors import VlbrError
 from vlbr.host import kvm as k
@@ -38,9 +36,9 @@ class PatchedSites:
     traps: dict = field(default_factory=dict)
 
 
-def create_memory(vm: Vm, image, vcpus: int) -> tuple[mmap.mmap, PatchedSites]:
-    """RAM with the ABI's low memory and the patched image at its load address, mapped as
-    slot 0; also where it was patched."""
+def create_memory(vm: Vm, image, vcpus: int, patches: dict) -> tuple[mmap.mmap, PatchedSites]:
+    """RAM with the ABI's low memory and the image at its load address with `patches`
+    applied (patching.py), mapped as slot 0; also where it was patched."""
     memory = mmap.mmap(-1, RAM_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                        mmap.PROT_READ | mmap.PROT_WRITE)
     layout.write_low_memory(memory, vcpus)
@@ -48,7 +46,7 @@ def create_memory(vm: Vm, image, vcpus: int) -> tuple[mmap.mmap, PatchedSites]:
     if start < layout.IMAGE_BASE or start + len(data) > RAM_SIZE:
         raise GuestLayoutError(f"image of {len(data)} bytes at {start:#x} is outside "
                               f"{layout.IMAGE_BASE:#x}..{RAM_SIZE:#x}")
-    data, sites = patch_instructions(data, start, image.code_ranges(), {**CPUID_PATCH, **TRAP_PATCHES})
+    data, sites = patch_instructions(data, start, image.code_ranges(), patches)
     cpuid_sites = frozenset(a for a, insn in sites.items() if insn.code == Code.CPUID)
     trap_sites = {a: insn for a, insn in sites.items() if insn.code != Code.CPUID}
     memory[start:start + len(data)] = data
@@ -82,13 +80,15 @@ def set_entry_state(vcpu: Vcpu, entry: layout.VcpuEntry, cpuid: CpuidTable) -> N
         raise KvmError("KVM_SET_XCRS", err.errno, f"XCR0={entry.xcr0:#x}") from None
 
 
-def create_machine(kvm: Kvm, image, cpuid: CpuidTable, vcpus: int
+def create_machine(kvm: Kvm, image, cpuid: CpuidTable, vcpus: int, patches: dict | None = None
                    ) -> tuple[Vm, mmap.mmap, PatchedSites, list[Vcpu]]:
+    """A VM in the Guest ABI's state; `patches` (default: none) rewrite the image's
+    instructions the KVM at hand cannot run (see quirks.py)."""
     if not 1 <= vcpus <= layout.MAX_VCPUS:
         raise GuestLayoutError(f"{vcpus} vCPUs: the Guest ABI lays out 1..{layout.MAX_VCPUS}")
     vm = Vm(kvm)
     try:
-        memory, sites = create_memory(vm, image, vcpus)
+        memory, sites = create_memory(vm, image, vcpus, patches or {})
         cpus = []
         for n in range(vcpus):
             vcpu = vm.create_vcpu(n)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from iced_x86 import BlockEncoder, Code, Instruction, MemoryOperand, Register as R
 
 from vlbr.arch.cpuid import CpuidTable, Registers
-from vlbr.arch.x86 import CPUID1_ECX_XSAVE
+from vlbr.arch.x86 import CPUID1_ECX_XSAVE, MSR_FMASK, MSR_LSTAR, MSR_STAR
 from vlbr.backends.base import IMAGE_BASE
 from vlbr.backends.image import GuestImage
 from vlbr.backends.kvm.cpuid import rewritten_leaves
@@ -230,17 +230,45 @@ def probe_emulation(kvm: Kvm) -> list[Probe]:
     ]
 
 
-def probe_user_single_step(kvm: Kvm) -> Probe:
-    """IRETQ to CPL3 (Guest ABI selectors 0x23/0x1B), a few user instructions, exit port."""
-    user = IMAGE_BASE + 0x40
-    kernel = [_mov(R.RAX, value) for value in (0x1B, 0x600000, 0x2, 0x23, user)]
+_USER_CODE = IMAGE_BASE + 0x40
+_KERNEL_ENTRY = IMAGE_BASE + 0x80  # where SYSCALL lands (IA32_LSTAR)
+SYSCALL_STATUS = 0x5C
+
+
+def _ring3_image(*user: Instruction, kernel: tuple[Instruction, ...] = ()) -> GuestImage:
+    """IRETQ to CPL3 (Guest ABI selectors 0x23/0x1B) at _USER_CODE running `user`; `kernel`
+    at _KERNEL_ENTRY."""
     code = []
-    for mov in kernel:
-        code += [mov, Instruction.create_reg(Code.PUSH_R64, R.RAX)]
+    for value in (0x1B, 0x600000, 0x2, 0x23, _USER_CODE):
+        code += [_mov(R.RAX, value), Instruction.create_reg(Code.PUSH_R64, R.RAX)]
     code.append(Instruction.create(Code.IRETQ))
-    head = _image(*code).data.ljust(0x40, b"\x90")
-    tail = _image(Instruction.create(Code.NOPD), Instruction.create(Code.NOPD), *_exit()).data
-    vm, memory, _, (vcpu,) = create_machine(kvm, GuestImage(head + tail, IMAGE_BASE, IMAGE_BASE), _guest_table(kvm), 1)
+    data = _image(*code).data.ljust(0x40, b"\x90") + _image(*user).data
+    if kernel:
+        data = data.ljust(0x80, b"\x90") + _image(*kernel).data
+    return GuestImage(data, IMAGE_BASE, IMAGE_BASE)
+
+
+def probe_user_syscall(kvm: Kvm) -> Probe:
+    """SYSCALL at CPL3 with IA32_LSTAR set: the kernel entry exits with SYSCALL_STATUS."""
+    image = _ring3_image(Instruction.create(Code.SYSCALL),
+                         kernel=(_mov(R.RAX, SYSCALL_STATUS), *_exit()))
+    vm, memory, _, (vcpu,) = create_machine(kvm, image, _guest_table(kvm), 1)
+    try:
+        vcpu.set_msrs({MSR_STAR: 0x08 << 32, MSR_LSTAR: _KERNEL_ENTRY, MSR_FMASK: 0})
+        reason = _first_exit(vcpu)
+        ok = reason == k.KVM_EXIT_IO and vcpu.get_regs().rax & 0xFFFFFFFF == SYSCALL_STATUS
+        return Probe("SYSCALL at CPL3", ok, "reaches IA32_LSTAR" if ok else
+                     f"does not reach IA32_LSTAR (KVM_RUN -> {_exit_text(vcpu, reason)}); vlbr "
+                     "patches SYSCALL to a port exit and performs it")
+    finally:
+        vcpu.close()
+        vm.close()
+
+
+def probe_user_single_step(kvm: Kvm) -> Probe:
+    """IRETQ to CPL3, a few user instructions, exit port, single-stepped."""
+    image = _ring3_image(Instruction.create(Code.NOPD), Instruction.create(Code.NOPD), *_exit())
+    vm, memory, _, (vcpu,) = create_machine(kvm, image, _guest_table(kvm), 1)
     try:
         vcpu.set_guest_debug(k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP)
         user_steps = 0
@@ -265,6 +293,14 @@ def probe_pmu(kvm: Kvm) -> Probe:
                  + ("" if value else ": no counters, so no PMI freezes LBRs from a counter"))
 
 
+def quirk_probes(kvm: Kvm) -> dict[str, Probe]:
+    """The probes behind each KvmQuirks field (quirks.py), by field name."""
+    return {"cpuid_rewritten": probe_cpuid_kept(kvm),
+            "int_n_fails": probe_emulation(kvm)[0],
+            "user_syscall_fails": probe_user_syscall(kvm),
+            "user_single_step_fails": probe_user_single_step(kvm)}
+
+
 def host_report(path: str = k.KVM_PATH) -> HostReport:
     with Kvm(path) as kvm:
         report = HostReport(
@@ -275,6 +311,7 @@ def host_report(path: str = k.KVM_PATH) -> HostReport:
         report.probes.append(probe_user_space_msr(kvm))
         report.probes += probe_single_step(kvm)
         report.probes.append(probe_user_single_step(kvm))
+        report.probes.append(probe_user_syscall(kvm))
         report.probes += probe_xsaves(kvm)
         report.probes.append(probe_cpuid_kept(kvm))
         report.probes += probe_emulation(kvm)

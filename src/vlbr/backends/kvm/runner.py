@@ -21,6 +21,7 @@ from vlbr.backends.kvm import usermode
 from vlbr.backends.kvm.gaps import STEP_CONTROL, VECTOR_GP, KvmGaps
 from vlbr.backends.kvm.ioctls import Vcpu
 from vlbr.backends.kvm.machine import PatchedSites
+from vlbr.backends.kvm.quirks import KvmQuirks
 from vlbr.backends.kvm.traps import PORT_TRAP
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import ArchLbrVcpu, Branch, GeneralProtection
@@ -60,8 +61,9 @@ class VcpuRunner(KvmGaps):
 
     def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, memory: mmap.mmap, use_sync_regs: bool,
                  table: CpuidTable, sites: PatchedSites = PatchedSites(),
-                 console_limit: int = 1 << 20):
+                 console_limit: int = 1 << 20, quirks: KvmQuirks = KvmQuirks()):
         self.vcpu = vcpu
+        self.quirks = quirks
         self.console_limit = console_limit
         self.table = table
         self.cpuid_sites = sites.cpuid
@@ -226,7 +228,8 @@ class VcpuRunner(KvmGaps):
             self._sync_stepping(at_msr_exit=False)
         if self.stepping:
             self.pending = self._decode(rip)
-            if self.pending.insn.code == Code.IRETQ and self._iret_to_user(regs.rsp):
+            if (self.quirks.user_single_step_fails and self.pending.insn.code == Code.IRETQ
+                    and self._iret_to_user(regs.rsp)):
                 self._ring3()
             else:
                 self._keep_trap_flag(self.pending.insn, regs)

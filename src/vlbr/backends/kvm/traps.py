@@ -1,8 +1,8 @@
-"""INT n and SYSCALL turned into port exits, because the KVM here cannot run them natively.
+"""INT n and SYSCALL turned into port exits, when quirk int_n_fails or user_syscall_fails.
 
-Measured on this machine (kvm_pvm): `INT n` (n != 3) ends in KVM_EXIT_INTERNAL_ERROR
-(emulation failure) at CPL0 and raises #UD at CPL3; SYSCALL at CPL3 does not reach the
-guest's IA32_LSTAR. Neither exits to user space at CPL3, so before loading the image vlbr
+Measured on kvm_pvm (quirks.py probes it): `INT n` (n != 3) ends in KVM_EXIT_INTERNAL_ERROR
+(emulation failure) at CPL0 and raises #UD at CPL3; on an Intel host SYSCALL at CPL3 did not
+reach the guest's IA32_LSTAR. Neither exits to user space at CPL3, so before loading the image vlbr
 replaces each 2-byte `INT imm8` (CD ib) and SYSCALL (0F 05) with `OUT 0xF6, AL` (E6 F6): port
 0xF6 is open to ring 3 in the Guest ABI's TSS I/O bitmap (with the exit port's 0xF4-0xF7), so
 the OUT exits as KVM_EXIT_IO at any CPL and the runner performs the original instruction
