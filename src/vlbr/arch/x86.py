@@ -40,6 +40,7 @@ EFER_SCE, EFER_LME, EFER_LMA = 1 << 0, 1 << 8, 1 << 10
 # XSAVE state components in XCR0 (user) and IA32_XSS (supervisor) (SDM vol. 1, 13.1).
 XFEATURE_X87, XFEATURE_SSE, XFEATURE_AVX = 1 << 0, 1 << 1, 1 << 2
 XFEATURES_LEGACY = XFEATURE_X87 | XFEATURE_SSE  # the 512-byte legacy region
+MXCSR_RESET = 0x1F80  # all SIMD exceptions masked, round to nearest (SDM vol. 1, 10.2.3)
 
 # CPUID.1:ECX feature bits (SDM vol. 2A, CPUID).
 CPUID1_ECX_PDCM = 1 << 15

@@ -33,6 +33,33 @@ static void report(const char *name)
         f_->recover = 0; \
     } while (0)
 
+/* SYSCALL lands here at CPL0 (IA32_LSTAR) on the user stack; SYSRET goes back to ring 3. */
+u64 syscall_rcx, syscall_r11, syscall_cs, syscall_ss;
+__asm__(".globl syscall_entry\n"
+        "syscall_entry:\n"
+        "  mov [rip + syscall_rcx], rcx\n"
+        "  mov [rip + syscall_r11], r11\n"
+        "  mov r10, cs\n  mov [rip + syscall_cs], r10\n"
+        "  mov r10, ss\n  mov [rip + syscall_ss], r10\n"
+        "  sysretq\n");
+void syscall_entry(void);
+u64 user_after_syscall;
+static void user_syscall(void)
+{
+    __asm__ volatile("lea r10, [rip + 2f]\n\tmov [rip + user_after_syscall], r10\n\t"
+                     "syscall\n\t2:\n\tint 0x80" ::: "rcx", "r10", "r11", "memory");
+}
+
+static void syscall_case(void)
+{
+    wrmsr(0xC0000081, (0x10ull << 48) | (0x08ull << 32));  /* STAR: SYSRET 0x23/0x1B */
+    wrmsr(0xC0000082, (u64)syscall_entry);                 /* LSTAR */
+    wrmsr(0xC0000084, 0x200);                              /* FMASK: IF */
+    u64 vector = rt_enter_user(user_syscall, rt_user_stack_top());
+    rt_printf("syscall_sysret vector %lx rcx_is_next %d r11 %lx cs %lx ss %lx\n", vector,
+              syscall_rcx == user_after_syscall, syscall_r11, syscall_cs, syscall_ss);
+}
+
 static void set_pde(u64 clear, u64 set, u64 saved)
 {
     PD[1] = (saved & ~clear) | set;
@@ -82,5 +109,6 @@ int guest_main(int cpu, int ncpus)
     wrmsr(MSR_XSS, 1ull << 15);
     TRY("xrstors64 [%[a]]", [a] "r"(area), "a"(0x8000), "d"(0));  /* XCOMP_BV[63] clear */
     report("xrstors_standard_header_gp");
+    syscall_case();
     return 0;
 }

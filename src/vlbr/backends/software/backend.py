@@ -29,9 +29,9 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOO
                      UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
-from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MSR_EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR,
-                           RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB, VECTOR_GP, VECTOR_UD,
-                           XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87)
+from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MSR_EFER, MSR_FMASK, MSR_LSTAR,
+                           MSR_STAR, MXCSR_RESET, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
+                           VECTOR_GP, VECTOR_UD, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87)
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
 from vlbr.backends import layout
@@ -102,6 +102,7 @@ def enter_long_mode(uc: Uc, e: layout.VcpuEntry) -> None:
                        (X.UC_X86_REG_RSI, e.rsi), (X.UC_X86_REG_RFLAGS, e.rflags),
                        (X.UC_X86_REG_RIP, e.rip)):
         uc.reg_write(reg, value)
+    uc.reg_write(X.UC_X86_REG_MXCSR, MXCSR_RESET)  # unicorn starts it at 0; a CPU at 0x1F80
     set_xcr0(uc, e.xcr0)
 
 
