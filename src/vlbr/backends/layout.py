@@ -14,6 +14,7 @@ from vlbr.arch.x86 import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_O
                            CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, EFER_LMA, EFER_LME, EFER_SCE,
                            PTE_P, PTE_PS, PTE_RW, PTE_US, XFEATURES_LEGACY)
 from vlbr.backends.base import IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE
+from vlbr.x86.descriptors import SegmentDescriptor
 
 PAGE_2M = 2 << 20
 PML4_ADDR, PDPT_ADDR, PD_ADDR = 0x1000, 0x2000, 0x3000
@@ -201,19 +202,9 @@ def write_low_memory(memory, vcpus: int) -> None:
 def decode_descriptor(gdt: bytes, selector: int) -> Segment:
     """The hidden segment state that loading `selector` from `gdt` produces (SDM 3.4.5)."""
     slot = selector & ~7
-    low = int.from_bytes(gdt[slot:slot + 8], "little")
-    access = (low >> 40) & 0xFF
-    flags = (low >> 52) & 0xF
-    raw_limit = (low & 0xFFFF) | ((low >> 48) & 0xF) << 16
-    base = ((low >> 16) & 0xFFFFFF) | ((low >> 56) & 0xFF) << 24
-    s = (access >> 4) & 1
-    if not s:  # system descriptors are 16 bytes in long mode
-        base |= int.from_bytes(gdt[slot + 8:slot + 12], "little") << 32
-    g = (flags >> 3) & 1
-    return Segment(selector=selector, base=base,
-                   limit=(raw_limit << 12 | 0xFFF) if g else raw_limit,
-                   type=access & 0xF, present=access >> 7, dpl=(access >> 5) & 3,
-                   db=(flags >> 2) & 1, s=s, l=(flags >> 1) & 1, g=g)
+    d = SegmentDescriptor.decode(gdt[slot:slot + 16])  # system descriptors are 16 bytes
+    return Segment(selector=selector, base=d.base, limit=d.limit, type=d.type,
+                   present=d.present, dpl=d.dpl, db=d.db, s=d.s, l=d.l, g=d.g)
 
 
 def entry_state(n: int, vcpus: int, entry: int) -> VcpuEntry:

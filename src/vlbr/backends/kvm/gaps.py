@@ -19,6 +19,7 @@ from vlbr.arch.msrs import IA32_XSS
 from vlbr.backends import branches
 from vlbr.backends.base import RAM_SIZE, StopReason
 from vlbr.backends.kvm import cpuid, usermode, xsaves
+from vlbr.x86.events import DeliveryFailed
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
@@ -43,11 +44,12 @@ class KvmGaps:
             handler = self._syscall(regs, usermode.Leave("syscall", from_ip=site,
                                                          return_ip=insn.next_ip))
         else:
-            handler = usermode.deliver_event(self.vcpu, self.memory, regs, insn.immediate8,
-                                             insn.next_ip, None, True, cpl, sregs.cs.selector,
-                                             sregs.ss.selector)
-            if isinstance(handler, str):
-                self._stop(StopReason.SHUTDOWN, handler)
+            try:
+                handler = usermode.deliver_event(self.vcpu, self.memory, regs, insn.immediate8,
+                                                 insn.next_ip, None, cpl, sregs.cs.selector,
+                                                 sregs.ss.selector, software_ip=site)
+            except DeliveryFailed as err:
+                self._stop(StopReason.SHUTDOWN, str(err))
                 return
             self.model.exception(site, handler, 0)
         self._sync_stepping(at_msr_exit=False)
@@ -110,11 +112,15 @@ class KvmGaps:
         else:
             if leave.vector == VECTOR_DB:
                 self.model.debug_exception()  # #DB: LBREn cleared, the delivery not recorded
-            handler = usermode.deliver_event(
-                self.vcpu, self.memory, regs, leave.vector, leave.return_ip, leave.error_code,
-                leave.software, 3, user.user_cs, user.user_ss, leave.cr2)
-            if isinstance(handler, str):
-                self._stop(StopReason.SHUTDOWN, f"from ring 3: {handler}")
+            # ICEBP is a trap-like #DB with no gate DPL check; INT n / INT3 / INTO have one.
+            checked = leave.software and leave.vector != VECTOR_DB
+            try:
+                handler = usermode.deliver_event(
+                    self.vcpu, self.memory, regs, leave.vector, leave.return_ip,
+                    leave.error_code, 3, user.user_cs, user.user_ss,
+                    software_ip=leave.from_ip if checked else None, cr2=leave.cr2)
+            except DeliveryFailed as err:
+                self._stop(StopReason.SHUTDOWN, f"from ring 3: {err}")
                 return
             if leave.vector != VECTOR_DB:
                 self.model.exception(leave.from_ip, handler, 0)
@@ -215,11 +221,12 @@ class KvmGaps:
         self.emulated += 1
         vector = 4 if insn.code == Code.INTO else insn.immediate8
         sregs = self.vcpu.get_sregs()
-        handler = usermode.deliver_event(self.vcpu, self.memory, regs, vector, insn.next_ip,
-                                         None, True, sregs.cs.selector & 3, sregs.cs.selector,
-                                         sregs.ss.selector)
-        if isinstance(handler, str):
-            self._stop(StopReason.SHUTDOWN, handler)
+        try:
+            handler = usermode.deliver_event(self.vcpu, self.memory, regs, vector, insn.next_ip,
+                                             None, sregs.cs.selector & 3, sregs.cs.selector,
+                                             sregs.ss.selector, software_ip=insn.ip)
+        except DeliveryFailed as err:
+            self._stop(StopReason.SHUTDOWN, str(err))
             return True
         self.model.exception(insn.ip, handler, 0)
         self._sync_stepping(at_msr_exit=False)

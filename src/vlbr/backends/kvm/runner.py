@@ -25,6 +25,7 @@ from vlbr.backends.kvm.quirks import KvmQuirks
 from vlbr.backends.kvm.traps import PORT_TRAP
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import ArchLbrVcpu, Branch, GeneralProtection
+from vlbr.x86.descriptors import GATE_SIZE, Gate
 
 SYNC = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
 
@@ -278,11 +279,10 @@ class VcpuRunner(KvmGaps):
         base, limit = sregs.idt.base, sregs.idt.limit
         vectors = [vector] if vector is not None else range(min(256, (limit + 1) // 16))
         for v in vectors:
-            gate = self._read(base + 16 * v, 16)
-            if len(gate) < 16 or not gate[5] & 0x80:
+            raw = self._read(base + GATE_SIZE * v, GATE_SIZE)
+            if len(raw) < GATE_SIZE or not Gate.decode(raw).present:
                 continue
-            handler = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little")
-                       << 16 | int.from_bytes(gate[8:12], "little") << 32)
+            handler = Gate.decode(raw).offset
             first = self._decode(handler)
             if rip == first.insn.next_ip or rip == handler or (
                     first.cls is not None and rip == first.insn.near_branch_target):

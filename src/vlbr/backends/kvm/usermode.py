@@ -12,7 +12,6 @@ event is delivered through the guest's IDT and TSS here too, and KVM resumes at 
 from __future__ import annotations
 
 import ctypes
-import struct
 from dataclasses import dataclass
 
 from iced_x86 import Code, Mnemonic
@@ -21,15 +20,17 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID,
                      UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
 from unicorn import x86_const as X
 
-from vlbr.arch.x86 import (RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, VECTORS_WITH_ERROR_CODE,
-                           VECTOR_DB, VECTOR_GP, VECTOR_PF, VECTOR_UD)
 from vlbr.arch.msrs import BranchType
-from vlbr.backends import branches, layout
+from vlbr.arch.x86 import (RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB, VECTOR_GP, VECTOR_PF,
+                           VECTOR_UD)
+from vlbr.backends import branches
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, RAM_SIZE
 from vlbr.backends.kvm import cpuid
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
+from vlbr.x86.descriptors import SegmentDescriptor
+from vlbr.x86.events import DeliveryFailed, Interrupted, deliver
 
 GPRS = [("rax", X.UC_X86_REG_RAX), ("rbx", X.UC_X86_REG_RBX), ("rcx", X.UC_X86_REG_RCX),
         ("rdx", X.UC_X86_REG_RDX), ("rsi", X.UC_X86_REG_RSI), ("rdi", X.UC_X86_REG_RDI),
@@ -215,64 +216,53 @@ class UserMode:
         regs.rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
 
 
-def read_gate(memory, idt_base: int, idt_limit: int, vector: int):
-    """(offset, selector, ist, type, dpl, present) of a 64-bit IDT gate, or None."""
-    at = idt_base + 16 * vector
-    if 16 * vector + 15 > idt_limit or not 0 <= at <= RAM_SIZE - 16:
-        return None
-    lo, hi = struct.unpack_from("<QQ", memory, at)
-    offset = (lo & 0xFFFF) | ((lo >> 48) & 0xFFFF) << 16 | (hi & 0xFFFFFFFF) << 32
-    access = (lo >> 40) & 0xFF
-    return offset, (lo >> 16) & 0xFFFF, (lo >> 32) & 7, access & 0xF, (access >> 5) & 3, access >> 7
+class KvmEventCpu:
+    """The x86.events.EventCpu of a KVM vCPU: guest RAM, `regs` as the interrupted state
+    (they may come from the ring-3 excursion), sregs from KVM."""
+
+    def __init__(self, vcpu, memory, regs, cs: int, ss: int, cpl: int, cr2: int | None = None):
+        self.vcpu, self.memory, self.regs = vcpu, memory, regs
+        self.sregs = vcpu.get_sregs()
+        self.state = Interrupted(ss, regs.rsp, regs.rflags, cs, cpl)
+        self.cr2 = cr2
+
+    def read(self, address: int, size: int) -> bytes:
+        if not 0 <= address <= RAM_SIZE - size:
+            raise DeliveryFailed(f"cannot read {size} bytes at {address:#x}: outside RAM")
+        return bytes(self.memory[address:address + size])
+
+    def write(self, address: int, data: bytes) -> None:
+        if not 0 <= address <= RAM_SIZE - len(data):
+            raise DeliveryFailed(f"cannot push the exception frame at {address:#x}: outside RAM")
+        self.memory[address:address + len(data)] = data
+
+    def tables(self):
+        s = self.sregs
+        return (s.idt.base, s.idt.limit), (s.gdt.base, s.gdt.limit), s.tr.base
+
+    def interrupted(self) -> Interrupted:
+        return self.state
+
+    def enter(self, handler: int, rsp: int, rflags: int, cs_selector: int,
+              cs: SegmentDescriptor, cpl: int, null_ss: bool) -> None:
+        regs, sregs = self.regs, self.sregs
+        regs.rsp, regs.rip, regs.rflags = rsp, handler, rflags
+        self.vcpu.set_regs(regs)
+        sregs.cs = k.kvm_segment(base=cs.base, limit=cs.limit, selector=cs_selector, type=cs.type,
+                                 present=1, dpl=cs.dpl, db=cs.db, s=1, l=cs.l, g=cs.g)
+        if null_ss:  # 64-bit mode loads SS with a NULL selector (RPL = new CPL)
+            sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=cpl, type=3, present=1,
+                                     dpl=cpl, db=1, s=1, l=0, g=1)
+        if self.cr2 is not None:
+            sregs.cr2 = self.cr2
+        self.vcpu.set_sregs(sregs)
 
 
 def deliver_event(vcpu, memory, regs, vector: int, return_ip: int, error_code: int | None,
-                  software: bool, cpl: int, old_cs: int, old_ss: int, cr2: int | None = None
-                  ) -> int | str:
-    """Deliver an event through the guest's IDT into KVM's vCPU state, as the CPU does (SDM
-    vol. 3A 6.14: 64-bit frame; TSS.RSP0 from CPL3, the IST stack when the gate names one,
-    else the current stack); returns the handler address, or why delivery failed (where the
-    CPU would shut down). `regs` holds the interrupted state and is updated."""
-    sregs = vcpu.get_sregs()
-    gate = read_gate(memory, sregs.idt.base, sregs.idt.limit, vector)
-    if software and gate is not None and gate[4] < cpl:  # INT n through a lower-DPL gate
-        vector, error_code, software = VECTOR_GP, vector * 8 + 2, False
-        gate = read_gate(memory, sregs.idt.base, sregs.idt.limit, vector)
-    if gate is None or not gate[5] or gate[3] not in (0xE, 0xF):
-        return f"vector {vector}: no present 64-bit interrupt/trap gate in the IDT"
-    offset, selector, ist, gate_type, _, _ = gate
-    gdt = bytes(memory[sregs.gdt.base:sregs.gdt.base + sregs.gdt.limit + 1])
-    if (selector | 7) > sregs.gdt.limit:
-        return f"vector {vector}: gate selector {selector:#x} outside the GDT"
-    cs = layout.decode_descriptor(gdt, selector & ~3)
-    if not (cs.present and cs.s and cs.type & 0x8 and cs.l) or cs.dpl != 0:
-        return f"vector {vector}: gate selector {selector:#x} is not 64-bit ring-0 code"
-    tss = sregs.tr.base
-    if ist:
-        stack = struct.unpack_from("<Q", memory, tss + 36 + 8 * (ist - 1))[0]
-    elif cpl != 0:
-        stack = struct.unpack_from("<Q", memory, tss + 4)[0]
-    else:
-        stack = regs.rsp
-    stack &= ~0xF
-    words = [old_ss, regs.rsp, regs.rflags, old_cs, return_ip]
-    if error_code is not None:
-        words.append(error_code)
-    stack -= 8 * len(words)
-    if not 0 <= stack <= RAM_SIZE - 8 * len(words):
-        return f"vector {vector}: stack {stack:#x} outside RAM"
-    struct.pack_into(f"<{len(words)}Q", memory, stack, *reversed(words))
-    regs.rsp, regs.rip = stack, offset
-    regs.rflags = (regs.rflags & ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | 1 << 17)) | 2
-    if gate_type == 0xE:
-        regs.rflags &= ~RFLAGS_IF
-    vcpu.set_regs(regs)
-    sregs.cs = k.kvm_segment(base=0, limit=cs.limit, selector=selector & ~3, type=cs.type,
-                             present=1, dpl=0, db=cs.db, s=1, l=cs.l, g=cs.g)
-    if cpl != 0:  # 64-bit mode loads SS with a NULL selector (RPL 0) on a privilege change
-        sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=0, type=3, present=1,
-                                 dpl=0, db=1, s=1, l=0, g=1)
-    if cr2 is not None:
-        sregs.cr2 = cr2
-    vcpu.set_sregs(sregs)
-    return offset
+                  cpl: int, old_cs: int, old_ss: int, software_ip: int | None = None,
+                  cr2: int | None = None) -> int:
+    """Deliver an event through the guest's IDT into KVM's vCPU state (x86.events); `regs`
+    holds the interrupted state and is updated. Returns the handler; raises DeliveryFailed
+    where the CPU would shut down."""
+    cpu = KvmEventCpu(vcpu, memory, regs, old_cs, old_ss, cpl, cr2)
+    return deliver(cpu, vector, return_ip, error_code, software_ip).handler

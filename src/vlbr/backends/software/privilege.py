@@ -63,16 +63,6 @@ class SegmentCache:
     def dpl(self) -> int:
         return (self.flags >> DESC_DPL_SHIFT) & 3
 
-    @classmethod
-    def from_descriptor(cls, selector: int, raw: bytes) -> "SegmentCache":
-        """Decode an 8-byte code/data descriptor as QEMU's load_segment does."""
-        e1, e2 = struct.unpack("<II", raw[:8])
-        base = (e1 >> 16) | ((e2 & 0xFF) << 16) | (e2 & 0xFF000000)
-        limit = (e1 & 0xFFFF) | (e2 & 0x000F0000)
-        if e2 & DESC_G:
-            limit = (limit << 12) | 0xFFF
-        return cls(selector, base, limit, e2)
-
 
 def flat_code64(selector: int, dpl: int) -> SegmentCache:
     """The CS that SYSCALL loads (SDM SYSCALL: fixed flat 64-bit code, not read from the GDT)."""

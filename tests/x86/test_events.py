@@ -1,0 +1,135 @@
+"""vlbr.x86: descriptors and 64-bit event delivery against the SDM (vol. 3A 6.14, 6.12.1.1,
+INT n), on a plain in-memory CPU so every rule is checked without a backend."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from vlbr.arch.x86 import RFLAGS_IF, RFLAGS_RF, RFLAGS_TF, VECTOR_GP
+from vlbr.backends import layout
+from vlbr.x86.descriptors import GATE_INTERRUPT, GATE_TRAP, Gate, SegmentDescriptor
+from vlbr.x86.events import DeliveryFailed, Interrupted, deliver, handler_of
+
+IDT, GDT, TSS = 0x10000, 0x4000, 0x4100
+RSP0, IST2 = 0x9000, 0xA000
+
+
+def gate(offset: int, type_: int = GATE_INTERRUPT, dpl: int = 0, ist: int = 0,
+         selector: int = layout.SEL_KERNEL_CODE, present: bool = True) -> bytes:
+    attr = type_ | dpl << 5 | (0x80 if present else 0)
+    return struct.pack("<HHBBHII", offset & 0xFFFF, selector, ist, attr, (offset >> 16) & 0xFFFF,
+                       offset >> 32, 0)
+
+
+class Cpu:
+    """An EventCpu over a bytearray: the Guest ABI GDT and TSS, an IDT of our own."""
+
+    def __init__(self, cpl: int = 0, rsp: int = 0x8008, rflags: int = 0x202 | RFLAGS_TF):
+        self.mem = bytearray(0x20000)
+        self.mem[GDT:GDT + 56] = layout.gdt_bytes(0)
+        struct.pack_into("<Q", self.mem, TSS + 4, RSP0)
+        struct.pack_into("<Q", self.mem, TSS + 0x24 + 8, IST2)
+        cs = layout.SEL_USER_CODE if cpl == 3 else layout.SEL_KERNEL_CODE
+        ss = layout.SEL_USER_DATA if cpl == 3 else layout.SEL_KERNEL_DATA
+        self.state = Interrupted(ss, rsp, rflags, cs, cpl)
+        self.entered = None
+
+    def set_gate(self, vector: int, raw: bytes) -> None:
+        self.mem[IDT + 16 * vector:IDT + 16 * vector + 16] = raw
+
+    def read(self, address, size):
+        if address + size > len(self.mem):
+            raise DeliveryFailed("outside")
+        return bytes(self.mem[address:address + size])
+
+    def write(self, address, data):
+        self.read(address, len(data))
+        self.mem[address:address + len(data)] = data
+
+    def tables(self):
+        return (IDT, 256 * 16 - 1), (GDT, 55), TSS
+
+    def interrupted(self):
+        return self.state
+
+    def enter(self, handler, rsp, rflags, cs_selector, cs, cpl, null_ss):
+        self.entered = dict(handler=handler, rsp=rsp, rflags=rflags, cs=cs_selector, cpl=cpl,
+                            null_ss=null_ss)
+
+    def frame(self, words: int) -> tuple[int, ...]:
+        return struct.unpack_from(f"<{words}Q", self.mem, self.entered["rsp"])
+
+
+def test_same_privilege_frame_on_the_current_stack_aligned():
+    # 6.14.2: the stack is aligned to 16 bytes, then SS, RSP, RFLAGS, CS, RIP, error code.
+    cpu = Cpu(rsp=0x8008)
+    cpu.set_gate(14, gate(0x123456789A))
+    done = deliver(cpu, 14, return_ip=0x1111, error_code=0x6)
+    assert (done.vector, done.handler, done.cpl) == (14, 0x123456789A, 0)
+    assert cpu.entered["rsp"] == 0x8000 - 48 and not cpu.entered["null_ss"]
+    assert cpu.frame(6) == (0x6, 0x1111, 0x08, 0x202 | RFLAGS_TF, 0x8008, 0x10)
+
+
+def test_flags_interrupt_gate_clears_if_trap_gate_keeps_it():
+    # 6.12.1.3: both clear TF, NT, RF, VM; an interrupt gate also clears IF.
+    for type_, if_after in ((GATE_INTERRUPT, 0), (GATE_TRAP, RFLAGS_IF)):
+        cpu = Cpu(rflags=0x202 | RFLAGS_TF | RFLAGS_RF)
+        cpu.set_gate(3, gate(0x5000, type_))
+        deliver(cpu, 3, 0x1111)
+        assert cpu.entered["rflags"] == 0x2 | if_after
+
+
+def test_privilege_change_uses_rsp0_and_a_null_ss():
+    cpu = Cpu(cpl=3, rsp=0x7777)
+    cpu.set_gate(13, gate(0x5000))
+    done = deliver(cpu, 13, 0x2222, error_code=0)
+    assert done.cpl == 0 and cpu.entered["null_ss"] and cpu.entered["cs"] == 0x08
+    assert cpu.entered["rsp"] == RSP0 - 48
+    assert cpu.frame(6)[2:] == (0x23, 0x202 | RFLAGS_TF, 0x7777, 0x1B)  # ring 3 CS .. SS
+
+
+def test_ist_stack_wins_even_without_a_privilege_change():
+    cpu = Cpu()
+    cpu.set_gate(2, gate(0x5000, ist=2))
+    deliver(cpu, 2, 0x3333)
+    assert cpu.entered["rsp"] == IST2 - 40
+
+
+def test_int_n_through_a_lower_dpl_gate_is_gp_at_the_int():
+    # INT n (SDM vol. 2A): gate DPL < CPL -> #GP(vector * 8 + 2 | EXT=0), RIP of the INT.
+    cpu = Cpu(cpl=3)
+    cpu.set_gate(0x81, gate(0x6000, dpl=0))
+    cpu.set_gate(VECTOR_GP, gate(0x7000))
+    done = deliver(cpu, 0x81, return_ip=0x4002, software_ip=0x4000)
+    assert (done.vector, done.handler, done.error_code) == (VECTOR_GP, 0x7000, 0x81 * 8 + 2)
+    assert cpu.frame(2) == (0x81 * 8 + 2, 0x4000)
+    cpu.set_gate(0x80, gate(0x6100, dpl=3))
+    assert deliver(cpu, 0x80, 0x4002, software_ip=0x4000).handler == 0x6100
+
+
+@pytest.mark.parametrize("raw, why", [
+    (gate(0x5000, present=False), "not present"),
+    (gate(0x5000, type_=0xC), "not present or not a 64-bit"),
+    (gate(0x5000, selector=0x1000), "outside the GDT"),
+    (gate(0x5000, selector=layout.SEL_KERNEL_DATA), "not a present 64-bit code"),
+])
+def test_undeliverable_events_fail_with_the_reason(raw, why):
+    cpu = Cpu()
+    cpu.set_gate(6, raw)
+    with pytest.raises(DeliveryFailed, match=why):
+        deliver(cpu, 6, 0x1000)
+    assert handler_of(cpu, 6) is None or raw[5] & 0x80
+
+
+def test_guest_abi_gdt_decodes_as_its_segments():
+    gdt = layout.gdt_bytes(0)
+    code = SegmentDescriptor.decode(gdt[8:16])
+    assert code.is_long_code and code.dpl == 0 and code.limit == 0xFFFFFFFF
+    user = SegmentDescriptor.decode(gdt[0x20:0x28])
+    assert user.is_long_code and user.dpl == 3
+    tss = SegmentDescriptor.decode(gdt[0x28:0x38])
+    assert (tss.s, tss.base) == (0, layout.tss_address(0))
+    assert Gate.decode(gate(0xFFFF_8000_1234_5678, dpl=3, ist=5)) == Gate(
+        0xFFFF_8000_1234_5678, 0x08, 5, GATE_INTERRUPT, 3, True)
