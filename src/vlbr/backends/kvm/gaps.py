@@ -13,13 +13,14 @@ import struct
 
 from iced_x86 import Code, Instruction
 
-from vlbr.arch.x86 import (MSR_FMASK, MSR_LSTAR, MSR_STAR, RFLAGS_RF, RFLAGS_TF, VECTOR_DB,
+from vlbr.arch.x86 import (MSR_FMASK, MSR_LSTAR, MSR_STAR, RFLAGS_TF, VECTOR_DB,
                            VECTOR_GP)
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.backends import branches
 from vlbr.backends.base import RAM_SIZE, StopReason
 from vlbr.backends.kvm import cpuid, usermode, xsaves
 from vlbr.x86.events import DeliveryFailed
+from vlbr.x86.syscall import syscall_entry
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
@@ -43,6 +44,8 @@ class KvmGaps:
         if insn.code == Code.SYSCALL:
             handler = self._syscall(regs, usermode.Leave("syscall", from_ip=site,
                                                          return_ip=insn.next_ip))
+            if handler is None:
+                return
         else:
             try:
                 handler = usermode.deliver_event(self.vcpu, self.memory, regs, insn.immediate8,
@@ -109,6 +112,8 @@ class KvmGaps:
         user.user_regs(regs)
         if leave.kind == "syscall":
             handler = self._syscall(regs, leave)
+            if handler is None:
+                return
         else:
             if leave.vector == VECTOR_DB:
                 self.model.debug_exception()  # #DB: LBREn cleared, the delivery not recorded
@@ -128,23 +133,25 @@ class KvmGaps:
         if self.stepping:
             self.pending = self._decode(handler)
 
-    def _syscall(self, regs, leave) -> int:
+    def _syscall(self, regs, leave) -> int | None:
         """SYSCALL (SDM vol. 2B): RCX/R11 saved, CS/SS from STAR, RIP from LSTAR, FMASK."""
         msrs = self.vcpu.get_msrs([MSR_STAR, MSR_LSTAR, MSR_FMASK])
-        star, lstar = msrs.get(MSR_STAR, 0), msrs.get(MSR_LSTAR, 0)
-        regs.rcx, regs.r11 = leave.return_ip, regs.rflags & ~RFLAGS_RF
-        regs.rflags = (regs.rflags & ~msrs.get(MSR_FMASK, 0) & ~RFLAGS_RF) | 2
-        regs.rip = lstar
-        self.vcpu.set_regs(regs)
         sregs = self.vcpu.get_sregs()
-        selector = (star >> 32) & 0xFFFC
-        sregs.cs = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=0xB,
+        entry = syscall_entry(leave.from_ip, regs.rflags, sregs.efer,
+                              *(msrs.get(m, 0) for m in (MSR_STAR, MSR_LSTAR, MSR_FMASK)))
+        if entry is None:
+            self._stop(StopReason.UNSUPPORTED, f"SYSCALL at {leave.from_ip:#x} with EFER.SCE "
+                       f"clear: the #UD is not delivered by this backend")
+            return None
+        regs.rcx, regs.r11, regs.rflags, regs.rip = entry.rcx, entry.r11, entry.rflags, entry.rip
+        self.vcpu.set_regs(regs)
+        sregs.cs = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=entry.cs, type=0xB,
                                  present=1, dpl=0, db=0, s=1, l=1, g=1)
-        sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector + 8, type=0x3,
+        sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=entry.ss, type=0x3,
                                  present=1, dpl=0, db=1, s=1, l=0, g=1)
         self.vcpu.set_sregs(sregs)
-        self.model.retire_branch(Branch(leave.from_ip, lstar, branches.EVENT.kind, 0))
-        return lstar
+        self.model.retire_branch(Branch(leave.from_ip, entry.rip, branches.EVENT.kind, 0))
+        return entry.rip
 
     def _keep_trap_flag(self, insn: Instruction, regs) -> None:
         """IRETQ and POPFQ load RFLAGS from the stack and would drop the TF that KVM's

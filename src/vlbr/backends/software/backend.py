@@ -44,6 +44,7 @@ from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
+from vlbr.x86.syscall import syscall_entry
 
 from .codewatch import CodeWatch
 from .interrupts import DeliveryFailed, InterruptDelivery
@@ -446,20 +447,18 @@ class SoftwareMachine:
     def _syscall(self, rip: int) -> None:
         """SYSCALL in 64-bit mode (SDM Vol. 2B): unicorn skips it, so we perform it."""
         uc = self.uc
-        if not uc.msr_read(MSR_EFER) & 1:
+        entry = syscall_entry(rip, self._reg(X.UC_X86_REG_RFLAGS),
+                              *(uc.msr_read(m) for m in (MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK)))
+        if entry is None:
             self._raise(VECTOR_UD, rip)
             return
-        next_ip = rip + 2
-        rflags = self._reg(X.UC_X86_REG_RFLAGS)
-        star, lstar, fmask = (uc.msr_read(m) for m in (MSR_STAR, MSR_LSTAR, MSR_FMASK))
-        selector = (star >> 32) & 0xFFFC
-        uc.reg_write(X.UC_X86_REG_RCX, next_ip)
-        uc.reg_write(X.UC_X86_REG_R11, rflags & ~(1 << 16))
-        self.privilege.load(flat_code64(selector, 0), flat_data(selector + 8, 0))
-        uc.reg_write(X.UC_X86_REG_RFLAGS, rflags & ~fmask & ~(1 << 16) | 2)
-        uc.reg_write(X.UC_X86_REG_RIP, lstar)
+        uc.reg_write(X.UC_X86_REG_RCX, entry.rcx)
+        uc.reg_write(X.UC_X86_REG_R11, entry.r11)
+        self.privilege.load(flat_code64(entry.cs, 0), flat_data(entry.ss, 0))
+        uc.reg_write(X.UC_X86_REG_RFLAGS, entry.rflags)
+        uc.reg_write(X.UC_X86_REG_RIP, entry.rip)
         self.current.last_block = None
-        self.current.model.retire_branch(Branch(rip, lstar, EVENT.kind, 0))
+        self.current.model.retire_branch(Branch(rip, entry.rip, EVENT.kind, 0))
 
     def _interrupt(self, intno: int, rip: int, error_code: int, software: int) -> None:
         """UC_HOOK_INTR: QEMU raised a vector. For INT n/INT3/INTO (QEMU's exception_is_int)
