@@ -18,6 +18,7 @@ from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import LEGACY_AREA_SIZE, XCOMP_BV_COMPACTED, XSS_ARCH_LBR
 from vlbr.backends.base import RAM_SIZE
 from vlbr.vcpu.lbr import GeneralProtection, InvalidOpcode
+from vlbr.x86.operands import UnsupportedOperand, linear_address
 
 SAVES = {Code.XSAVES_MEM, Code.XSAVES64_MEM}
 RESTORES = {Code.XRSTORS_MEM, Code.XRSTORS64_MEM}
@@ -37,17 +38,13 @@ def emulates(insn: Instruction) -> bool:
     return insn.code in SAVES or insn.code in RESTORES
 
 
-def effective_address(insn: Instruction, regs) -> int:
-    if insn.is_ip_rel_memory_operand:
-        return insn.ip_rel_memory_address
-    address = insn.memory_displacement
-    for reg, scale in ((insn.memory_base, 1), (insn.memory_index, insn.memory_index_scale)):
-        if reg == Register.NONE:
-            continue
-        if reg not in _GPRS:
-            raise NotEmulated(f"address register {reg}")
-        address += scale * getattr(regs, _GPRS[reg])
-    return address & (1 << 64) - 1
+def effective_address(insn: Instruction, regs, sregs) -> int:
+    """The operand's linear address (x86.operands), FS/GS bases from KVM's sregs."""
+    bases = {Register.FS: sregs.fs.base, Register.GS: sregs.gs.base}
+    try:
+        return linear_address(insn, lambda r: getattr(regs, _GPRS[r]), bases.__getitem__)
+    except UnsupportedOperand as err:
+        raise NotEmulated(str(err)) from None
 
 
 def emulate(insn: Instruction, vcpu, model, memory, regs, cpl: int) -> int | None:
@@ -55,7 +52,7 @@ def emulate(insn: Instruction, vcpu, model, memory, regs, cpl: int) -> int | Non
     try:
         if cpl != 0:
             raise GeneralProtection("XSAVES/XRSTORS at CPL > 0")
-        address = effective_address(insn, regs)
+        address = effective_address(insn, regs, vcpu.get_sregs())
         xcr0 = vcpu.get_xcrs().get(0, XFEATURES_LEGACY)
         xss = model.rdmsr(IA32_XSS)
         rfbm = ((regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF)) & (xcr0 | xss)

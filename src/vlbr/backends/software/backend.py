@@ -44,6 +44,7 @@ from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
+from vlbr.x86.operands import UnsupportedOperand, linear_address
 from vlbr.x86.syscall import syscall_entry
 
 from .codewatch import CodeWatch
@@ -59,8 +60,8 @@ RAM_REGION = 256 << 10
 _QUIET_STOPS = frozenset([Mnemonic.INT1, Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2])
 
 _REGS64 = {getattr(Register, n): getattr(X, f"UC_X86_REG_{n}") for n in (
-    "RAX RBX RCX RDX RSI RDI RBP RSP R8 R9 R10 R11 R12 R13 R14 R15 "
-    "EAX EBX ECX EDX ESI EDI EBP ESP R8D R9D R10D R11D R12D R13D R14D R15D").split()}
+    "RAX RBX RCX RDX RSI RDI RBP RSP R8 R9 R10 R11 R12 R13 R14 R15").split()}
+_SEGMENT_BASES = {Register.FS: X.UC_X86_REG_FS_BASE, Register.GS: X.UC_X86_REG_GS_BASE}
 
 
 class SoftwareBackendError(VlbrError):
@@ -396,19 +397,11 @@ class SoftwareMachine:
         self.skip_once = insn.ip
 
     def _operand_address(self, insn) -> int:
-        if insn.is_ip_rel_memory_operand:
-            address = insn.ip_rel_memory_address
-        else:
-            address = insn.memory_displacement
-            if insn.memory_base != Register.NONE:
-                address += self._reg(_REGS64[insn.memory_base])
-            if insn.memory_index != Register.NONE:
-                address += self._reg(_REGS64[insn.memory_index]) * insn.memory_index_scale
-        if insn.segment_prefix == Register.FS:
-            address += self._reg(X.UC_X86_REG_FS_BASE)
-        elif insn.segment_prefix == Register.GS:
-            address += self._reg(X.UC_X86_REG_GS_BASE)
-        return address & 0xFFFF_FFFF_FFFF_FFFF
+        try:
+            return linear_address(insn, lambda r: self._reg(_REGS64[r]),
+                                  lambda r: self._reg(_SEGMENT_BASES[r]))
+        except UnsupportedOperand as exc:
+            raise SoftwareBackendError(f"{insn} at {insn.ip:#x}: {exc}") from None
 
     def _xsaves(self, insn, restore: bool) -> None:
         """XSAVES/XRSTORS on the guest's bytes through the model (component 15 only)."""
