@@ -9,6 +9,7 @@ from iced_x86 import Code, Decoder
 
 from vlbr.backends.kvm.cpuid import HLT_NOP, patch_cpuid, rewritten_leaves
 from vlbr.backends.kvm.ioctls import Vm
+from vlbr.backends.kvm.ioctls import MsrRead
 from vlbr.backends.kvm.machine import create_machine
 from vlbr.host import kvm as k
 from vlbr.host.kvm import Kvm, cpuid_table
@@ -16,9 +17,9 @@ from vlbr.host.kvm import Kvm, cpuid_table
 
 def _run_until_not_io(vcpu):
     while True:
-        reason = vcpu.run()
-        if reason != k.KVM_EXIT_IO or vcpu.run_struct.io.port == 0xF4:
-            return reason
+        exit_ = vcpu.run()
+        if exit_.reason != k.KVM_EXIT_IO or exit_.port == 0xF4:
+            return exit_
 
 
 def test_msr_filter_exits_exactly_the_denied_msrs():
@@ -29,12 +30,14 @@ def test_msr_filter_exits_exactly_the_denied_msrs():
         vm, memory, _, (vcpu,) = create_machine(kvm, image(a), guest_cpuid(), 1)
         vm.enable_cap(k.KVM_CAP_X86_USER_SPACE_MSR, k.KVM_MSR_EXIT_REASON_FILTER)
         vm.set_msr_filter({0x14CF})
-        assert _run_until_not_io(vcpu) == k.KVM_EXIT_X86_RDMSR
+        read = _run_until_not_io(vcpu)
+        assert read.reason == k.KVM_EXIT_X86_RDMSR and isinstance(read, MsrRead)
         msr = vcpu.run_struct.msr
-        assert (msr.index, msr.reason) == (0x14CF, k.KVM_MSR_EXIT_REASON_FILTER)
-        msr.data, msr.error = 0x20, 0
-        assert _run_until_not_io(vcpu) == k.KVM_EXIT_IO
-        assert int.from_bytes(vcpu.io_data(), "little") == 0x20  # msr.data reached EDX:EAX
+        assert (read.index, msr.reason) == (0x14CF, k.KVM_MSR_EXIT_REASON_FILTER)
+        vcpu.complete_msr(0x20)
+        out = _run_until_not_io(vcpu)
+        assert out.reason == k.KVM_EXIT_IO
+        assert int.from_bytes(out.data, "little") == 0x20  # msr.data reached EDX:EAX
         vcpu.close()
         vm.close()
 
@@ -98,3 +101,21 @@ def test_trap_patch_only_touches_decoded_int_and_syscall(data):
         assert data[at - 0x100000] in (0xCD, 0x0F)  # INT imm8 / SYSCALL as the guest wrote it
     untouched = [i for i in range(len(data)) if not any(0 <= i - (a - 0x100000) < 2 for a in sites)]
     assert all(patched[i] == data[i] for i in untouched)
+
+
+def test_get_cpuid2_returns_what_kvm_kept():
+    # KVM_GET_CPUID2 after KVM_SET_CPUID2: leaf 0 is never rewritten; on a KVM with quirk
+    # cpuid_rewritten some rows differ (backends/kvm/quirks.py), and the probe says which.
+    from vlbr.backends.kvm.cpuid import rewritten_leaves
+    from vlbr.backends.kvm.ioctls import Vm
+    from vlbr.backends.kvm.quirks import probe_quirks
+    table = guest_cpuid()
+    with Kvm() as kvm, Vm(kvm) as vm:
+        vcpu = vm.create_vcpu(0)
+        try:
+            vcpu.set_cpuid2(table)
+            kept = vcpu.get_cpuid2()
+        finally:
+            vcpu.close()
+    assert kept.regs(0) == table.regs(0)
+    assert bool(rewritten_leaves(table, kept)) == probe_quirks().cpuid_rewritten

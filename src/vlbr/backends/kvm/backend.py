@@ -119,7 +119,7 @@ class KvmBackend:
                 "emulated": sum(r.emulated for r in runners),
                 "cpuid_exits": sum(r.cpuid_exits for r in runners),
                 "ring3_excursions": sum(r.excursions for r in runners),
-                "ring3_instructions": sum(r._user.instructions for r in runners if r._user),
+                "ring3_instructions": sum(r.user_instructions for r in runners),
                 "switches": switches,
                 "seconds": watch.elapsed,
                 "out_of_budget": any(not r.exited for r in runners),

@@ -57,7 +57,7 @@ class KvmGaps:
             self.model.exception(site, handler, 0)
         self._sync_stepping(at_msr_exit=False)
         if self.stepping:
-            self.pending = self._decode(handler)
+            self.pending = self.decode(handler)
             self._resumed_at = handler
 
     def _cpuid_after_hlt(self) -> bool:
@@ -67,7 +67,7 @@ class KvmGaps:
             return False
         self._cpuid(regs, site)
         if self.stepping:  # the patched HLT was the pending step; the next one follows it
-            self.pending = self._decode(regs.rip)
+            self.pending = self.decode(regs.rip)
         return True
 
     def _cpuid(self, regs, site: int) -> None:
@@ -75,12 +75,13 @@ class KvmGaps:
         xcr0 = self.vcpu.get_xcrs().get(0, 3)
         out = runtime_cpuid(self.table, regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF,
                            apic_id=self.vcpu.index, cr4=self.vcpu.get_sregs().cr4, xcr0=xcr0,
-                           xss=self._xss())
+                           xss=self.xss())
         regs.rax, regs.rbx, regs.rcx, regs.rdx = out.as_tuple()
         regs.rip = site + len(cpuid.HLT_NOP)
         self.vcpu.set_regs(regs)
 
-    def _xss(self) -> int:
+    def xss(self) -> int:
+        """The guest's IA32_XSS as the model holds it (0 where it does not exist)."""
         try:
             return self.model.rdmsr(IA32_XSS, host_initiated=True)
         except Exception:  # no XSAVES in the guest CPUID: IA32_XSS does not exist, reads 0
@@ -131,7 +132,7 @@ class KvmGaps:
                 self.model.exception(leave.from_ip, handler, 0)
         self._sync_stepping(at_msr_exit=False)
         if self.stepping:
-            self.pending = self._decode(handler)
+            self.pending = self.decode(handler)
 
     def _syscall(self, regs, leave) -> int | None:
         """SYSCALL (SDM vol. 2B): RCX/R11 saved, CS/SS from STAR, RIP from LSTAR, FMASK."""
@@ -180,13 +181,13 @@ class KvmGaps:
             return
         self._raise_debug()
 
-    def _emulate(self) -> bool:
+    def _emulate(self, failure) -> bool:
         """Complete what KVM here fails to emulate (KVM_EXIT_INTERNAL_ERROR, suberror 1):
         ICEBP (INT1) and XSAVES/XRSTORS; False leaves the exit to stop the vCPU."""
-        if self.run_struct.internal.suberror != KVM_INTERNAL_ERROR_EMULATION:
+        if failure.suberror != KVM_INTERNAL_ERROR_EMULATION:
             return False
         regs = self.vcpu.get_regs()
-        step = self._decode(regs.rip)
+        step = self.decode(regs.rip)
         if step.insn.code == Code.INT1:
             return self._icebp(regs, step)
         if step.insn.code in (Code.INT_IMM8, Code.INTO):
@@ -209,7 +210,7 @@ class KvmGaps:
             regs.rip = step.insn.next_ip
             self.vcpu.set_regs(regs)
             if self.stepping:  # KVM steps the instruction after it next
-                self.pending = self._decode(regs.rip)
+                self.pending = self.decode(regs.rip)
         else:
             self.vcpu.inject_exception(vector, 0 if vector == VECTOR_GP else None)
             self._injected = vector
@@ -237,7 +238,7 @@ class KvmGaps:
             return True
         self.model.exception(insn.ip, handler, 0)
         self._sync_stepping(at_msr_exit=False)
-        self.pending = self._decode(handler) if self.stepping else None
+        self.pending = self.decode(handler) if self.stepping else None
         return True
 
     def _icebp(self, regs, step: Step) -> bool:

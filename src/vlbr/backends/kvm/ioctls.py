@@ -5,11 +5,53 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
-import os
+from dataclasses import dataclass
 
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.host import kvm as k
 from vlbr.host.kvm import FileDescriptor, Kvm, KvmError, ioctl
+
+
+@dataclass(frozen=True)
+class VcpuExit:
+    """Why KVM_RUN returned, decoded from kvm_run (kvm-ioctls' VcpuExit); `reason` is
+    kvm_run.exit_reason (KVM_EXIT_INTR for an interrupted KVM_RUN)."""
+
+    reason: int
+
+
+@dataclass(frozen=True)
+class IoOut(VcpuExit):
+    port: int
+    size: int
+    data: bytes  # count * size bytes
+
+
+@dataclass(frozen=True)
+class IoIn(VcpuExit):
+    port: int
+    size: int
+    count: int  # answer with Vcpu.set_io_data(count * size bytes)
+
+
+@dataclass(frozen=True)
+class MsrRead(VcpuExit):
+    index: int  # answer with Vcpu.complete_msr(value), or complete_msr(None) for #GP
+
+
+@dataclass(frozen=True)
+class MsrWrite(VcpuExit):
+    index: int
+    data: int  # acknowledge with Vcpu.complete_msr(0), or complete_msr(None) for #GP
+
+
+@dataclass(frozen=True)
+class InternalError(VcpuExit):
+    suberror: int
+
+
+_PLAIN_EXITS = {r: VcpuExit(r) for r in (k.KVM_EXIT_DEBUG, k.KVM_EXIT_HLT, k.KVM_EXIT_INTR,
+                                         k.KVM_EXIT_SHUTDOWN)}
 
 
 class Vm(FileDescriptor):
@@ -83,20 +125,42 @@ class Vcpu(FileDescriptor):
         super().close()
 
     # --- running --------------------------------------------------------------------------
-    def run(self) -> int:
-        """KVM_RUN until the next exit; returns kvm_run.exit_reason (EINTR -> KVM_EXIT_INTR)."""
+    def run(self) -> VcpuExit:
+        """KVM_RUN until the next exit (EINTR -> KVM_EXIT_INTR)."""
         try:
             ioctl(self.fd, k.KVM_RUN)
         except KvmError as err:
             if err.errno in (errno.EINTR, errno.EAGAIN):
-                return k.KVM_EXIT_INTR
+                return _PLAIN_EXITS[k.KVM_EXIT_INTR]
             raise
-        return self.run_struct.exit_reason
+        return self._exit(self.run_struct.exit_reason)
 
-    def io_data(self) -> bytes:
-        io = self.run_struct.io
-        start = io.data_offset
-        return bytes(self._run_map[start:start + io.size * io.count])
+    def _exit(self, reason: int) -> VcpuExit:
+        plain = _PLAIN_EXITS.get(reason)
+        if plain is not None:
+            return plain
+        run = self.run_struct
+        if reason == k.KVM_EXIT_IO:
+            io = run.io
+            if io.direction == k.KVM_EXIT_IO_IN:
+                return IoIn(reason, io.port, io.size, io.count)
+            start = io.data_offset
+            return IoOut(reason, io.port, io.size,
+                         bytes(self._run_map[start:start + io.size * io.count]))
+        if reason == k.KVM_EXIT_X86_RDMSR:
+            return MsrRead(reason, run.msr.index)
+        if reason == k.KVM_EXIT_X86_WRMSR:
+            return MsrWrite(reason, run.msr.index, run.msr.data)
+        if reason == k.KVM_EXIT_INTERNAL_ERROR:
+            return InternalError(reason, run.internal.suberror)
+        return VcpuExit(reason)
+
+    def complete_msr(self, value: int | None) -> None:
+        """Finish an MSR exit: the value read (0 for a write), or None for #GP(0)."""
+        msr = self.run_struct.msr
+        msr.error = int(value is None)
+        if value is not None:
+            msr.data = value
 
     def set_io_data(self, data: bytes) -> None:
         start = self.run_struct.io.data_offset
@@ -144,6 +208,12 @@ class Vcpu(FileDescriptor):
 
     def set_cpuid2(self, table: CpuidTable) -> None:
         ioctl(self.fd, k.KVM_SET_CPUID2, k.cpuid_struct(table))
+
+    def get_cpuid2(self) -> CpuidTable:
+        """KVM_GET_CPUID2: the CPUID this vCPU runs with (as KVM kept it)."""
+        got = k.kvm_cpuid2(k.KVM_MAX_CPUID_ENTRIES)
+        ioctl(self.fd, k.KVM_GET_CPUID2, got)
+        return k.cpuid_table(got.entries[:got.nent])
 
     def get_xcrs(self) -> dict[int, int]:
         xcrs = k.kvm_xcrs()

@@ -20,7 +20,7 @@ from vlbr.backends.kvm.cpuid import rewritten_leaves
 from vlbr.backends.kvm.ioctls import Vm
 from vlbr.backends.kvm.machine import create_machine
 from vlbr.host import kvm as k
-from vlbr.host.kvm import Kvm, KvmError, cpuid_table
+from vlbr.host.kvm import Kvm, KvmError
 
 USED_CAPS = [
     ("KVM_CAP_X86_USER_SPACE_MSR", k.KVM_CAP_X86_USER_SPACE_MSR),
@@ -86,7 +86,7 @@ def _guest_table(kvm: Kvm) -> CpuidTable:
 
 def _first_exit(vcpu) -> int:
     while True:
-        reason = vcpu.run()
+        reason = vcpu.run().reason
         if reason != k.KVM_EXIT_INTR:
             return reason
 
@@ -130,7 +130,7 @@ def _step_rate(kvm: Kvm, sync: bool) -> float:
         for _ in range(STEPS):
             if sync:
                 run.kvm_valid_regs = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
-            if vcpu.run() != k.KVM_EXIT_DEBUG:
+            if vcpu.run().reason != k.KVM_EXIT_DEBUG:
                 raise KvmError("KVM_RUN single-step", 0, "no KVM_EXIT_DEBUG")
             if not sync:
                 vcpu.get_regs()
@@ -195,11 +195,10 @@ def probe_cpuid_kept(kvm: Kvm) -> Probe:
         vcpu = vm.create_vcpu(0)
         try:
             vcpu.set_cpuid2(table)
-            got = k.kvm_cpuid2(k.KVM_MAX_CPUID_ENTRIES)
-            k.ioctl(vcpu.fd, k.KVM_GET_CPUID2, got)
+            got = vcpu.get_cpuid2()
         finally:
             vcpu.close()
-    changed = rewritten_leaves(table, cpuid_table(got.entries[:got.nent]))
+    changed = rewritten_leaves(table, got)
     names = ", ".join(f"{leaf:#x}.{sub}" for leaf, sub in changed)
     return Probe("KVM_SET_CPUID2 kept", not changed,
                  "KVM_GET_CPUID2 returns what was set" if not changed else

@@ -19,7 +19,8 @@ from vlbr.backends.base import (PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE, S
                                 VcpuStop)
 from vlbr.backends.kvm import usermode
 from vlbr.backends.kvm.gaps import STEP_CONTROL, VECTOR_GP, KvmGaps
-from vlbr.backends.kvm.ioctls import Vcpu
+from vlbr.backends.kvm.ioctls import (InternalError, IoIn, IoOut, MsrRead, MsrWrite, Vcpu,
+                                      VcpuExit)
 from vlbr.backends.kvm.machine import PatchedSites
 from vlbr.backends.kvm.quirks import KvmQuirks
 from vlbr.backends.kvm.traps import PORT_TRAP
@@ -101,6 +102,11 @@ class VcpuRunner(KvmGaps):
             return None
         return self.stop.detail
 
+    @property
+    def user_instructions(self) -> int:
+        """Instructions the ring-3 excursions ran on unicorn."""
+        return self._user.instructions if self._user is not None else 0
+
     def kick(self) -> None:
         """From another thread: make the current or next KVM_RUN (or ring-3 run) return."""
         self.kicked = True
@@ -116,29 +122,32 @@ class VcpuRunner(KvmGaps):
             used += 1
             if self.stepping and self.sync:
                 self.run_struct.kvm_valid_regs = SYNC
-            reason = self.vcpu.run()
-            in_budget = budget.spend(step=reason == k.KVM_EXIT_DEBUG and self.stepping)
-            if self._handle(reason) or not in_budget:
+            exit_ = self.vcpu.run()
+            in_budget = budget.spend(step=exit_.reason == k.KVM_EXIT_DEBUG and self.stepping)
+            if self._handle(exit_) or not in_budget:
                 break  # yield, or out of budget
         self.exits += used
         return used
 
-    def _handle(self, reason: int) -> bool:
+    def _handle(self, exit_: VcpuExit) -> bool:
         """Act on one exit; True when the vCPU yields."""
+        reason = exit_.reason
         if reason == k.KVM_EXIT_DEBUG:
             self._after_step()
-        elif reason == k.KVM_EXIT_IO:
-            return self._io()
-        elif reason in (k.KVM_EXIT_X86_RDMSR, k.KVM_EXIT_X86_WRMSR):
-            self._msr(reason)
+        elif isinstance(exit_, IoOut):
+            return self._io_out(exit_)
+        elif isinstance(exit_, IoIn):  # no device: the bus floats high
+            self.vcpu.set_io_data(b"\xff" * (exit_.size * exit_.count))
+        elif isinstance(exit_, (MsrRead, MsrWrite)):
+            self._msr(exit_)
         elif reason == k.KVM_EXIT_HLT and self._cpuid_after_hlt():
             pass
         elif reason == k.KVM_EXIT_INTR:
             pass
-        elif reason == k.KVM_EXIT_INTERNAL_ERROR and self._emulate():
+        elif isinstance(exit_, InternalError) and self._emulate(exit_):
             pass
         else:
-            self._stop(*self._describe_exit(reason))
+            self._stop(*self._describe_exit(exit_))
         return False
 
     def _stop(self, reason: str, detail: str) -> None:
@@ -147,12 +156,9 @@ class VcpuRunner(KvmGaps):
         self._set_stepping(False)
 
     # --- port I/O (Guest ABI) -------------------------------------------------------------
-    def _io(self) -> bool:
-        io = self.run_struct.io
-        if io.direction == k.KVM_EXIT_IO_IN:
-            self.vcpu.set_io_data(b"\xff" * (io.size * io.count))  # no device: bus floats high
-            return False
-        data = self.vcpu.io_data()
+    def _io_out(self, io: IoOut) -> bool:
+        """True when the vCPU yields."""
+        data = io.data
         if io.port == PORT_CONSOLE:
             self.console += data[::io.size]
             if len(self.console) >= self.console_limit:
@@ -168,17 +174,16 @@ class VcpuRunner(KvmGaps):
         return False
 
     # --- MSRs routed to the model ---------------------------------------------------------
-    def _msr(self, reason: int) -> None:
-        msr = self.run_struct.msr
+    def _msr(self, access: MsrRead | MsrWrite) -> None:
         self.msr_exits += 1
         try:
-            if reason == k.KVM_EXIT_X86_RDMSR:
-                msr.data = self.model.rdmsr(msr.index)
+            if isinstance(access, MsrRead):
+                self.vcpu.complete_msr(self.model.rdmsr(access.index))
             else:
-                self.model.wrmsr(msr.index, msr.data)
-            msr.error = 0
+                self.model.wrmsr(access.index, access.data)
+                self.vcpu.complete_msr(0)
         except (GeneralProtection, KeyError):
-            msr.error = 1  # KVM injects #GP(0) when it completes the instruction
+            self.vcpu.complete_msr(None)  # KVM injects #GP(0) when it completes the instruction
             self._injected = VECTOR_GP
         self._sync_stepping(at_msr_exit=True)
 
@@ -190,7 +195,7 @@ class VcpuRunner(KvmGaps):
             return
         self._set_stepping(want)
         if want and at_msr_exit:
-            self.pending = self._decode(self.vcpu.get_regs().rip)
+            self.pending = self.decode(self.vcpu.get_regs().rip)
 
     def _set_stepping(self, on: bool) -> None:
         if on != self.stepping:
@@ -228,7 +233,7 @@ class VcpuRunner(KvmGaps):
         if not self.exited and self.stepping:
             self._sync_stepping(at_msr_exit=False)
         if self.stepping:
-            self.pending = self._decode(rip)
+            self.pending = self.decode(rip)
             if (self.quirks.user_single_step_fails and self.pending.insn.code == Code.IRETQ
                     and self._iret_to_user(regs.rsp)):
                 self._ring3()
@@ -269,7 +274,7 @@ class VcpuRunner(KvmGaps):
         if handler is None:
             return  # not explainable from the IDT (e.g. a nested fault): record nothing
         self.model.exception(insn.ip, handler, cpl)
-        first = self._decode(handler)
+        first = self.decode(handler)
         if first.cls is not None and rip != first.insn.next_ip:
             self.model.retire_branch(Branch(handler, rip, first.cls.kind, cpl,
                                             is_call=first.cls.is_call,
@@ -283,7 +288,7 @@ class VcpuRunner(KvmGaps):
             if len(raw) < GATE_SIZE or not Gate.decode(raw).present:
                 continue
             handler = Gate.decode(raw).offset
-            first = self._decode(handler)
+            first = self.decode(handler)
             if rip == first.insn.next_ip or rip == handler or (
                     first.cls is not None and rip == first.insn.near_branch_target):
                 return handler
@@ -295,7 +300,8 @@ class VcpuRunner(KvmGaps):
             return b""
         return self.memory[address:min(address + size, RAM_SIZE)]
 
-    def _decode(self, rip: int) -> Step:
+    def decode(self, rip: int) -> Step:
+        """The instruction at `rip`, decoded from guest memory (cached per address)."""
         raw = self._read(rip, branches.MAX_INSTRUCTION_LENGTH)
         cached = self._decoded.get(rip)
         if cached is not None and raw.startswith(cached[0]):
@@ -305,8 +311,9 @@ class VcpuRunner(KvmGaps):
         self._decoded[rip] = (raw[:insn.len], step)
         return step
 
-    def _describe_exit(self, reason: int) -> tuple[str, str]:
+    def _describe_exit(self, exit_: VcpuExit) -> tuple[str, str]:
         """The stop reason and its detail for an exit the runner cannot handle."""
+        reason = exit_.reason
         name = k.EXIT_NAMES.get(reason, f"exit reason {reason}")
         why = {k.KVM_EXIT_SHUTDOWN: StopReason.SHUTDOWN, k.KVM_EXIT_HLT: StopReason.HALTED,
                k.KVM_EXIT_INTERNAL_ERROR: StopReason.UNSUPPORTED}.get(reason, StopReason.ERROR)
@@ -315,9 +322,9 @@ class VcpuRunner(KvmGaps):
         except k.KvmError:
             return why, name
         text = f"{name} at rip {rip:#x}"
-        if reason == k.KVM_EXIT_INTERNAL_ERROR:
-            insn = self._decode(rip).insn
-            text += (f" (suberror {self.run_struct.internal.suberror}, instruction {insn}: "
+        if isinstance(exit_, InternalError):
+            insn = self.decode(rip).insn
+            text += (f" (suberror {exit_.suberror}, instruction {insn}: "
                      f"KVM here cannot run it and vlbr does not emulate it)")
         elif reason == k.KVM_EXIT_SHUTDOWN:
             text += " (triple fault: no IDT or a fault while delivering one)"

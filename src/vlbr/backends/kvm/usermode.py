@@ -136,7 +136,7 @@ class UserMode:
                 self._stop(Leave("event", original.immediate8, address, original.next_ip,
                                  software=True))
             return
-        step = self.runner._decode(address)
+        step = self.runner.decode(address)
         insn = step.insn
         if insn.mnemonic in PRIVILEGED or insn.code in MOV_CR_DR:
             self._stop(Leave("event", VECTOR_GP, address, address, 0))
@@ -162,7 +162,7 @@ class UserMode:
         uc = self.uc
         out = runtime_cpuid(r.table, uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX),
                            apic_id=r.vcpu.index, cr4=r.vcpu.get_sregs().cr4,
-                           xcr0=r.vcpu.get_xcrs().get(0, 3), xss=r._xss())
+                           xcr0=r.vcpu.get_xcrs().get(0, 3), xss=r.xss())
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
                                X.UC_X86_REG_RDX), out.as_tuple()):
             uc.reg_write(reg, value)
@@ -170,7 +170,7 @@ class UserMode:
         uc.reg_write(X.UC_X86_REG_RIP, address + len(cpuid.HLT_NOP))
 
     def _on_interrupt(self, uc, intno, user_data) -> None:
-        insn = self.runner._decode(self.current).insn
+        insn = self.runner.decode(self.current).insn
         soft = (insn.mnemonic == Mnemonic.INT and insn.immediate8 == intno
                 or insn.mnemonic == Mnemonic.INT3 and intno == 3
                 or insn.mnemonic == Mnemonic.INTO and intno == 4)
