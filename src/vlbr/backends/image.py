@@ -53,6 +53,14 @@ class GuestImage:
         return GuestImage(bytes(data), self.load_address, self.entry, dict(self.symbols), self.name,
                           self.code)
 
+    def read_cstring(self, symbol: str) -> str:
+        """The NUL-terminated string at `symbol` (ASCII)."""
+        offset = self.address(symbol) - self.load_address
+        end = self.data.find(b"\0", offset)
+        if not 0 <= offset < len(self.data) or end < 0:
+            raise GuestImageError(f"symbol {symbol} is not a string inside the image")
+        return self.data[offset:end].decode("ascii")
+
     def read_u64(self, symbol: str) -> int:
         offset = self.address(symbol) - self.load_address
         return struct.unpack_from("<Q", self.data, offset)[0]

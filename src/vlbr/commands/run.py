@@ -11,7 +11,7 @@ from vlbr.arch.leaves import arch_lbr_leaf
 from vlbr.backends.base import BackendUnavailable
 from vlbr.guest.build import build_guest
 from vlbr.backends.registry import pick_backend
-from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE, machine_for
+from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE_GUESTS, machine_for
 from vlbr.guest.records import lbr_stack
 
 from ._guest_output import escape_console, stop_text, timeout_option
@@ -70,7 +70,7 @@ def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
     if reason is not None:
         raise click.ClickException(f"backend {backend.name} is unavailable: {reason}")
     if vcpus is None:
-        vcpus = next((p.vcpus for p in SUITE if p.guest == guest), 1)
+        vcpus = SUITE_GUESTS.get(guest, 1)
     machine = machine_for(backend.name, vcpus=vcpus, depth=depth, timeout=timeout)
     try:
         result = backend.run(image, machine)

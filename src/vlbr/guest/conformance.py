@@ -3,6 +3,7 @@ their console lines (PASS/FAIL/SKIP, docs/design.md) into a report."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -30,32 +31,21 @@ class SuiteProgram:
     checks: tuple[str, ...]
 
 
-CONFORMANCE_CHECKS = (
-    "cpuid_arch_lbr_enumerated", "cpuid_1c_depth_mask", "cpuid_1c_reserved_zero",
-    "cpuid_d1_xss_bit15", "cpuid_d_component15_size", "cpuid_d_component15_supervisor",
-    "lbr_ctl_reset_zero", "lbr_depth_reset_max", "debugctl_lbr_reads_zero",
-    "perf_capabilities_lbr_fmt",
-    "lbr_ctl_reserved_bit4_gp", "lbr_ctl_reserved_bit15_gp", "lbr_ctl_reserved_bit23_gp",
-    "lbr_ctl_reserved_bit32_gp", "lbr_ctl_reserved_bit63_gp",
-    "lbr_ctl_lbren_accepted", "lbr_ctl_cpl_bits", "lbr_ctl_call_stack_bit",
-    "lbr_ctl_branch_type_bits",
-    "lbr_depth_legal", "lbr_depth_0_gp", "lbr_depth_7_gp", "lbr_depth_72_gp",
-    "lbr_depth_not_enumerated_gp", "lbr_depth_write_clears", "lbr_record_beyond_depth_gp",
-    "known_loop_records", "known_loop_newest_first", "lbr_ctl_write_keeps_records",
-    "lbren_clear_records_nothing", "lbr_record_write_readback", "lbr_record_noncanonical_gp",
-    "filter_jcc", "filter_near_rel_jmp", "filter_near_ind_jmp", "filter_near_rel_call",
-    "filter_near_ret", "filter_near_ind_call", "filter_other",
-    "branch_zoo_all_types", "br_type_encoding",
-    "call_stack_off_records_all", "call_stack_mode",
-    "ler_after_exception", "ler_info_br_type", "db_clears_lbren",
-    "ring3_int_return", "cpl_os_only", "cpl_usr_only", "cpl_os_and_usr",
-    "user_rdmsr_gp", "user_wrmsr_gp",
-    "xss_other_bits_gp", "xss_bit15_write", "xsaves_component15", "xrstors_component15",
-    "xrstors_depth_mismatch_clears",
-)
-SMP_CHECKS = ("abi_entry_0", "abi_entry_1", "vcpu_isolation_0", "vcpu_isolation_1",
-              "vcpu_clear_private")
-SUITE = (SuiteProgram("conformance", 1, CONFORMANCE_CHECKS), SuiteProgram("smp", 2, SMP_CHECKS))
+# The suite as data: each guest program and the vCPUs it runs on. The checks each reports
+# are named in its source (VLBR_CHECKS in guest/src/*.c) and read from the built image.
+SUITE_GUESTS = {"conformance": 1, "smp": 2}
+CHECKS_SYMBOL = "vlbr_checks"
+
+
+def program_of(image: GuestImage, vcpus: int) -> SuiteProgram:
+    """The suite program an image is: its name, vCPUs and the checks its source names."""
+    return SuiteProgram(image.name, vcpus, tuple(image.read_cstring(CHECKS_SYMBOL).split()))
+
+
+@functools.cache
+def suite() -> tuple[SuiteProgram, ...]:
+    """Every program of the suite, built (gcc; images are cached) to read its checks."""
+    return tuple(program_of(build_guest(g), n) for g, n in SUITE_GUESTS.items())
 
 
 @dataclass(frozen=True)
@@ -166,20 +156,20 @@ def machine_for(backend_name: str, vcpus: int = 1, depth: int | None = DEFAULT_D
     return MachineConfig(cpuid=table, lbr=LbrConfig.from_cpuid(table), vcpus=vcpus, **extra)
 
 
-def all_skipped(backend_name: str, reason: str, programs: Iterable[SuiteProgram] = SUITE
-                ) -> ConformanceReport:
+def all_skipped(backend_name: str, reason: str,
+                programs: Iterable[SuiteProgram] | None = None) -> ConformanceReport:
     return ConformanceReport(backend_name, [CheckResult(name, "skip", reason)
-                                            for p in programs for name in p.checks])
+                                            for p in programs or suite() for name in p.checks])
 
 
 def run_conformance(backend: Backend | str, *, depth: int | None = DEFAULT_DEPTH,
-                    programs: Iterable[SuiteProgram] = SUITE,
+                    programs: Iterable[SuiteProgram] | None = None,
                     build: Callable[[str], GuestImage] = build_guest,
                     on_result: Callable[[RunResult, SuiteProgram], None] | None = None,
                     timeout: float = DEFAULT_TIMEOUT) -> ConformanceReport:
     """Run every suite program on the backend; an unavailable backend gives all-skip with
     its reason."""
-    programs = tuple(programs)
+    programs = tuple(programs) if programs is not None else suite()
     if isinstance(backend, str):
         try:
             backend = make_backend(backend)

@@ -3,6 +3,25 @@
    IA32_XSS and XSAVES. Facts from docs/arch-lbr-reference.md sections 1, 2 and 5. */
 #include "runtime/runtime.h"
 
+/* The checks this program reports, in order (the runner reads them from the image). */
+VLBR_CHECKS(
+    "cpuid_arch_lbr_enumerated cpuid_1c_depth_mask cpuid_1c_reserved_zero "
+    "cpuid_d1_xss_bit15 cpuid_d_component15_size cpuid_d_component15_supervisor "
+    "lbr_ctl_reset_zero lbr_depth_reset_max debugctl_lbr_reads_zero "
+    "perf_capabilities_lbr_fmt lbr_ctl_reserved_bit4_gp lbr_ctl_reserved_bit15_gp "
+    "lbr_ctl_reserved_bit23_gp lbr_ctl_reserved_bit32_gp lbr_ctl_reserved_bit63_gp "
+    "lbr_ctl_lbren_accepted lbr_ctl_cpl_bits lbr_ctl_call_stack_bit "
+    "lbr_ctl_branch_type_bits lbr_depth_legal lbr_depth_0_gp lbr_depth_7_gp lbr_depth_72_gp "
+    "lbr_depth_not_enumerated_gp lbr_depth_write_clears lbr_record_beyond_depth_gp "
+    "known_loop_records known_loop_newest_first lbr_ctl_write_keeps_records "
+    "lbren_clear_records_nothing lbr_record_write_readback lbr_record_noncanonical_gp "
+    "filter_jcc filter_near_rel_jmp filter_near_ind_jmp filter_near_rel_call "
+    "filter_near_ret filter_near_ind_call filter_other branch_zoo_all_types "
+    "br_type_encoding call_stack_off_records_all call_stack_mode ler_after_exception "
+    "ler_info_br_type db_clears_lbren ring3_int_return cpl_os_only cpl_usr_only "
+    "cpl_os_and_usr user_rdmsr_gp user_wrmsr_gp xss_other_bits_gp xss_bit15_write "
+    "xsaves_component15 xrstors_component15 xrstors_depth_mismatch_clears");
+
 #define ALL_BRANCHES (LBR_CTL_LBREN | LBR_CTL_OS | LBR_CTL_BRANCH_BITS)
 #define XSS_ARCH_LBR (1ull << 15)
 

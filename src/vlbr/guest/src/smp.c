@@ -2,6 +2,10 @@
    interleaved and switch on the yield port, so their recording windows overlap in time. */
 #include "runtime/runtime.h"
 
+/* The checks this program reports, in order (the runner reads them from the image). */
+VLBR_CHECKS(
+    "abi_entry_0 abi_entry_1 vcpu_isolation_0 vcpu_isolation_1 vcpu_clear_private");
+
 extern char smp0_top[], smp0_jcc[], smp0_top2[], smp0_jcc2[];
 extern char smp1_top[], smp1_jcc[], smp1_top2[], smp1_jcc2[];
 void smp_run0(u64 ctl);

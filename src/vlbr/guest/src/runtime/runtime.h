@@ -76,6 +76,11 @@ struct exception_frame {
 /* Set by the host before the run (patched in the image by symbol): `vlbr run --lbr-ctl`. */
 extern volatile u64 vlbr_lbr_ctl;
 
+/* A conformance program names the checks it reports, in order, separated by spaces: the
+   runner reads this string from the image (symbol vlbr_checks), so the names live only in
+   the guest source. */
+#define VLBR_CHECKS(names) const char vlbr_checks[] __attribute__((used)) = names
+
 /* Implemented by each guest program: runs on every vCPU; the return value is the exit status. */
 int guest_main(int cpu, int ncpus);
 
