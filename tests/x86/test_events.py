@@ -109,18 +109,36 @@ def test_int_n_through_a_lower_dpl_gate_is_gp_at_the_int():
     assert deliver(cpu, 0x80, 0x4002, software_ip=0x4000).handler == 0x6100
 
 
-@pytest.mark.parametrize("raw, why", [
-    (gate(0x5000, present=False), "not present"),
-    (gate(0x5000, type_=0xC), "not present or not a 64-bit"),
-    (gate(0x5000, selector=0x1000), "outside the GDT"),
-    (gate(0x5000, selector=layout.SEL_KERNEL_DATA), "not a present 64-bit code"),
-])
-def test_undeliverable_events_fail_with_the_reason(raw, why):
+def test_a_missing_gate_is_np_an_odd_gate_gp_with_the_idt_error_code():
+    # SDM 6.13: error code = vector * 8 | IDT (bit 1) | EXT (bit 0, set for exceptions and
+    # external events, clear for INT n).
+    for raw, fault in ((gate(0x5000, present=False), 11), (gate(0x5000, type_=0xC), 13)):
+        cpu = Cpu()
+        cpu.set_gate(6, raw)
+        cpu.set_gate(fault, gate(0x7700))
+        done = deliver(cpu, 6, 0x1000)  # #UD is benign: its gate's fault is delivered
+        assert (done.vector, done.error_code, done.handler) == (fault, 6 * 8 | 3, 0x7700)
     cpu = Cpu()
-    cpu.set_gate(6, raw)
-    with pytest.raises(DeliveryFailed, match=why):
+    cpu.set_gate(11, gate(0x7700))
+    assert deliver(cpu, 0x90, 0x1002, software_ip=0x1000).error_code == 0x90 * 8 | 2
+
+
+def test_a_contributory_fault_on_a_fault_is_df_and_then_a_shutdown():
+    # SDM table 6-5: #GP whose gate is missing raises #NP, contributory on contributory: #DF.
+    cpu = Cpu()
+    cpu.set_gate(8, gate(0x8800))
+    done = deliver(cpu, 13, 0x1000, error_code=0)
+    assert (done.vector, done.error_code, done.handler) == (8, 0, 0x8800)
+    with pytest.raises(DeliveryFailed, match="gate not present.*then.*shutdown"):
+        deliver(Cpu(), 14, 0x1000, error_code=2)  # #PF, then #NP -> #DF, then no #DF gate
+    assert handler_of(Cpu(), 14) is None
+
+
+def test_a_gate_selector_outside_the_gdt_fails_with_the_reason():
+    cpu = Cpu()
+    cpu.set_gate(6, gate(0x5000, selector=0x1000))
+    with pytest.raises(DeliveryFailed, match="outside the GDT"):
         deliver(cpu, 6, 0x1000)
-    assert handler_of(cpu, 6) is None or raw[5] & 0x80
 
 
 def test_guest_abi_gdt_decodes_as_its_segments():

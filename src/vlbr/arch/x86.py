@@ -17,6 +17,9 @@ EXCEPTION_NAMES = {VECTOR_DE: "#DE", VECTOR_DB: "#DB", VECTOR_NMI: "NMI", VECTOR
                    VECTOR_GP: "#GP", VECTOR_PF: "#PF", VECTOR_MF: "#MF", VECTOR_AC: "#AC",
                    VECTOR_MC: "#MC", VECTOR_XM: "#XM"}
 
+# Error code of a fault on an IDT gate (SDM 6.13): vector * 8 | IDT | EXT.
+ERROR_CODE_EXT, ERROR_CODE_IDT = 1 << 0, 1 << 1
+
 # #PF error code bits (SDM 4.7).
 PF_PRESENT, PF_WRITE, PF_USER, PF_RESERVED, PF_FETCH = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
 

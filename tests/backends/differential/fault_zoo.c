@@ -102,6 +102,8 @@ int guest_main(int cpu, int ncpus)
     __asm__ volatile("mov ax, 0x10\n\tmov ds, ax" ::: "rax");
     TRY("int1");
     report("db_icebp");
+    TRY("int 0x90");                            /* no gate: #NP(0x90 * 8 + 2), EXT clear */
+    report("np_int_without_gate");
     TRY("pushfq\n\tor qword ptr [rsp], 0x100\n\tpopfq\n\tnop");
     report("db_trap_flag");
     static u8 area[4096] __attribute__((aligned(64)));

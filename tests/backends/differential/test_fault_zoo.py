@@ -2,7 +2,7 @@
 
 Each line is checked against the architecture, not only across backends (both could be
 wrong alike): SDM vol. 3A 4.7 (#PF error code: P=1, W/R=2, U/S=4, I/D=16), 6.13 (#GP error
-code of a selector: its index, TI, EXT), 6.12.1.1 (INT n through a gate with DPL < CPL:
+code of a selector: its index, TI, EXT; #NP of a missing gate: vector * 8 | IDT), 6.12.1.1 (INT n through a gate with DPL < CPL:
 #GP(vector * 8 + 2)), 17.3.1.2 (ICEBP is a trap-like #DB), 13.12 (XRSTORS with XCOMP_BV[63]
 clear: #GP(0))."""
 
@@ -31,6 +31,7 @@ EXPECTED = {
     "int_dpl0_gate_from_ring3": (0xD, 0x81 * 8 + 2, None),
     "gp_selector_beyond_gdt": (0xD, 0x1000, None),
     "db_icebp": (0x1, 0x0, None),
+    "np_int_without_gate": (0xB, 0x90 * 8 + 2, None),
     "db_trap_flag": (0x1, 0x0, None),
     "xrstors_standard_header_gp": (0xD, 0x0, None),
 }
