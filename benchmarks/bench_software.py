@@ -7,6 +7,7 @@ Run: .venv/bin/python benchmarks/bench_software.py [--iterations N]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -64,13 +65,13 @@ def unhooked_unicorn(image: GuestImage, hlt: int, count: int = 0) -> float:
     return time.perf_counter() - start
 
 
-def backend(image: GuestImage, machine: MachineConfig) -> tuple[float, int]:
+def backend(image: GuestImage, machine: MachineConfig) -> tuple[float, list]:
     sm = SoftwareMachine(image, machine)
     start = time.perf_counter()
     result = sm.run()
     elapsed = time.perf_counter() - start
     assert result.exit_status == [0], result.stats
-    return elapsed, result.stats["branches_seen"]
+    return elapsed, result.vcpus[0].records()
 
 
 def guest_table():
@@ -93,8 +94,9 @@ def main() -> None:
     counted = min(unhooked_unicorn(image_off, hlt, machine.max_steps) for _ in range(3))
     clear, _ = min(backend(image_off, machine) for _ in range(3))
     image_on, _ = loop_guest(args.iterations, RECORD_ALL)
-    recording, seen = backend(image_on, machine)
-    assert seen == branches, (seen, branches)  # every taken branch, nothing else
+    recording, native_records = backend(image_on, machine)
+    python, python_records = backend(image_on, dataclasses.replace(machine, native_recording=False))
+    assert native_records == python_records  # the same LBR either way
 
     def line(figure, seconds, vs=None, vs_seconds=None):
         out = {"bench": "software", "figure": figure, "value": round(branches / seconds),
@@ -107,7 +109,8 @@ def main() -> None:
     # the backend passes max_steps as unicorn's instruction count: unicorn's own cost of that
     line("unhooked_unicorn_with_count", counted, "unhooked_unicorn", raw)
     line("backend_lbren_clear", clear, "unhooked_unicorn", raw)
-    line("backend_recording", recording, "unhooked_unicorn", raw)
+    line("backend_recording_native", recording, "unhooked_unicorn", raw)
+    line("backend_recording_python", python, "backend_recording_native", recording)
     print(json.dumps({"bench": "software", "figure": "recording_vs_lbren_clear",
                       "value": round(clear / recording, 4), "unit": "ratio",
                       "vs": "backend_lbren_clear"}))

@@ -55,6 +55,7 @@ class MachineConfig:
     max_exits: int = 100_000  # exits to the VMM: MSR/port/emulation exits, vCPU switches
     timeout: float = DEFAULT_TIMEOUT  # wall-clock seconds for the whole run
     console_limit: int = CONSOLE_LIMIT  # bytes of console per vCPU
+    native_recording: bool = True  # software backend: the native block ring where exact
 
 
 @dataclass

@@ -47,6 +47,7 @@ from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
 from vlbr.x86.operands import UnsupportedOperand, linear_address
 from vlbr.x86.syscall import syscall_entry
 
+from . import native
 from .codewatch import CodeWatch
 from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, flat_code64, flat_data
@@ -57,6 +58,8 @@ QEMU_MSRS = frozenset([0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, MSR_EFER, MSR_STA
                        0xC0000083, MSR_FMASK, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103])
 NO_END = 0xFFFF_FFFF_FFFF_FFFF
 RAM_REGION = 256 << 10
+NATIVE_RING = 1 << 21  # blocks one stretch may log natively (the stretch's count is bounded)
+NATIVE_CHUNK = 256  # ring entries read back at a time when collecting the newest records
 _QUIET_STOPS = frozenset([Mnemonic.INT1, Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2])
 
 _REGS64 = {getattr(Register, n): getattr(X, f"UC_X86_REG_{n}") for n in (
@@ -192,7 +195,11 @@ class SoftwareMachine:
         self.skip_once: int | None = None
         self.last_delivery: tuple[int, int] | None = None  # (vector, handler) delivered last
         self.cr2: int | None = None  # the guest's CR2 as a stopping hook saw it
-        self.block_hook = None
+        self.block_hook: str | None = None  # "native", "python" or None (not recording)
+        self.python_hook = None
+        lib = native.load() if machine.native_recording else None
+        self.native = None if lib is None else native.NativeBlockRecorder(
+            lib, uc, min(machine.max_steps, NATIVE_RING) + 1)
         self.cpl = 0  # CPL of the current vCPU, refreshed per emu_start and on far branches
         self.tails: dict[tuple[int, int], tuple] = {}
         self.stats = {"backend": "software", "stretches": 0, "turns": 0, "branches_seen": 0, "emulated": 0,
@@ -215,9 +222,27 @@ class SoftwareMachine:
             self.skip_once = None
             return
         insn = iced_x86.Decoder(64, bytes(uc.mem_read(address, 15)), ip=address).decode()
+        if insn.near_branch_target == insn.next_ip and self.block_hook == "native":
+            self._to_fallthrough(insn)
+            return
         if insn.mnemonic in (Mnemonic.RDMSR, Mnemonic.WRMSR, Mnemonic.XSAVES, Mnemonic.XSAVES64,
                              Mnemonic.XRSTORS, Mnemonic.XRSTORS64, Mnemonic.XSETBV):
             self._halt(_Stop.EMULATE, insn)
+
+    def _to_fallthrough(self, insn) -> None:
+        """A conditional branch to its own fall-through, before it runs (native recording):
+        the ring so far becomes records, then the flags decide (the pair it ends is skipped
+        at the next drain, see _branch_to)."""
+        cls = classify(insn)
+        if cls is None or not cls.conditional:
+            return
+        self._drain()
+        rcx = self.uc.reg_read(X.UC_X86_REG_RCX)
+        if insn.mnemonic in (Mnemonic.LOOP, Mnemonic.LOOPE, Mnemonic.LOOPNE):
+            rcx -= 1  # taken_after tests the count after the instruction decremented it
+        if taken_after(insn, self.uc.reg_read(X.UC_X86_REG_RFLAGS), rcx):
+            self.stats["branches_seen"] += 1
+            self.current.model.retire_branch(self._taken((insn, cls), insn.next_ip))
 
     def _code_changed(self) -> None:
         self.tails.clear()
@@ -259,24 +284,91 @@ class SoftwareMachine:
         prev, run.last_block = run.last_block, (address, size)
         if prev is None:
             return
-        tail = self.tails.get(prev)
-        if tail is None:
-            tail = self.tails[prev] = self._decode_tail(*prev)
+        tail = self._tail(prev)
         insn, cls = tail
-        if cls is None or cls.interrupt:
-            return  # INT n and friends are recorded when we deliver them
-        if cls.conditional:
-            target, fallthrough = insn.near_branch_target, insn.next_ip
-            if address == fallthrough and target != fallthrough:
+        if cls is not None and cls.conditional and insn.near_branch_target == insn.next_ip:
+            if not taken_after(insn, uc.reg_read(X.UC_X86_REG_RFLAGS),
+                               uc.reg_read(X.UC_X86_REG_RCX)):
                 return
-            if target == fallthrough and not taken_after(
-                    insn, uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX)):
-                return
+            branch = self._taken(tail, address)
+        else:
+            branch = self._branch_to(tail, address)
+        if branch is None:
+            return
         if cls.is_far:  # only far transfers change CPL inside a slice
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
+            branch = branch._replace(cpl=self.cpl)
         self.stats["branches_seen"] += 1
-        run.model.retire_branch(Branch(insn.ip, address, cls.kind, self.cpl,
-                                       is_call=cls.is_call, is_return=cls.is_return))
+        run.model.retire_branch(branch)
+
+    def _tail(self, block: tuple[int, int]):
+        tail = self.tails.get(block)
+        if tail is None:
+            tail = self.tails[block] = self._decode_tail(*block)
+        return tail
+
+    def _branch_to(self, tail, address: int) -> Branch | None:
+        """The branch from a block's last instruction to the next block at `address`, or None
+        (no branch, a conditional not taken; a conditional whose target is its fall-through
+        is undecidable from addresses and is the caller's)."""
+        insn, cls = tail
+        if cls is None or cls.interrupt:
+            return None  # INT n and friends are recorded when we deliver them
+        if cls.conditional and (address == insn.next_ip or insn.near_branch_target == insn.next_ip):
+            return None
+        return self._taken(tail, address)
+
+    def _taken(self, tail, address: int) -> Branch:
+        insn, cls = tail
+        return Branch(insn.ip, address, cls.kind, self.cpl, is_call=cls.is_call,
+                      is_return=cls.is_return)
+
+    def _drain(self) -> None:
+        """Turn the blocks the native hook logged into records, as _on_block would have:
+        every pair (block, next block) in order in call-stack mode; otherwise newest first
+        until the LBR is full, as older pushes would only be shifted out."""
+        if self.block_hook != "native":
+            return
+        rec, run = self.native, self.current
+        try:
+            n = rec.reset()
+        except RuntimeError as exc:
+            raise SoftwareBackendError(str(exc)) from None
+        if not n:
+            return
+        self.stats["native_blocks"] = self.stats.get("native_blocks", 0) + n
+        prev, run.last_block = run.last_block, rec.blocks(n - 1, n)[0]
+        model = run.model
+        if model.filters.call_stack:
+            blocks = rec.blocks(0, n)
+            froms = [prev] + blocks[:-1]
+            branches = [self._branch_to(self._tail(f), b[0]) for f, b in zip(froms, blocks) if f]
+        else:
+            branches = self._newest_branches(rec, n, prev, model.depth, model.filters.kind_ok)
+        for branch in branches:
+            if branch is not None:
+                self.stats["branches_seen"] += 1  # natively: only those that reach a record
+                model.retire_branch(branch)
+
+    def _newest_branches(self, rec, n: int, prev, depth: int, kind_ok) -> list:
+        """The newest `depth` branches of the ring that pass the type filter, oldest first."""
+        found: list = []
+        hi = n
+        while hi > 0 and len(found) < depth:
+            lo = max(0, hi - NATIVE_CHUNK)
+            blocks = rec.blocks(max(0, lo - 1), hi)
+            if lo == 0:
+                blocks = [prev] + blocks
+            for k in range(len(blocks) - 1, 0, -1):
+                frm = blocks[k - 1]
+                branch = None if frm is None else self._branch_to(self._tail(frm), blocks[k][0])
+                if branch is not None and kind_ok[branch.kind]:
+                    found.append(branch)
+                    if len(found) == depth:
+                        break
+            hi = lo
+        found.reverse()
+        return found
 
     def _decode_tail(self, address: int, size: int):
         decoder = iced_x86.Decoder(64, bytes(self.uc.mem_read(address, size)), ip=address)
@@ -288,16 +380,26 @@ class SoftwareMachine:
     # -- recording on/off -----------------------------------------------------------------
 
     def _sync_recording(self) -> None:
-        """Install the block hook only while the current vCPU's model records."""
-        want = self.current.model.recording
-        if want and self.block_hook is None:
-            self.block_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
-            self.uc.ctl_flush_tb()  # blocks translated before carry no hook call
-        elif not want and self.block_hook is not None:
-            self.uc.hook_del(self.block_hook)
-            self.block_hook = None
-            self.uc.ctl_flush_tb()
-        if not want:
+        """Install a block hook only while the current vCPU's model records: the native ring
+        where it is exact (every CPL recorded: the ring holds no CPL), else the Python one."""
+        model = self.current.model
+        want = None
+        if model.recording:
+            native_ok = self.native is not None and all(model.filters.cpl_ok)
+            want = "native" if native_ok else "python"
+        if want != self.block_hook:
+            self._drain()
+            if self.block_hook == "python":
+                self.uc.hook_del(self.python_hook)
+            elif self.block_hook == "native":
+                self.native.remove()
+            if want == "python":
+                self.python_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+            elif want == "native":
+                self.native.install()
+            self.block_hook = want
+            self.uc.ctl_flush_tb()  # blocks translated before carry no (or the old) hook call
+        if want is None:
             self.current.last_block = None
 
     # -- emulation of what the hooks stopped on --------------------------------------------
@@ -510,19 +612,24 @@ class SoftwareMachine:
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
             self.stats["stretches"] += 1
             self.cr2, cr2 = None, uc.reg_read(X.UC_X86_REG_CR2)
+            # The native ring holds one block per instruction at most: bound the stretch.
+            chunked = self.block_hook == "native" and budget >= self.native.capacity
             try:
-                uc.emu_start(rip, NO_END, count=budget)
+                uc.emu_start(rip, NO_END, count=self.native.capacity - 1 if chunked else budget)
                 error = None
             except UcError as exc:
                 error = exc
             # Every stop leaves unicorn's CR2 at -2: put back what the guest had (a hook
             # saw it, with a #PF's new address), else what it had when the stretch began.
             uc.reg_write(X.UC_X86_REG_CR2, cr2 if self.cr2 is None else self.cr2)
+            self._drain()
             try:
                 outcome = self._handle_stop(error)
             except DeliveryFailed as exc:
                 self._end(run, StopReason.SHUTDOWN, f"vCPU {run.index} shut down: {exc}")
                 return "shutdown"
+            if outcome == "max_steps" and chunked:
+                continue  # only the native ring's chunk ended: the stretch goes on
             if outcome is not None:
                 return outcome
 

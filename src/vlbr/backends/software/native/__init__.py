@@ -1,0 +1,106 @@
+"""The native block-ring hook (block_ring.c): built with the system gcc at first use into the
+cache, loaded with ctypes. `load()` is None where gcc or the build is missing: the software
+backend then records with its pure-Python block hook, which is also the tests' reference."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("block_ring.c")
+DISABLE_ENV = "VLBR_NO_NATIVE"  # set to use the pure-Python recorder (comparisons, fallback)
+
+
+class BlockRing(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint64), ("capacity", ctypes.c_uint64),
+                ("dropped", ctypes.c_uint64), ("address", ctypes.POINTER(ctypes.c_uint64)),
+                ("size", ctypes.POINTER(ctypes.c_uint32))]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("VLBR_CACHE_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vlbr"
+
+
+def _build(gcc: str) -> Path:
+    digest = hashlib.sha256(SOURCE.read_bytes() + gcc.encode()).hexdigest()[:16]
+    target = cache_root() / "native" / f"block_ring-{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        subprocess.run([gcc, "-O2", "-shared", "-fPIC", "-o", str(out), str(SOURCE)],
+                       check=True, capture_output=True)
+        os.replace(out, target)  # atomic: concurrent first uses never load half a file
+    return target
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The loaded library, or None (no gcc, a failed build, or VLBR_NO_NATIVE set)."""
+    gcc = shutil.which("gcc")
+    if os.environ.get(DISABLE_ENV) or gcc is None:
+        return None
+    try:
+        return ctypes.CDLL(str(_build(gcc)))
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+class NativeBlockRecorder:
+    """The native hook installed on one unicorn CPU, with its ring (numpy views on it).
+
+    unicorn's Python binding only takes Python callbacks, so the hook goes in through the
+    library's own uc_hook_add (its ctypes handle, `unicorn.unicorn_py3.unicorn.uclib`)."""
+
+    def __init__(self, lib: ctypes.CDLL, uc, capacity: int):
+        import numpy as np
+        from unicorn.unicorn_py3 import unicorn as binding
+        self._uclib, self._uc = binding.uclib, uc
+        self.addresses = np.zeros(capacity, dtype=np.uint64)
+        self.sizes = np.zeros(capacity, dtype=np.uint32)
+        self.ring = BlockRing(0, capacity, 0,
+                              self.addresses.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
+                              self.sizes.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)))
+        self._callback = ctypes.cast(lib.vlbr_block_hook, ctypes.c_void_p)
+        self.handle: int | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.ring.capacity
+
+    def install(self) -> None:
+        from unicorn import UC_HOOK_BLOCK, UcError
+        handle = ctypes.c_size_t()
+        status = self._uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK,
+                                         self._callback, ctypes.byref(self.ring),
+                                         ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status:
+            raise UcError(status)
+        self.handle = handle.value
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self._uclib.uc_hook_del(self._uc._uch, ctypes.c_size_t(self.handle))
+            self.handle = None
+
+    def blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Ring entries lo..hi-1 as (start, size), oldest first."""
+        return list(zip(self.addresses[lo:hi].tolist(), self.sizes[lo:hi].tolist()))
+
+    def reset(self) -> int:
+        """Empty the ring; returns how many entries it held (RuntimeError on an overflow)."""
+        n, dropped = self.ring.count, self.ring.dropped
+        self.ring.count = self.ring.dropped = 0
+        if dropped:
+            raise RuntimeError(f"native block ring overflowed by {dropped} blocks")
+        return n
