@@ -7,6 +7,7 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends.base import RunResult
 from vlbr.guest import conformance as conf
 from vlbr.guest.build import SOURCE_DIR
@@ -82,7 +83,7 @@ def test_unavailable_backend_skips_everything_with_its_reason():
 
 
 def test_report_counts_and_json_shape(monkeypatch):
-    monkeypatch.setattr(conf, "guest_cpuid", lambda name, depth: conf.CpuidTable())
+    monkeypatch.setattr(conf, "guest_cpuid", lambda name, depth: CpuidTable())
     backend = FakeBackend(["PASS alpha\nSKIP beta: why\nFAIL gamma: bad\n"])
     report = run_conformance(backend, programs=[PROGRAM], build=lambda g: g)
     doc = report.to_json()
@@ -94,7 +95,7 @@ def test_report_counts_and_json_shape(monkeypatch):
 
 
 def test_a_backend_exception_fails_the_programs_checks(monkeypatch):
-    monkeypatch.setattr(conf, "guest_cpuid", lambda name, depth: conf.CpuidTable())
+    monkeypatch.setattr(conf, "guest_cpuid", lambda name, depth: CpuidTable())
 
     class Broken(FakeBackend):
         def run(self, image, machine):

@@ -19,7 +19,7 @@ _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 @click.command("conformance")
 @click.option("--backend", "backend_name", type=click.Choice([*BACKEND_NAMES, "all", "auto"]),
               default="all", show_default=True,
-              help="auto: kvm when available, else software (as `vlbr run` picks)")
+              help="auto: the fastest backend that can run here (as `vlbr run` picks)")
 @click.option("--depth", type=int, default=DEFAULT_DEPTH, show_default=True,
               help="the LBR depth the guest's CPUID 0x1C enumerates")
 @click.option("--json", "as_json", is_flag=True,

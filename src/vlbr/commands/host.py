@@ -27,11 +27,13 @@ def command(as_json: bool, device: str) -> None:
         raise SystemExit(1)
     from vlbr.backends.kvm.probe import host_report
     from vlbr.backends.kvm.quirks import probe_quirks
+    from vlbr.backends.registry import auto_choice
     report = host_report(device)
     quirks = probe_quirks(device).active()
+    auto, why = auto_choice()
     if as_json:
         click.echo(json.dumps({"device": device, "available": True, **report.to_json(),
-                               "quirks": quirks}))
+                               "quirks": quirks, "auto_backend": auto, "auto_reason": why}))
         return
     console = Console()
     console.print(f"[bold]{device}[/]: KVM API version {report.api_version}; "
@@ -46,3 +48,4 @@ def command(as_json: bool, device: str) -> None:
         probes.add_row(probe.name, "[green]yes[/]" if probe.ok else "[red]no[/]", probe.detail)
     console.print(probes)
     console.print(f"KVM quirks the backend works around: {', '.join(quirks) or 'none'}")
+    console.print(f"--backend auto: {why}")

@@ -40,7 +40,7 @@ def _cpuid_1c(table) -> dict:
 @click.command("run")
 @click.argument("guest")
 @click.option("--backend", "backend_name", type=click.Choice(["auto", "kvm", "software"]),
-              default="auto", show_default=True, help="auto: kvm when available, else software")
+              default="auto", show_default=True, help="auto: the fastest backend that can run here (vlbr host says which and why)")
 @click.option("--depth", type=int, default=DEFAULT_DEPTH, show_default=True,
               help="the LBR depth the guest's CPUID 0x1C enumerates")
 @click.option("--lbr-ctl", "lbr_ctl", default=None,

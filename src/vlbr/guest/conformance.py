@@ -8,15 +8,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from vlbr.arch.cpuid import CpuidTable
-from vlbr.backends.base import (DEFAULT_TIMEOUT, Backend, BackendUnavailable, MachineConfig,
-                                RunResult)
-from vlbr.backends.registry import BackendNotLoadable, make_backend
+from vlbr.backends.base import DEFAULT_TIMEOUT, Backend, BackendUnavailable, RunResult
+from vlbr.backends.registry import (DEFAULT_DEPTH, BackendNotLoadable, guest_cpuid,
+                                    machine_for, make_backend)
 
 from .build import build_guest
 from vlbr.backends.image import GuestImage
 
-DEFAULT_DEPTH = 32  # the depth KVM's Arch LBR patches expose on their reference hosts
 STATUSES = ("pass", "fail", "skip")
 REST = "rest"  # `SKIP rest: reason` skips every check the program has not reported yet
 _LINE = re.compile(r"^(PASS|FAIL|SKIP) ([A-Za-z0-9_.\-]+)(?:: ?(.*))?$")
@@ -132,28 +130,6 @@ def _how_it_ended(run: RunResult) -> str:
     return "; ".join(parts) or "no vCPU ran"
 
 
-def guest_cpuid(backend_name: str, depth: int | None = DEFAULT_DEPTH) -> CpuidTable:
-    """The guest CPUID for a backend: vlbr's emulated Arch LBR over KVM's supported CPUID
-    (kvm) or over the live host's table (software)."""
-    from vlbr.policy import emulated_guest_cpuid
-    if backend_name == "kvm":
-        from vlbr.host.kvm import Kvm
-        kvm = Kvm()
-        try:
-            base = kvm.supported_cpuid()
-        finally:
-            kvm.close()
-    else:
-        from vlbr.host import live_host_cpus
-        base = live_host_cpus()[0].table
-    return emulated_guest_cpuid(base, depth)
-
-
-def machine_for(backend_name: str, vcpus: int = 1, depth: int | None = DEFAULT_DEPTH,
-                cpuid: CpuidTable | None = None, **extra) -> MachineConfig:
-    from vlbr.vcpu import LbrConfig
-    table = cpuid if cpuid is not None else guest_cpuid(backend_name, depth)
-    return MachineConfig(cpuid=table, lbr=LbrConfig.from_cpuid(table), vcpus=vcpus, **extra)
 
 
 def all_skipped(backend_name: str, reason: str,
