@@ -101,7 +101,7 @@ def render(out, rows: list[HostRow], unreadable, variants, only_arch_lbr: bool) 
         out.print(f"  {variant}: a problem on {len(bad)} of {len(arch)}"
                   + (f", e.g. {bad[0].file.name}: {bad[0].views[n].problems[0]}" if bad else ""))
     for path, why in unreadable:
-        out.print(f"[yellow]not read[/] {path}: {why}", highlight=False)
+        out.print(f"[yellow]not read[/] {path}: {why}", highlight=False, soft_wrap=True)
 
 
 @click.command("report")
