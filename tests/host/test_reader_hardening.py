@@ -120,3 +120,15 @@ def test_xsave_size_past_32_bits_names_file_line_and_leaf(corpus_dir, subleaf):
     with pytest.raises(CpuidFormatError, match=rf"CPUID \(0xd, 0x{int(subleaf, 16):x}\)") as err:
         parse_cpuid_bytes("\n".join(lines).encode(), "ovf.txt")
     assert err.value.line == number and "32-bit" in str(err.value)
+
+
+def test_libvirt_and_vlbr_json_extra_register_is_an_error():
+    xml = ("<cpudata arch='x86'>\n<cpuid eax_in='0x00000000' ecx_in='0x00' eax='0x00000001' "
+           "ebx='0x0' ecx='0x0' edx='0x0' esi='0x0'/>\n</cpudata>\n")
+    with pytest.raises(CpuidFormatError, match="esi") as err:
+        parse_cpuid_bytes(xml.encode(), "l.xml")
+    assert err.value.line == 2
+    doc = ('{"cpus": [{"index": 0, "entries": [{"function": 0, "index": 0, "eax": 1, "ebx": 0,'
+           ' "ecx": 0, "edx": 0, "esi": 0}]}]}')
+    with pytest.raises(CpuidFormatError, match=r"cpus\[0\]\.entries\[0\] has key 'esi'"):
+        parse_cpuid_bytes(doc.encode(), "v.json")
