@@ -154,3 +154,13 @@ def test_unreadable_path_inside_report_still_reported_otherwise(corpus_dir, tmp_
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
 def test_dev_zero_is_a_size_error(corpus_dir):
     assert_one_line_error(vlbr("cpuid", "show", "/dev/zero"), "/dev/zero", "larger than 64 MiB")
+
+
+@pytest.mark.parametrize("line", [
+    "CPUID 1C: 4000000B-00000007-00000007-00000000",
+    "CPUID 0000001C: 4000000B-00000007-00000007-00000000-00000000",
+])
+def test_line_that_looks_like_cpuid_data_names_the_line(tmp_path, line):
+    dump = tmp_path / "dump.txt"
+    dump.write_text("CPUID 00000000: 0000001C-756E6547-6C65746E-49656E69\n" + line + "\n")
+    assert_one_line_error(vlbr("cpuid", "show", dump), f"{dump}:2:", "CPUID ")
