@@ -8,15 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Beside the checkout as the project lays it out; a clone elsewhere (CI) finds the machine's copy.
-_CANDIDATES = [REPO.parent / "shared" / "corpus", Path("/work/shared/corpus")]
-
-
+# $VLBR_CORPUS, else beside the checkout as the project lays it out (../shared/corpus).
 def _find_corpus() -> Path:
     if os.environ.get("VLBR_CORPUS"):
         return Path(os.environ["VLBR_CORPUS"]).resolve()
-    return next((p.resolve() for p in _CANDIDATES if (p / "INDEX.md").is_file()),
-                _CANDIDATES[0].resolve())
+    return (REPO.parent / "shared" / "corpus").resolve()
 
 
 CORPUS = _find_corpus()

@@ -79,3 +79,19 @@ def test_enumeration_follows_leaf_0xd_masks_and_leaf_7_max():
     assert table.subleaves(0xD) == [0, 1, 2, 15]
     assert table.subleaves(7) == [0, 1]
     assert table[(0x1C, 0)] == Registers(0x4000000B, 7, 7, 0)
+
+
+def test_cache_leaf_terminators_as_debian_cpuid_lists_them():
+    # An Intel-like CPU: leaf 4 (SDM Vol. 2A CPUID, leaf 04H: type 0 = no more caches) has four
+    # caches; AMD's 0x8000001D the same. Debian `cpuid -r` prints leaf 4's terminator subleaf 4
+    # (seen on Intel hosts) and stops before 0x8000001D's (seen on this AMD host).
+    caches = {sub: Registers(0x121 + sub, 0x1C0003F, 0x3F, 0) for sub in range(4)}
+    answers = {(0, 0): Registers(0x4, 0, 0, 0), (0x80000000, 0): Registers(0x8000001D, 0, 0, 0)}
+    answers.update({(4, s): r for s, r in caches.items()})
+    answers.update({(0x8000001D, s): r for s, r in caches.items()})
+    table = enumerate_cpuid(lambda leaf, sub: answers.get((leaf, sub), Registers()))
+    assert table.subleaves(4) == [0, 1, 2, 3, 4] and table[(4, 4)] == Registers()
+    assert table.subleaves(0x8000001D) == [0, 1, 2, 3]
+    # A CPU without leaf 4 data (AMD) answers zeros at subleaf 0: that row alone.
+    amd = enumerate_cpuid(lambda leaf, sub: Registers(0x4) if (leaf, sub) == (0, 0) else Registers())
+    assert amd.subleaves(4) == [0]

@@ -3,7 +3,7 @@ XSAVES/XRSTORS, save/restore and migration, on 3 vCPUs and a host context sharin
 physical CPU, checked after every step against a deliberately simple reference model.
 
 The reference model below uses plain dicts and lists and is written from the rules in
-/work/shared/docs/arch-lbr-reference.md ("ref N") and vlbr's choices in vlbr/vcpu/lbr.py."""
+../shared/docs/arch-lbr-reference.md ("ref N") and vlbr's choices in vlbr/vcpu/lbr.py."""
 
 from __future__ import annotations
 

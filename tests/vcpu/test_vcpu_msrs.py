@@ -1,6 +1,6 @@
 """One test per #GP rule of vlbr.vcpu (rule ids G1..G10 are in vlbr/vcpu/lbr.py's docstring).
 
-"ref N" is a section of /work/shared/docs/arch-lbr-reference.md."""
+"ref N" is a section of ../shared/docs/arch-lbr-reference.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Recording semantics and events ("ref N" = section of /work/shared/docs/arch-lbr-reference.md;
+"""Recording semantics and events ("ref N" = section of ../shared/docs/arch-lbr-reference.md;
 rules not in the reference are vlbr's documented choices in vlbr/vcpu/lbr.py's docstring)."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vlbr.arch.cpuid import CpuidTable, Registers
 
-# /work/shared/corpus/instlatx64/GenuineIntel0090675_AlderLake_00_CPUID.txt, logical CPU 0.
+# ../shared/corpus/instlatx64/GenuineIntel0090675_AlderLake_00_CPUID.txt, logical CPU 0.
 ALDER_LAKE_ROWS = {
     (0x0, 0): Registers(0x20, 0x756E6547, 0x6C65746E, 0x49656E69),  # "GenuineIntel", max leaf 0x20
     (0x1, 0): Registers(0x00090675, 0x00100800, 0x7FFAFBBF, 0xBFEBFBFF),

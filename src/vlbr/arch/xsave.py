@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .cpuid import CpuidTable
-from .leaves import xsave_component
+from .cpuid import MASK32, CpuidTable
+from .leaves import xsave_component, xsave_extended, xsave_main
 
 LEGACY_AREA_SIZE = 512
 HEADER_OFFSET = 512
@@ -34,6 +34,16 @@ def arch_lbr_depth_for_size(size: int) -> int | None:
 
 class XsaveLayoutError(ValueError):
     """The CPUID table does not enumerate a component the layout needs."""
+
+
+class XsaveAreaTooLarge(XsaveLayoutError):
+    """CPUID's offsets and sizes end a component past what the 32-bit size fields
+    CPUID.(0xD,0):EBX/ECX and CPUID.(0xD,1):EBX can report; no CPU answers so."""
+
+    def __init__(self, component: int, end: int):
+        self.component = component
+        super().__init__(f"component {component} ends at byte {end:#x}, past the 32-bit "
+                         f"XSAVE area size fields")
 
 
 def _bits(mask: int) -> list[int]:
@@ -66,9 +76,19 @@ class XsaveLayout:
                 offset = (end + 63) & ~63 if comp.align64 else end
             else:
                 offset = comp.offset
+            if offset + comp.size > MASK32:
+                raise XsaveAreaTooLarge(index, offset + comp.size)
             offsets[index], sizes[index] = offset, comp.size
             end = max(end, offset + comp.size) if not compacted else offset + comp.size
         return cls(mask, compacted, offsets, sizes, end)
+
+    @classmethod
+    def check_fits(cls, table: CpuidTable) -> None:
+        """XsaveAreaTooLarge when the enumerated XCR0|XSS components overflow either format."""
+        mask = xsave_main(table).xcr0_supported | xsave_extended(table).xss_supported
+        present = sum(1 << i for i in _bits(mask) if i < 2 or xsave_component(table, i) is not None)
+        for compacted in (False, True):
+            cls.for_mask(table, present, compacted)
 
     def offset_of(self, index: int) -> int:
         try:

@@ -119,7 +119,7 @@ def select_cpu(cpus: list[LogicalCpu], index: int | None) -> list[LogicalCpu]:
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--host", is_flag=True, help="The live host through /dev/cpu/N/cpuid.")
 @click.option("--kvm", is_flag=True, help="KVM_GET_SUPPORTED_CPUID on /dev/kvm.")
-@click.option("--cpu", "cpu_index", type=int, help="Only this logical CPU.")
+@click.option("--cpu", "cpu_index", type=click.IntRange(0, 0xFFFF_FFFF), help="Only this logical CPU.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with a list `cpus`.")
 def show(file: Path | None, host: bool, kvm: bool, cpu_index: int | None, as_json: bool) -> None:
     """Arch LBR capability per distinct core type: depths, 0x1C flags, XSS bit 15, component 15."""

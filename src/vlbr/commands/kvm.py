@@ -17,20 +17,33 @@ from vlbr.policy import (VARIANT_NAMES, HostDescription, SupportedCpuid, Unsuppo
 
 
 class _Int(click.ParamType):
-    """An integer in any base Python reads (0x1800, 0b..., 6144)."""
+    """An integer in any base Python reads (0x1800, 0b..., 6144), within 0..2**bits-1."""
 
     name = "integer"
 
+    def __init__(self, bits: int):
+        self.bits = bits
+
     def convert(self, value, param, ctx):
         if isinstance(value, int):
-            return value
+            return self._in_range(value, param, ctx)
         try:
-            return int(str(value), 0)
+            number = int(str(value), 0)
         except ValueError:
             self.fail(f"{value!r} is not an integer (decimal or 0x hex)", param, ctx)
+        return self._in_range(number, param, ctx)
+
+    def _in_range(self, number: int, param, ctx) -> int:
+        if not 0 <= number < 1 << self.bits:
+            self.fail(f"{number:#x} is not a {self.bits}-bit unsigned value", param, ctx)
+        return number
 
 
-INT = _Int()
+U64 = _Int(64)  # IA32_XSS is a 64-bit MSR
+# Logical CPU numbers a source can name (readers accept 0..0xffffffff).
+CPU_NUMBER = click.IntRange(0, 0xFFFF_FFFF)
+# Arch LBR depths are 8..64 (CPUID.0x1C:EAX[7:0], bit n = depth 8*(n+1)); the policy says which.
+DEPTH = click.IntRange(1, 64)
 
 
 def host_options(fn):
@@ -38,13 +51,13 @@ def host_options(fn):
     for decorator in reversed((
         click.option("--variant", type=click.Choice(VARIANT_NAMES), default="vlbr",
                      show_default=True, help="which design of KVM's Arch LBR support"),
-        click.option("--cpu", type=int, default=None,
+        click.option("--cpu", type=CPU_NUMBER, default=None,
                      help="use this logical CPU; default: what every core type supports"),
         click.option("--vmx-load-lbr-ctl/--no-vmx-load-lbr-ctl", default=None,
                      help="VM-entry control 'load guest IA32_LBR_CTL' (default: ARCH_LBR)"),
         click.option("--vmx-clear-lbr-ctl/--no-vmx-clear-lbr-ctl", default=None,
                      help="VM-exit control 'clear IA32_LBR_CTL' (default: ARCH_LBR)"),
-        click.option("--host-xss", type=INT, default=None,
+        click.option("--host-xss", type=U64, default=None,
                      help="the host's IA32_XSS (default: what CPUID.(0xD,1):ECX/EDX enumerates)"),
     )):
         fn = decorator(fn)
@@ -91,7 +104,7 @@ def command() -> None:
 @click.option("--host", "live", is_flag=True, help="the live host's CPUID (/dev/cpu)")
 @click.option("--kvm", is_flag=True, help="this machine's KVM_GET_SUPPORTED_CPUID")
 @host_options
-@click.option("--depth", type=int, default=None, help="the Arch LBR depth to offer")
+@click.option("--depth", type=DEPTH, default=None, help="the Arch LBR depth to offer")
 @click.option("--all", "all_rows", is_flag=True,
               help="every row of the supported view, not only those the design changes")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from vlbr.host import core_types, read_cpuid_file
+
+from .kvm import CPU_NUMBER, DEPTH
 from vlbr.policy import VARIANT_NAMES, HostDescription, UnsupportedDepth, host_migration_check, \
     migration_check
 
@@ -31,10 +33,12 @@ def _guest_table(path: Path, cpu: int | None):
 @click.option("--hosts", is_flag=True,
               help="A and B are hosts: compare what KVM offers on each under --variant")
 @click.option("--variant", type=click.Choice(VARIANT_NAMES), default="vlbr", show_default=True)
-@click.option("--depth", type=int, default=None, help="with --hosts: the depth asked of both")
-@click.option("--cpu", type=int, default=None, help="guest files: the vCPU to compare")
-def command(source, destination, hosts, variant, depth, cpu) -> None:
+@click.option("--depth", type=DEPTH, default=None, help="with --hosts: the depth asked of both")
+@click.option("--cpu", type=CPU_NUMBER, default=None, help="guest files: the vCPU to compare")
+@click.pass_context
+def command(ctx, source, destination, hosts, variant, depth, cpu) -> None:
     """Depth, LIP, XSS and XSAVE sizes that differ between A and B; exit 1 when any does."""
+    _reject_options_without_effect(ctx, hosts)
     if hosts:
         a = HostDescription.from_core_types(core_types(read_cpuid_file(source)))
         b = HostDescription.from_core_types(core_types(read_cpuid_file(destination)))
@@ -50,3 +54,12 @@ def command(source, destination, hosts, variant, depth, cpu) -> None:
     for issue in issues:
         click.echo(str(issue))
     raise click.exceptions.Exit(1)
+
+
+def _reject_options_without_effect(ctx: click.Context, hosts: bool) -> None:
+    """--variant/--depth only shape the host comparison, --cpu only the guest one."""
+    unused = ("cpu",) if hosts else ("variant", "depth")
+    for name in unused:
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+            other = "without --hosts" if name != "cpu" else "with --hosts"
+            raise click.UsageError(f"--{name} has no effect {other}")

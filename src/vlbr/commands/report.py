@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from vlbr.errors import VlbrError
+from vlbr.errors import CpuidFormatError, VlbrError
 from vlbr.host import core_types, read_cpuid_file
 from vlbr.policy import VARIANT_NAMES, HostDescription
 from vlbr.policy.compare import VariantView, compare_variants
@@ -39,8 +39,19 @@ def dump_files(paths: tuple[Path, ...]) -> list[Path]:
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DUMP_SUFFIXES)
         else:
+            _readable(path)
             files.append(path)
     return files
+
+
+def _readable(path: Path) -> None:
+    """A file the user named that cannot be read is bad input (exit 2); one that reads
+    but does not parse is listed as not read."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise CpuidFormatError(str(path), None, f"cannot read: {err.strerror or err}") from None
 
 
 def host_rows(path: Path, variants) -> list[HostRow]:
@@ -90,7 +101,7 @@ def render(out, rows: list[HostRow], unreadable, variants, only_arch_lbr: bool) 
         out.print(f"  {variant}: a problem on {len(bad)} of {len(arch)}"
                   + (f", e.g. {bad[0].file.name}: {bad[0].views[n].problems[0]}" if bad else ""))
     for path, why in unreadable:
-        out.print(f"[yellow]not read[/] {path}: {why}", highlight=False)
+        out.print(f"[yellow]not read[/] {path}: {why}", highlight=False, soft_wrap=True)
 
 
 @click.command("report")
@@ -104,7 +115,8 @@ def render(out, rows: list[HostRow], unreadable, variants, only_arch_lbr: bool) 
 def command(paths, variants, arch_lbr_only, as_json, svg) -> None:
     """What every KVM variant offers on each host in PATHS (dump files or directories of them).
 
-    Exit status 1 when a file could not be read (each is listed with its reason)."""
+    Exit status 1 when a dump could not be read (each is listed as "not read" with its
+    reason, the others are still reported); 2 when a named path cannot be opened."""
     variants = variants or VARIANT_NAMES
     rows, unreadable = collect(dump_files(paths), variants)
     if as_json:

@@ -8,9 +8,11 @@ from .builder import CpusBuilder
 from .cpus import LogicalCpu
 
 HEX8 = r"[0-9A-Fa-f]{8}"
-# A data line: "CPUID" then an 8-digit leaf; everything after must be four registers.
-DATA = re.compile(rf"^\s*CPUID\s+({HEX8})(?![0-9A-Za-z])\s*:?\s*(.*)$")
-REGS = re.compile(rf"^({HEX8})[-\s]+({HEX8})[-\s]+({HEX8})[-\s]+({HEX8})(?![0-9A-Za-z])(.*)$")
+# A data line: "CPUID", a hex leaf, then ':' or registers. "CPUID CPU Name : ..." and
+# "CPUID Revision : ..." are not (no hex word before the colon).
+DATA = re.compile(r"^\s*CPUID\s+([0-9A-Fa-f]+)(?=\s*:|\s+[0-9A-Fa-f])\s*:?\s*(.*)$")
+# Four registers, then nothing or "[...]" decorations: a fifth value is no AIDA64 line.
+REGS = re.compile(rf"^({HEX8})[-\s]+({HEX8})[-\s]+({HEX8})[-\s]+({HEX8})\s*(\[.*)?$")
 SUBLEAF = re.compile(r"\[SL\s+([0-9A-Fa-f]{1,8})\]")
 # Headers that start one logical CPU's CPUID section.
 CPU_HEADER = re.compile(r"^\s*-*\[\s*(?:CPUID Registers\s*/\s*)?Logical CPU #(\d+)\s*\]"
@@ -33,13 +35,15 @@ def parse(text: str, source: str) -> list[LogicalCpu]:
         data = DATA.match(line)
         if data is None:
             continue
+        if len(data.group(1)) != 8:
+            raise out.error(number, f"CPUID {data.group(1)}: the leaf must be 8 hex digits")
         regs = REGS.match(data.group(2))
         if regs is None:
-            raise out.error(number, f"CPUID {data.group(1)}: expected four 8-digit hex registers, "
-                                    f"got {data.group(2)[:60]!r}")
+            raise out.error(number, f"CPUID {data.group(1)}: expected four 8-digit hex registers "
+                                    f"and optional [tags], got {data.group(2)[:60]!r}")
         leaf = int(data.group(1), 16)
         _add_line(out, leaf, tuple(int(regs.group(i), 16) for i in range(1, 5)),
-                  regs.group(5), number)
+                  regs.group(5) or "", number)
     return out.build()
 
 
@@ -55,6 +59,5 @@ def _add_line(out: CpusBuilder, leaf: int, regs: tuple[int, int, int, int],
         subleaf = int(tag.group(1), 16)
     else:
         # Untagged repeats of one leaf are its subleaves 0, 1, 2... in order.
-        taken = [sub for (lf, sub) in rows if lf == leaf]
-        subleaf = max(taken) + 1 if taken else 0
+        subleaf = out.next_subleaf(leaf)
     out.add(leaf, subleaf, regs, number)

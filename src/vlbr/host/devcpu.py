@@ -84,7 +84,13 @@ def _subleaves(leaf: int, cpuid) -> list[int]:
     if leaf in (0xF, 0x10):  # bitmap of valid resource IDs: EDX for 0xF, EBX for 0x10
         bits = first.edx if leaf == 0xF else first.ebx
         return [0] + [i for i in range(1, 32) if bits >> i & 1]
-    if leaf in (0x4, 0x8000001D):  # cache descriptors until type 0
+    # Cache descriptors until type 0 (SDM: leaf 4 "no more caches"). Debian's `cpuid -r`, whose
+    # rows this enumeration reproduces, lists leaf 4's all-zero terminator (as for 0xB/0x1F)
+    # and stops before AMD's 0x8000001D terminator; an AMD CPU without leaf 4 data answers
+    # subleaf 0 with zeros, which both list alone.
+    if leaf == 0x4:
+        return _until(leaf, cpuid, lambda r: r.eax & 0x1F == 0, include_last=True)
+    if leaf == 0x8000001D:
         return _until(leaf, cpuid, lambda r: r.eax & 0x1F == 0, include_last=False)
     if leaf in (0xB, 0x1F):  # topology levels until level type 0 (that one included)
         return _until(leaf, cpuid, lambda r: (r.ecx >> 8) & 0xFF == 0, include_last=True)

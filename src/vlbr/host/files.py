@@ -11,19 +11,27 @@ from . import aida64, cpuid_raw, firecracker, libvirt, vlbr_json
 from .cpus import LogicalCpu
 
 FORMATS = ("aida64", "cpuid-raw", "libvirt", "firecracker", "vlbr-json")
+# 25 times the largest real dump (a 384-CPU Turin, 2.6 MB): enough for any host, and a
+# bound on memory when the path is /dev/zero, a FIFO or a runaway generator.
+MAX_DUMP_BYTES = 64 << 20
 
 
 def read_cpuid_file(path: str | Path) -> list[LogicalCpu]:
     """Every logical CPU in the file; CpuidFormatError for anything unreadable."""
     source = str(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            # One byte past the limit tells "too large" from "exactly the limit".
+            data = f.read(MAX_DUMP_BYTES + 1)
     except OSError as err:
         raise CpuidFormatError(source, None, f"cannot read: {err.strerror or err}") from None
     return parse_cpuid_bytes(data, source)
 
 
 def parse_cpuid_bytes(data: bytes, source: str = "<bytes>") -> list[LogicalCpu]:
+    if len(data) > MAX_DUMP_BYTES:
+        raise CpuidFormatError(source, None, f"larger than {MAX_DUMP_BYTES >> 20} MiB; "
+                                             f"not a CPUID dump")
     if not data.strip():
         raise CpuidFormatError(source, None, "empty file")
     text = data.decode("utf-8", errors="replace")

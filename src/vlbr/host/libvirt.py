@@ -33,6 +33,9 @@ def parse(text: str, source: str) -> list[LogicalCpu]:
             return
         if name != "cpuid":
             return  # <msr> and others carry no CPUID
+        extra = sorted(set(attrs) - set(ATTRS))
+        if extra:  # a fifth register or a typo: not silently dropped
+            raise _Stop(line, f"<cpuid> attribute {extra[0]}= is not one of {', '.join(ATTRS)}")
         values = []
         for attr in ATTRS:
             value = attrs.get(attr)

@@ -50,6 +50,10 @@ def parse(doc: object, source: str) -> list[LogicalCpu]:
         for m, entry in enumerate(cpu["entries"]):
             if not isinstance(entry, dict):
                 raise out.error(None, f"{where}.entries[{m}] is not an object")
+            extra = sorted(set(entry) - set(FIELDS), key=str)
+            if extra:  # a fifth register or a typo: not silently dropped
+                raise out.error(None, f"{where}.entries[{m}] has key {extra[0]!r}, not one of "
+                                      f"{', '.join(FIELDS)}")
             values = [_u32(out, entry.get(k), f"{where}.entries[{m}].{k}") for k in FIELDS]
             out.add(values[0], values[1], tuple(values[2:]), None)
     return out.build()

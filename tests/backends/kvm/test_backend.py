@@ -2,7 +2,7 @@
 
 Expected values come from: the Guest ABI (docs/design.md), the SDM bit positions of CR0/CR4/
 EFER, the addresses iced-x86's encoder gave the guest's labels, and the Arch LBR reference
-(/work/shared/docs/arch-lbr-reference.md) for LBR_CTL/DEPTH rules.
+(../shared/docs/arch-lbr-reference.md) for LBR_CTL/DEPTH rules.
 """
 
 from __future__ import annotations
