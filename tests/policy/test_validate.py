@@ -127,6 +127,7 @@ from vlbr.policy.validate import RULES  # noqa: E402
 BREAKS = {  # rule -> how to break the v3 table of the Raptor Lake P-core for that rule alone
     "arch_lbr_not_offered": None,  # needs a host without Arch LBR: test_arch_lbr_where_kvm...
     "arch_lbr_without_leaf": lambda t: with_rows(t, l1c=Registers()),
+    "empty_leaf_1c": None,  # v12 only (v3 accepts an empty leaf): tests/policy/test_v12.py
     "depth_not_allowed": lambda t: with_rows(t, l1c=edit(t, (0x1C, 0), eax=0x40000004),
                                              d15=Registers(40 + 24 * 24, 0, 1, 0)),
     "capability_bits_not_offered": lambda t: with_rows(t, l1c=edit(t, (0x1C, 0), ebx=0xF)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from vlbr.arch.bits import fls
 from vlbr.arch.cpuid import CpuidTable, Registers
 from vlbr.arch.leaves import ARCH_LBR_LEAF, arch_lbr_leaf
-from vlbr.arch.msrs import IA32_XSS, arch_lbr_msrs
+from vlbr.arch.msrs import IA32_LBR_CTL, IA32_LBR_DEPTH, IA32_XSS, arch_lbr_msrs
 from vlbr.arch.xsave import ARCH_LBR_COMPONENT, arch_lbr_state_size
 
 from .host import ARCH_LBR_BIT, HostDescription
@@ -158,6 +158,12 @@ def comp15_size_notes(table: CpuidTable, row: Registers, depth: int) -> list[str
 def msrs_to_save_xss(supported_xss: int) -> list[int]:
     """IA32_XSS must migrate whenever any XSS feature is supported (the third XSS change)."""
     return [IA32_XSS] if supported_xss else []
+
+
+def msrs_to_save_lbr_v12(depth: int) -> list[int]:
+    """v12: LBR_CTL and LBR_DEPTH; the records are left out on purpose (v12 16/16,
+    message id 20220517154100.29983-17-weijiang.yang@intel.com)."""
+    return [IA32_LBR_CTL, IA32_LBR_DEPTH] if depth else []
 
 
 def msrs_to_save_lbr(depth: int) -> list[int]:

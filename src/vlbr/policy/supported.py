@@ -79,11 +79,13 @@ def supported_cpuid(host: HostDescription, variant: str | Variant = "vlbr",
         table = table.replace({(0xD, 1): _xsave_extended_row(table, xss, notes)})
 
     msrs = rules.msrs_to_save_xss(xss)
-    if capability and v.saves_lbr_msrs:
-        msrs += rules.msrs_to_save_lbr(exposed)
+    if capability and v.lbr_msrs_to_save is not None:
+        msrs += v.lbr_msrs_to_save(exposed)
     elif capability:
         notes.append(f"{v.name} does not list the LBR MSRs for save/restore (reviewers asked"
                      " for them): migration loses the guest's LBR state")
+    if capability:
+        notes += v.differences
     touched = frozenset(rows) | {(0xD, 0), (0xD, 1)}
     return SupportedCpuid(table, xss, tuple(msrs), tuple(notes), v.name, capability,
                           exposed, touched)

@@ -48,6 +48,15 @@ def arch_lbr_without_leaf(sup, guest, v, caps):
         return "ARCH_LBR is set but leaf 0x1C enumerates no depth (or CPUID.0:EAX < 0x1C)"
 
 
+def empty_leaf_1c(sup, guest, v, caps):
+    """v12 (20221125040604.5051-N-weijiang.yang@intel.com restart, kvm_check_cpuid): a present
+    leaf 0x1C of zeros is -EINVAL where the host has a depth; v3 let an empty leaf through."""
+    row = guest.query(ARCH_LBR_LEAF, 0)
+    if v.rejects_empty_leaf_1c and sup.arch_lbr and row == Registers() \
+            and guest.max_basic_leaf >= ARCH_LBR_LEAF:
+        return "leaf 0x1C is present but all zero while the host enumerates a depth"
+
+
 def depth_not_allowed(sup, guest, v, caps):
     """v3: the depth bit must be the host's (KVM pins the guest to the hardware depth); an empty
     leaf is allowed. vlbr: any depths its emulation implements."""
@@ -125,7 +134,8 @@ def xss_lbr_without_xsaves(sup, guest, v, caps):
 
 
 RULES: tuple[Rule, ...] = (
-    arch_lbr_not_offered, arch_lbr_without_leaf, depth_not_allowed, capability_bits_not_offered,
+    arch_lbr_not_offered, arch_lbr_without_leaf, empty_leaf_1c, depth_not_allowed,
+    capability_bits_not_offered,
     lip_differs, comp15_size_mismatch, comp15_not_supervisor, xss_lbr_not_supported,
     xss_lbr_without_arch_lbr, xss_lbr_without_xsaves,
 )
