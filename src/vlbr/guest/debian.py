@@ -84,3 +84,11 @@ def debian_kernel() -> Path:
     if not images:
         raise PackageUnavailable(f"{root} has no boot/vmlinuz-*")
     return images[-1]
+
+
+def debian_busybox() -> Path:
+    """Debian's statically linked busybox."""
+    path = unpacked(BUSYBOX_PACKAGE) / "bin" / "busybox"
+    if not path.exists():
+        raise PackageUnavailable(f"{BUSYBOX_PACKAGE} has no bin/busybox")
+    return path
