@@ -131,7 +131,7 @@ def _check_index(n: int) -> None:
         raise ValueError(f"vCPU index {n} outside 0..{MAX_VCPUS - 1}")
 
 
-def _code_data_descriptor(type_: int, dpl: int, long: bool) -> int:
+def flat_descriptor(type_: int, dpl: int, long: bool) -> int:
     """A flat code/data descriptor: base 0, limit 0xFFFFF pages, accessed bit already set."""
     access = 0x80 | dpl << 5 | 0x10 | type_  # P | DPL | S | type
     flags = 0x8 | (0x2 if long else 0x4)  # G | (L for 64-bit code, else D/B)
@@ -149,10 +149,10 @@ def gdt_bytes(n: int) -> bytes:
     """vCPU n's GDT: null, kernel code64, kernel data, user data, user code64, busy TSS."""
     descriptors = [
         0,
-        _code_data_descriptor(0xB, 0, long=True),   # 0x08: execute/read, accessed
-        _code_data_descriptor(0x3, 0, long=False),  # 0x10: read/write, accessed
-        _code_data_descriptor(0x3, 3, long=False),  # 0x18 (0x1B)
-        _code_data_descriptor(0xB, 3, long=True),   # 0x20 (0x23)
+        flat_descriptor(0xB, 0, long=True),   # 0x08: execute/read, accessed
+        flat_descriptor(0x3, 0, long=False),  # 0x10: read/write, accessed
+        flat_descriptor(0x3, 3, long=False),  # 0x18 (0x1B)
+        flat_descriptor(0xB, 3, long=True),   # 0x20 (0x23)
     ]
     raw = b"".join(d.to_bytes(8, "little") for d in descriptors)
     # Busy: the entry state has TR loaded, as after LTR (VM entry requires a busy TSS type).
