@@ -30,6 +30,8 @@ RFLAGS_RF, RFLAGS_VM = 1 << 16, 1 << 17
 
 # Paging-structure entry bits (SDM 4.5).
 PTE_P, PTE_RW, PTE_US, PTE_PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
+PTE_NX = 1 << 63
+PTE_ADDRESS = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 of an entry
 
 # CR0 / CR4 (SDM 2.5).
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31

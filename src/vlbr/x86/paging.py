@@ -1,0 +1,84 @@
+"""4-level page walks (SDM Vol. 3 4.5) from a linear address to a physical one, or the #PF
+error code (SDM 4.7) a CPU would push: unicorn reads physical memory only, and its CR2 and
+error code are not what the guest's handler must see."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from vlbr.arch.x86 import (CR0_WP, PF_FETCH, PF_PRESENT, PF_RESERVED, PF_USER, PF_WRITE,
+                           PTE_ADDRESS, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US)
+
+LEVELS = (39, 30, 21, 12)  # PML4, PDPT, PD, PT index shifts
+PAGE_SIZE_AT = {30: 1 << 30, 21: 1 << 21}  # PS is allowed in a PDPTE and a PDE
+RESERVED_LARGE = {30: ((1 << 30) - 1) & ~0x1FFF, 21: ((1 << 21) - 1) & ~0x1FFF}  # PAT at 12
+
+
+@dataclass(frozen=True)
+class Access:
+    write: bool = False
+    user: bool = False
+    fetch: bool = False
+
+
+class PageFault(Exception):
+    """The #PF a CPU raises for this access: CR2 and the error code."""
+
+    def __init__(self, linear: int, error_code: int):
+        super().__init__(f"#PF at {linear:#x} (error code {error_code:#x})")
+        self.linear = linear
+        self.error_code = error_code
+
+
+def translate(read_phys: Callable[[int, int], bytes], cr3: int, cr0: int, linear: int,
+              access: Access = Access(), nx_enabled: bool = True) -> int:
+    """The physical address of `linear`, or PageFault. Permissions combine over every level
+    (SDM 4.6: writable/user only if every entry allows it); CR0.WP applies to supervisor
+    writes; NX only with EFER.NXE (nx_enabled)."""
+    table = cr3 & PTE_ADDRESS
+    writable = user = executable = True
+    for shift in LEVELS:
+        entry = struct.unpack("<Q", read_phys(table + 8 * (linear >> shift & 511), 8))[0]
+        if not entry & PTE_P:
+            raise PageFault(linear, _code(access, present=False))
+        if not nx_enabled and entry & PTE_NX:
+            raise PageFault(linear, _code(access, present=True) | PF_RESERVED)
+        writable &= bool(entry & PTE_RW)
+        user &= bool(entry & PTE_US)
+        executable &= not (nx_enabled and entry & PTE_NX)
+        if shift in PAGE_SIZE_AT and entry & PTE_PS:
+            if entry & RESERVED_LARGE[shift]:
+                raise PageFault(linear, _code(access, present=True) | PF_RESERVED)
+            size = PAGE_SIZE_AT[shift]
+            _check(linear, access, writable, user, executable, cr0)
+            return (entry & PTE_ADDRESS & ~(size - 1)) | (linear & (size - 1))
+        table = entry & PTE_ADDRESS
+    _check(linear, access, writable, user, executable, cr0)
+    return table | (linear & 0xFFF)
+
+
+def _check(linear: int, access: Access, writable: bool, user: bool, executable: bool,
+           cr0: int) -> None:
+    denied = ((access.user and not user)
+              or (access.write and not writable and (access.user or cr0 & CR0_WP))
+              or (access.fetch and not executable))
+    if denied:
+        raise PageFault(linear, _code(access, present=True))
+
+
+def _code(access: Access, present: bool) -> int:
+    return ((PF_PRESENT if present else 0) | (PF_WRITE if access.write else 0)
+            | (PF_USER if access.user else 0) | (PF_FETCH if access.fetch else 0))
+
+
+def read_linear(read_phys: Callable[[int, int], bytes], cr3: int, cr0: int, linear: int,
+                size: int) -> bytes:
+    """size bytes from linear memory, page by page (a read may cross a page boundary)."""
+    out = bytearray()
+    while size:
+        chunk = min(size, 0x1000 - (linear & 0xFFF))
+        out += read_phys(translate(read_phys, cr3, cr0, linear), chunk)
+        linear, size = linear + chunk, size - chunk
+    return bytes(out)
