@@ -18,23 +18,25 @@ from vlbr.policy.sharing_scenarios import ScenarioError, load, shipped, simulate
 DEPTHS = [32, 16]
 
 
-def test_host_takeover_guest_reads_zero_under_mainline():
-    # pmu_intel.c: the event is not active while host perf holds the LBR -> reads return 0.
-    sim = SharingSim("mainline-mechanism", [32])
+def preempted_guest(variant: str, branches: int) -> SharingSim:
+    """vCPU v recorded `branches` on CPU 0, then host perf took that CPU's LBR."""
+    sim = SharingSim(variant, [32])
     sim.add_vcpu("v", 0)
     sim.run("v")
-    sim.branches("v", 5)
+    sim.branches("v", branches)
     sim.host_perf(0, True)
+    return sim
+
+
+def test_host_takeover_guest_reads_zero_under_mainline():
+    # pmu_intel.c: the event is not active while host perf holds the LBR -> reads return 0.
+    sim = preempted_guest("mainline-mechanism", 5)
     assert sim.read("v") == []
     assert sim.result()["lost"] == 5
 
 
 def test_vlbr_keeps_the_guest_image_across_a_takeover():
-    sim = SharingSim("vlbr", [32])
-    sim.add_vcpu("v", 0)
-    sim.run("v")
-    sim.branches("v", 5)
-    sim.host_perf(0, True)
+    sim = preempted_guest("vlbr", 5)
     sim.branches(HOST, 7, 0)
     sim.branches("v", 2)
     seen = sim.read("v")
@@ -46,12 +48,7 @@ def test_vlbr_keeps_the_guest_image_across_a_takeover():
 def test_a_new_owner_never_sees_the_last_ones_records():
     # lbr.c intel_pmu_lbr_reset on the first user: host perf after a guest starts clean.
     for variant in SHARING_VARIANTS:
-        sim = SharingSim(variant, [32])
-        sim.add_vcpu("v", 0)
-        sim.run("v")
-        sim.branches("v", 9)
-        sim.host_perf(0, True)
-        assert sim.read(HOST, 0) == []
+        assert preempted_guest(variant, 9).read(HOST, 0) == []
 
 
 def test_xrstors_at_another_depth_clears_the_records_unless_lossless():

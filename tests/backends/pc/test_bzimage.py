@@ -12,7 +12,6 @@ import pytest
 
 from vlbr.backends.pc.bzimage import (LZ4_LEGACY_MAGIC, KernelImageError, segments,
                                       setup_header, vmlinux)
-from vlbr.guest.debian import PackageUnavailable, debian_kernel
 
 FAKE_ELF = b"\x7fELF" + bytes(range(256)) * 64
 
@@ -75,14 +74,6 @@ def test_unknown_compression_and_non_elf_payloads():
         vmlinux(bzimage(gzip.compress(b"not an elf")))
     with pytest.raises(KernelImageError, match="does not decompress"):
         vmlinux(bzimage(b"\x1f\x8b" + bytes(64)))
-
-
-@pytest.fixture(scope="module")
-def debian_image() -> bytes:
-    try:
-        return debian_kernel().read_bytes()
-    except PackageUnavailable as err:
-        pytest.skip(f"Debian's cloud kernel cannot be fetched here: {err}")
 
 
 def test_debian_cloud_kernel_unpacks_to_a_bootable_vmlinux(debian_image):

@@ -11,22 +11,13 @@ import pytest
 from vlbr.backends.layout import decode_descriptor
 from vlbr.backends.pc.boot_params import read_e820
 from vlbr.backends.pc.loader import (BOOT_CS, BOOT_DS, BootLayoutError, e820_map, plan)
-from vlbr.guest.debian import PackageUnavailable, debian_kernel
 
 RAM = 512 << 20
 
 
 @pytest.fixture(scope="module")
-def image() -> bytes:
-    try:
-        return debian_kernel().read_bytes()
-    except PackageUnavailable as err:
-        pytest.skip(f"Debian's cloud kernel cannot be fetched here: {err}")
-
-
-@pytest.fixture(scope="module")
-def boot(image):
-    return plan(image, b"initrd" * 1000, "console=ttyS0 acpi=off", RAM)
+def boot(debian_image):
+    return plan(debian_image, b"initrd" * 1000, "console=ttyS0 acpi=off", RAM)
 
 
 def read(boot, address: int, size: int) -> bytes:
@@ -65,6 +56,6 @@ def test_zero_page_points_at_cmdline_initrd_and_e820(boot):
     assert read_e820(page) == e820_map(RAM)
 
 
-def test_too_little_ram_is_an_error(image):
+def test_too_little_ram_is_an_error(debian_image):
     with pytest.raises(BootLayoutError, match="MiB of RAM"):
-        plan(image, bytes(1 << 20), "", 64 << 20)
+        plan(debian_image, bytes(1 << 20), "", 64 << 20)
