@@ -91,7 +91,7 @@ class Host:
         if not self.m.any_depth or g.depth == self.s.host_depth or self.m.writes_depth:
             self._give(cpu, g.name, saved)
             return
-        self._discard(saved)  # XRSTORS with another LBR_DEPTH clears the records (SDM 7.3.2)
+        self._discard(saved)  # XRSTORS under another DEPTH clears records (reference s.2)
         self._give(cpu, g.name, Lbr(g.depth))
 
     def _active(self, g: Guest) -> bool:
