@@ -30,7 +30,7 @@ def test_json_of_the_preempt_scenario():
     assert out["variants"]["vlbr"]["lost"] == 0
 
 
-def test_variant_option_limits_the_json(tmp_path):
+def test_variant_option_limits_the_json():
     done = vlbr("host-sim", "lazy-release", "--variant", "v12", "--json")
     assert list(json.loads(done.stdout)["variants"]) == ["v12"]
 
@@ -61,6 +61,13 @@ def test_bad_scenario_files_are_one_line_errors(tmp_path, text, problem):
     path.write_text(text)
     line = one_error_line(vlbr("host-sim", path))
     assert line.startswith(f"vlbr: error: {path}: ") and problem in line
+
+
+def test_json_with_svg_keeps_stdout_json(tmp_path):
+    svg = tmp_path / "t.svg"
+    done = vlbr("host-sim", "vcpu-migration", "--json", "--svg", svg)
+    assert json.loads(done.stdout)["scenario"] == "vcpu-migration"
+    assert "pCPU" in svg.read_text() and "vm0.vcpu0" in svg.read_text()
 
 
 def test_missing_scenario_and_no_argument_exit_2(tmp_path):

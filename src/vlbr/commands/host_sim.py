@@ -33,12 +33,11 @@ def command(scenario, listing, variant, as_json, svg) -> None:
     results = {v: report(s, v) for v in ([variant] if variant else MECHANISM_NAMES)}
     if as_json:
         click.echo(json.dumps({"scenario": s.name, "variants": results}))
-    with console(svg if not as_json else None, f"vlbr host-sim {s.name}") as out:
-        if not as_json:
-            _print(out, s, results)
-    if as_json and svg is not None:
-        with console(svg, f"vlbr host-sim {s.name}") as out:
-            _print(out, s, results)
+        if svg is None:
+            return
+    with console(svg, f"vlbr host-sim {s.name}", width=100 if svg else None,
+                 quiet=as_json) as out:
+        _print(out, s, results)
 
 
 def _print(out, s, results: dict) -> None:
@@ -55,8 +54,8 @@ def _print(out, s, results: dict) -> None:
         out.print(f"  lost by context: {lost or 'none'}", markup=False, highlight=False)
         for cpu in range(s.pcpus):
             out.print(_row(cpu, r["timeline"], colour))
-    out.print(Text("\nowner: ") + Text("  ").join(Text(f"█ {c}", style=colour[c]) for c in contexts)
-              + Text("  · free"))
+    legend = Text("  ").join(Text(f"█ {c}", style=colour[c]) for c in contexts)
+    out.print(Text("\nowner: ") + legend + Text("  · free"))
 
 
 def _row(cpu: int, timeline: list, colour: dict) -> Text:

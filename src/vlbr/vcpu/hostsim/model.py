@@ -64,7 +64,7 @@ class Host:
         self.offered = bool(mech.supported_xss(scenario.host_xss, True) & XFEATURE_MASK_LBR)
 
     def _guest_depth(self, asked: int) -> int:
-        # v3/v12 accept only the host's maximum depth at KVM_SET_CPUID2 (section 4, v12 4/16)
+        # v3/v12 accept only the host's maximum depth at KVM_SET_CPUID2 (reference s.4, s.6)
         return asked if self.m.any_depth else self.s.host_depth
 
     # --- owning the hardware ---------------------------------------------------------

@@ -12,6 +12,7 @@ from vlbr.errors import VlbrError
 # op -> the kinds of its arguments: v a vCPU, h a host event, c a pCPU, n a count, b a flag
 OPS = {"run": "vc", "stop": "v", "lbr": "vb", "branch": "wn", "host-on": "hc",
        "host-off": "h", "debug": "v", "tick": "c", "read": "w"}
+_KIND_NAMES = {"v": "vCPU", "h": "host event", "w": "vCPU or host event"}
 
 
 class ScenarioError(VlbrError):
@@ -81,8 +82,7 @@ def _arg(s: Scenario, i: int, kind: str, a):
     names = {"v": s.vcpus, "h": s.host_events, "w": {**s.vcpus, **s.host_events}}.get(kind)
     if names is not None:
         if a not in names:
-            raise ValueError(f"schedule[{i}]: {a!r} is not a declared "
-                             f"{'vCPU' if kind == 'v' else 'host event' if kind == 'h' else 'context'}")
+            raise ValueError(f"schedule[{i}]: {a!r} is not a declared {_KIND_NAMES[kind]}")
         return a
     if kind == "b":
         if not isinstance(a, bool):
