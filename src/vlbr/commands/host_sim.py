@@ -47,7 +47,8 @@ def _print(out, s, results: dict) -> None:
     for name, r in results.items():
         out.print(f"\n{name}: {MECHANISMS[name].summary}", markup=False, highlight=False)
         out.print(f"  lost {r['lost']}  crossed {r['crossed']}  saves {r['saves']}  "
-                  f"XSS restored after {r['xss_restored']} of {r['saves']}"
+                  f"XSS restored after {r['xss_restored']} of {r['saves']}  "
+                  f"records in another IP form {r['wrong_ip_form']}"
                   + ("" if r["guest_offered_arch_lbr"] else "  (guest not offered Arch LBR)"),
                   markup=False, highlight=False)
         lost = ", ".join(f"{c} {n}" for c, n in r["lost_by_context"].items() if n)

@@ -113,3 +113,16 @@ def test_every_shipped_scenario_crosses_nothing():
     for name in shipped():
         for v in MECHANISM_NAMES:
             assert report(load(name), v)["crossed"] == 0, (name, v)
+
+
+def test_hybrid_migration_restores_records_in_another_ip_form_unless_translated():
+    """Reference s.1 (CPUID.1C:EAX[31] LIP) and s.7: the Xen RFC v2
+    (20250102084413.102-10-ngoc-tu.dinh@vates.tech) translates FROM/TO when LIP differs."""
+    s = load("hybrid-lip-migration")
+    assert s.lip_cpus == {1}
+    assert report(s, "mainline-mechanism")["wrong_ip_form"] == 6
+    assert report(s, "v12")["wrong_ip_form"] == 6
+    assert report(s, "vlbr")["wrong_ip_form"] == 0
+    same = parse({**{"pcpus": 2, "vcpus": {"g": 32}}, "schedule": RECORDING + [["run", "g", 1]]},
+                 "t")
+    assert report(same, "mainline-mechanism")["wrong_ip_form"] == 0

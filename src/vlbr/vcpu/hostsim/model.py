@@ -21,6 +21,7 @@ class Lbr:
     """One LBR stack: newest record first, tags are (context, sequence number)."""
     depth: int
     records: list = field(default_factory=list)
+    lip: bool = False  # FROM/TO are linear addresses (CPUID.1C:EAX[31]), else offsets from CS
 
     def push(self, rec) -> None:
         self.records.insert(0, rec)
@@ -47,6 +48,7 @@ class Pcpu:
     guest: str | None = None
     host: str | None = None
     xss: int = 0
+    lip: bool = False
 
 
 class Host:
@@ -54,12 +56,13 @@ class Host:
 
     def __init__(self, scenario: Scenario, mech: Mechanism):
         self.s, self.m = scenario, mech
-        self.cpus = [Pcpu(i, xss=scenario.host_xss) for i in range(scenario.pcpus)]
+        self.cpus = [Pcpu(i, xss=scenario.host_xss, lip=i in scenario.lip_cpus)
+                     for i in range(scenario.pcpus)]
         self.guests = {n: Guest(n, self._guest_depth(d)) for n, d in scenario.vcpus.items()}
         self.host_seq: Counter = Counter()
         self.lost: Counter = Counter()
         self.crossed = 0
-        self.saves = self.xss_restored = 0
+        self.saves = self.xss_restored = self.wrong_ip_form = 0
         self.timeline: list[list[str | None]] = []
         self.offered = bool(mech.supported_xss(scenario.host_xss, True) & XFEATURE_MASK_LBR)
 
@@ -79,7 +82,7 @@ class Host:
     def _xsaves(self, g: Guest, cpu: Pcpu) -> None:
         """Sched-out: component 15 saved with IA32_XSS bit 15 set just around it if needed."""
         cpu.xss = self.s.host_xss | XFEATURE_MASK_LBR  # XSAVES saves only what XSS enables
-        g.saved = Lbr(g.depth, list(cpu.hw.records))
+        g.saved = Lbr(g.depth, list(cpu.hw.records), cpu.lip)
         self.saves += 1
         if self.m.restores_xss:
             cpu.xss = self.s.host_xss  # Linux's independent supervisor features: put back
@@ -87,7 +90,10 @@ class Host:
         cpu.owner, cpu.hw = None, None
 
     def _xrstors(self, g: Guest, cpu: Pcpu) -> None:
-        saved, g.saved = g.saved or Lbr(g.depth), None
+        saved, g.saved = g.saved or Lbr(g.depth, lip=cpu.lip), None
+        if saved.lip != cpu.lip and not self.m.translates_lip:
+            self.wrong_ip_form += len(saved.records)  # hybrid: another core type's LIP
+        saved.lip = cpu.lip
         if not self.m.any_depth or g.depth == self.s.host_depth or self.m.writes_depth:
             self._give(cpu, g.name, saved)
             return
@@ -158,7 +164,7 @@ class Host:
             self.lost[vcpu] += 1  # event not active: the branch is never recorded
 
     def _new_saved(self, g: Guest) -> Lbr:
-        g.saved = Lbr(g.depth)
+        g.saved = Lbr(g.depth, lip=self.cpus[g.cpu].lip)
         return g.saved
 
     def _host_branch(self, event: str) -> None:

@@ -13,5 +13,6 @@ def report(scenario: Scenario, name: str) -> dict:
     return {"lost": sum(host.lost.values()), "crossed": host.crossed,
             "lost_by_context": {c: host.lost[c] for c in contexts},
             "saves": host.saves, "xss_restored": host.xss_restored,
+            "wrong_ip_form": host.wrong_ip_form,
             "guest_offered_arch_lbr": host.offered,
             "timeline": host.timeline}

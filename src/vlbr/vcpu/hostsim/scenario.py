@@ -30,6 +30,7 @@ class Scenario:
     vcpus: dict  # name -> depth asked
     host_events: dict  # name -> description
     schedule: tuple  # (op, *args)
+    lip_cpus: frozenset = frozenset()  # hybrid: pCPUs whose core type records linear IPs
 
 
 def shipped() -> dict[str, Path]:
@@ -65,8 +66,10 @@ def parse(data: dict, default_name: str) -> Scenario:
                  2**64 - 1), {str(k): _int(v, f"vcpus.{k}", 8, 64) for k, v in
                  _dict(data["vcpus"], "vcpus").items()},
                  dict(_dict(data.get("host_events", {}), "host_events")), ())
-    steps = tuple(_step(s, i, step) for i, step in enumerate(_list(data["schedule"])))
-    return Scenario(**{**s.__dict__, "schedule": steps})
+    steps = tuple(_step(s, i, step) for i, step in enumerate(_list(data["schedule"], "schedule")))
+    lip = frozenset(_int(c, "lip_cpus", 0, s.pcpus - 1)
+                    for c in _list(data.get("lip_cpus", []), "lip_cpus"))
+    return Scenario(**{**s.__dict__, "schedule": steps, "lip_cpus": lip})
 
 
 def _step(s: Scenario, i: int, step) -> tuple:
@@ -103,7 +106,7 @@ def _dict(v, what: str) -> dict:
     return v
 
 
-def _list(v) -> list:
+def _list(v, what: str) -> list:
     if not isinstance(v, list):
-        raise ValueError("schedule: not a list")
+        raise ValueError(f"{what}: not a list")
     return v

@@ -20,6 +20,7 @@ class Mechanism:
     emulates: bool  # branches while host perf holds the LBR go to the vCPU model
     lazy_release_drops: bool  # freeing an unused guest LBR event drops its saved records
     db_clears_only_in_use: bool  # #DB clears LBREn only while the event is in use
+    translates_lip: bool = False  # FROM/TO translated by the CS base across core types
     restores_xss: bool = True
 
 
@@ -44,6 +45,6 @@ MECHANISMS = {m.name: m for m in (
         "component 15 offered without host XSS bit 15 (XSAVES emulated)",
         supported_xss=EMAIL_V2.supported_xss, any_depth=True, writes_depth=True, perf_event=False,
         saves_on_preempt=True, emulates=True, lazy_release_drops=False,
-        db_clears_only_in_use=False),
+        db_clears_only_in_use=False, translates_lip=True),  # as the Xen RFC v2 does
 )}
 MECHANISM_NAMES = tuple(MECHANISMS)
