@@ -70,6 +70,11 @@ def test_json_with_svg_keeps_stdout_json(tmp_path):
     assert "pCPU" in svg.read_text() and "vm0.vcpu0" in svg.read_text()
 
 
+def test_dev_zero_and_a_directory_stop_at_once(tmp_path):
+    assert "larger than" in one_error_line(vlbr("host-sim", "/dev/zero", timeout=20))
+    assert str(tmp_path) in one_error_line(vlbr("host-sim", tmp_path))
+
+
 def test_missing_scenario_and_no_argument_exit_2(tmp_path):
     assert str(tmp_path / "none") in one_error_line(vlbr("host-sim", tmp_path / "none"))
     one_error_line(vlbr("host-sim"))

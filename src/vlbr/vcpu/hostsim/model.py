@@ -23,9 +23,11 @@ class Lbr:
     records: list = field(default_factory=list)
     lip: bool = False  # FROM/TO are linear addresses (CPUID.1C:EAX[31]), else offsets from CS
 
-    def push(self, rec) -> None:
-        self.records.insert(0, rec)
-        del self.records[self.depth:]  # aged out by the owner's own newer branch: not a loss
+    def push(self, owner: str, last: int, n: int) -> None:
+        """The owner's branches last-n+1 .. last; older ones age out, which is not a loss."""
+        newest = [(owner, seq) for seq in range(last, max(last - n, last - self.depth), -1)]
+        self.records[:0] = newest
+        del self.records[self.depth:]
 
 
 @dataclass
@@ -147,31 +149,29 @@ class Host:
                 self._activate(g)
 
     def branch(self, who: str, n: int) -> None:
-        for _ in range(n):
-            self._branch(who) if who in self.guests else self._host_branch(who)
+        self._branch(who, n) if who in self.guests else self._host_branch(who, n)
 
-    def _branch(self, vcpu: str) -> None:
+    def _branch(self, vcpu: str, n: int) -> None:
         g = self.guests[vcpu]
         if g.cpu is None or not g.lbr_en:
             return
-        g.seq += 1
-        rec = (vcpu, g.seq)
+        g.seq += n
         if self._active(g):
-            self.cpus[g.cpu].hw.push(rec)
+            self.cpus[g.cpu].hw.push(vcpu, g.seq, n)
         elif self.m.emulates and self.offered:
-            (g.saved or self._new_saved(g)).push(rec)  # the vCPU model records it in software
+            (g.saved or self._new_saved(g)).push(vcpu, g.seq, n)  # the vCPU model records them
         else:
-            self.lost[vcpu] += 1  # event not active: the branch is never recorded
+            self.lost[vcpu] += n  # event not active: the branches are never recorded
 
     def _new_saved(self, g: Guest) -> Lbr:
         g.saved = Lbr(g.depth, lip=self.cpus[g.cpu].lip)
         return g.saved
 
-    def _host_branch(self, event: str) -> None:
+    def _host_branch(self, event: str, n: int) -> None:
         cpu = next((c for c in self.cpus if c.host == event), None)
         if cpu is not None:
-            self.host_seq[event] += 1
-            cpu.hw.push((event, self.host_seq[event]))
+            self.host_seq[event] += n
+            cpu.hw.push(event, self.host_seq[event], n)
 
     def host_on(self, event: str, index: int) -> None:
         self.host_off(event)  # a per-task event follows its task to this pCPU

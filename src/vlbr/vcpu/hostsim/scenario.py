@@ -12,6 +12,7 @@ from vlbr.errors import VlbrError
 # op -> the kinds of its arguments: v a vCPU, h a host event, c a pCPU, n a count, b a flag
 OPS = {"run": "vc", "stop": "v", "lbr": "vb", "branch": "wn", "host-on": "hc",
        "host-off": "h", "debug": "v", "tick": "c", "read": "w"}
+MAX_SCENARIO_BYTES = 4 << 20
 _KIND_NAMES = {"v": "vCPU", "h": "host event", "w": "vCPU or host event"}
 
 
@@ -42,7 +43,11 @@ def shipped() -> dict[str, Path]:
 def load(name_or_path: str) -> Scenario:
     path = shipped().get(name_or_path) or Path(name_or_path)
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SCENARIO_BYTES + 1)  # a bound when the path is /dev/zero
+        if len(raw) > MAX_SCENARIO_BYTES:
+            raise ScenarioError(str(path), f"larger than {MAX_SCENARIO_BYTES >> 20} MiB")
+        data = json.loads(raw.decode())
     except OSError as err:
         raise ScenarioError(str(path), err.strerror or str(err)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
