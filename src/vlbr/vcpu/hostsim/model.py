@@ -115,7 +115,7 @@ class Host:
         cpu = self.cpus[g.cpu]
         if cpu.owner != g.name:
             return
-        if self.m.saves_on_preempt or cpu.guest != g.name or cpu.host is None:
+        if self.m.saves_on_preempt or cpu.host is None:  # sched-out, or vlbr's preemption
             self._xsaves(g, cpu)
         else:
             self._discard(cpu.hw)  # perf resets the LBR for the new user, unsaved
