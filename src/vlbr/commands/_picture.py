@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,9 +15,11 @@ svg_option = click.option("--svg", "svg", type=click.Path(dir_okay=False, writab
 
 
 @contextmanager
-def console(svg: Path | None, title: str, width: int | None = None) -> Iterator[Console]:
-    """A console for the command's output; with svg, what it printed is saved there too."""
-    out = Console(record=svg is not None, width=width)
+def console(svg: Path | None, title: str, width: int | None = None,
+            quiet: bool = False) -> Iterator[Console]:
+    """A console for the command's output; with svg, what it printed is saved there too.
+    quiet: only the picture (stdout carries something else, e.g. JSON)."""
+    out = Console(record=svg is not None, width=width, file=io.StringIO() if quiet else None)
     yield out
     if svg is not None:
         try:
