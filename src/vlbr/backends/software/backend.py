@@ -45,12 +45,11 @@ from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
 from vlbr.x86.operands import UnsupportedOperand, linear_address
-from vlbr.x86.syscall import syscall_entry
 
 from . import native
 from .codewatch import CodeWatch
 from .interrupts import DeliveryFailed, InterruptDelivery
-from .privilege import PrivilegeSwitch, flat_code64, flat_data
+from .privilege import PrivilegeSwitch, enter_syscall
 
 # MSRs QEMU implements and the Guest ABI lets a guest use; any other non-LBR MSR #GPs, as
 # on a CPU without it (QEMU itself would read 0 and ignore writes).
@@ -541,17 +540,10 @@ class SoftwareMachine:
 
     def _syscall(self, rip: int) -> None:
         """SYSCALL in 64-bit mode (SDM Vol. 2B): unicorn skips it, so we perform it."""
-        uc = self.uc
-        entry = syscall_entry(rip, self._reg(X.UC_X86_REG_RFLAGS),
-                              *(uc.msr_read(m) for m in (MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK)))
+        entry = enter_syscall(self.uc, self.privilege, rip)
         if entry is None:
             self._raise(VECTOR_UD, rip)
             return
-        uc.reg_write(X.UC_X86_REG_RCX, entry.rcx)
-        uc.reg_write(X.UC_X86_REG_R11, entry.r11)
-        self.privilege.load(flat_code64(entry.cs, 0), flat_data(entry.ss, 0))
-        uc.reg_write(X.UC_X86_REG_RFLAGS, entry.rflags)
-        uc.reg_write(X.UC_X86_REG_RIP, entry.rip)
         self.current.last_block = None
         self.current.model.retire_branch(Branch(rip, entry.rip, EVENT.kind, 0))
 

@@ -16,10 +16,13 @@ import struct
 from dataclasses import dataclass
 
 from unicorn import Uc
+from unicorn import x86_const as X
 from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_RAX, UC_X86_REG_RIP,
                                UC_X86_REG_SS)
 
+from vlbr.arch.x86 import MSR_EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR
 from vlbr.backends.base import BackendUnavailable
+from vlbr.x86.syscall import SyscallEntry, syscall_entry
 
 R_ES, R_CS, R_SS, R_DS, R_FS, R_GS = range(6)
 HF_CPL_MASK = 0x3
@@ -244,3 +247,17 @@ class PrivilegeSwitch:
             hflags |= HF_SS32_MASK
         ctypes.memmove(base + _HFLAGS_OFFSET, struct.pack("<I", hflags), 4)
         self.uc.context_restore(ctx)
+
+
+def enter_syscall(uc: Uc, privilege: PrivilegeSwitch, rip: int) -> SyscallEntry | None:
+    """Perform SYSCALL at rip (unicorn skips it): RCX/R11, CS/SS from STAR, RFLAGS, LSTAR.
+    Returns the SyscallEntry, or None where it #UDs (EFER.SCE clear)."""
+    entry = syscall_entry(rip, uc.reg_read(X.UC_X86_REG_RFLAGS),
+                          *(uc.msr_read(m) for m in (MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK)))
+    if entry is not None:
+        uc.reg_write(X.UC_X86_REG_RCX, entry.rcx)
+        uc.reg_write(X.UC_X86_REG_R11, entry.r11)
+        privilege.load(flat_code64(entry.cs, 0), flat_data(entry.ss, 0))
+        uc.reg_write(X.UC_X86_REG_RFLAGS, entry.rflags)
+        uc.reg_write(X.UC_X86_REG_RIP, entry.rip)
+    return entry
