@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from vlbr.arch.x86 import CR0_WP, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US
-from vlbr.x86.paging import Access, PageFault, read_linear, translate
+from vlbr.x86.paging import Access, PageFault, read_linear, translate, write_linear
 
 MEM = 1 << 20
 PML4, PDPT, PD, PT = 0x1000, 0x2000, 0x3000, 0x4000
@@ -89,3 +89,20 @@ def test_reads_cross_pages():
     mem[0x80FFE:0x81000] = b"xy"
     mem[0x90000:0x90002] = b"zw"
     assert read_linear(read, PML4, CR0_WP, 0x5FFE, 4) == b"xyzw"
+
+
+def test_writes_cross_pages_and_fault_before_any_byte_lands():
+    mem = tables()
+    read = lambda a, n: bytes(mem[a:a + n])  # noqa: E731
+
+    def write(a, d):
+        mem[a:a + len(d)] = d
+
+    struct.pack_into("<Q", mem, PT + 8 * 6, 0x90000 | ALL)
+    write_linear(read, write, PML4, CR0_WP, 0x5FFE, b"1234")
+    assert mem[0x80FFE:0x81000] == b"12" and mem[0x90000:0x90002] == b"34"
+    struct.pack_into("<Q", mem, PT + 8 * 6, 0x90000 | PTE_P)  # the second page read-only
+    with pytest.raises(PageFault) as caught:
+        write_linear(read, write, PML4, CR0_WP, 0x5FFE, b"abcd")
+    assert caught.value.linear == 0x6000 and caught.value.error_code == 0x3
+    assert mem[0x80FFE:0x81000] == b"12"  # nothing of the store landed

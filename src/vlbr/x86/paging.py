@@ -73,12 +73,27 @@ def _code(access: Access, present: bool) -> int:
             | (PF_USER if access.user else 0) | (PF_FETCH if access.fetch else 0))
 
 
+def _pages(linear: int, size: int):
+    """(linear, offset, length) pieces of [linear, linear+size) that stay within one page."""
+    offset = 0
+    while offset < size:
+        chunk = min(size - offset, 0x1000 - ((linear + offset) & 0xFFF))
+        yield linear + offset, offset, chunk
+        offset += chunk
+
+
 def read_linear(read_phys: Callable[[int, int], bytes], cr3: int, cr0: int, linear: int,
                 size: int) -> bytes:
     """size bytes from linear memory, page by page (a read may cross a page boundary)."""
-    out = bytearray()
-    while size:
-        chunk = min(size, 0x1000 - (linear & 0xFFF))
-        out += read_phys(translate(read_phys, cr3, cr0, linear), chunk)
-        linear, size = linear + chunk, size - chunk
-    return bytes(out)
+    return b"".join(read_phys(translate(read_phys, cr3, cr0, at), chunk)
+                    for at, _, chunk in _pages(linear, size))
+
+
+def write_linear(read_phys: Callable[[int, int], bytes], write_phys: Callable[[int, bytes], None],
+                 cr3: int, cr0: int, linear: int, data: bytes) -> None:
+    """Store data at linear, page by page; every page is checked for a supervisor write
+    before any byte lands, so a faulting store leaves memory as it was."""
+    pieces = [(translate(read_phys, cr3, cr0, at, Access(write=True)), offset, chunk)
+              for at, offset, chunk in _pages(linear, len(data))]
+    for physical, offset, chunk in pieces:
+        write_phys(physical, data[offset:offset + chunk])

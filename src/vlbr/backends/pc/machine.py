@@ -18,7 +18,7 @@ from vlbr.backends.base import StopReason
 from vlbr.backends.software.interrupts import DeliveryFailed, InterruptDelivery
 from vlbr.backends.software.privilege import (PrivilegeSwitch, enter_syscall, flat_code64,
                                               flat_data)
-from vlbr.x86.paging import Access, read_linear, translate
+from vlbr.x86.paging import read_linear, write_linear
 
 from .loader import BootPlan
 
@@ -53,13 +53,8 @@ class LinearDelivery(InterruptDelivery):
             raise DeliveryFailed(f"cannot read {size} bytes at {address:#x}: {err}") from None
 
     def write(self, address: int, data: bytes) -> None:
-        cr3, cr0 = self._paging()
         try:
-            while data:
-                chunk = min(len(data), 0x1000 - (address & 0xFFF))
-                physical = translate(self._phys, cr3, cr0, address, Access(write=True))
-                self.uc.mem_write(physical, data[:chunk])
-                address, data = address + chunk, data[chunk:]
+            write_linear(self._phys, self.uc.mem_write, *self._paging(), address, data)
         except Exception as err:
             raise DeliveryFailed(f"cannot push the frame at {address:#x}: {err}") from None
 
