@@ -14,8 +14,8 @@ RAM = 512 << 20
 CMDLINE = "console=ttyS0 acpi=off nokaslr lpj=1000000"  # lpj: no timer to calibrate against
 
 
-def machine(image: bytes, busybox: bytes) -> PcMachine:
-    return PcMachine(plan(image, busybox_initramfs(busybox), CMDLINE, RAM), RAM)
+def machine(image: bytes, busybox: bytes, **limits) -> PcMachine:
+    return PcMachine(plan(image, busybox_initramfs(busybox), CMDLINE, RAM), RAM, **limits)
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +47,10 @@ def test_xsave_runs_and_no_pmu_is_offered_yet(booted):
 def test_a_run_stops_at_its_time_limit_and_says_so(debian_image, debian_busybox_bytes):
     run = machine(debian_image, debian_busybox_bytes).run(0.2)
     assert run.stop_reason == "timeout" and "0.2 s" in run.stop_detail
+
+
+def test_a_chatty_guest_stops_at_the_console_limit_and_says_so(debian_image,
+                                                               debian_busybox_bytes):
+    run = machine(debian_image, debian_busybox_bytes, console_limit=2000).run(60)
+    assert run.stop_reason == "console-limit" and "2000 bytes" in run.stop_detail
+    assert len(run.console) == 2000

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as X
 
-from vlbr.arch.x86 import MSR_EFER, VECTORS_WITH_ERROR_CODE
-from vlbr.backends.base import StopReason
+from vlbr.arch.x86 import MSR_EFER, VECTOR_UD, VECTORS_WITH_ERROR_CODE
+from vlbr.backends.base import CONSOLE_LIMIT, StopReason
 from vlbr.backends.software.interrupts import DeliveryFailed, InterruptDelivery
 from vlbr.backends.software.privilege import (PrivilegeSwitch, enter_syscall, flat_code64,
                                               flat_data)
@@ -62,7 +62,8 @@ class LinearDelivery(InterruptDelivery):
 class PcMachine:
     """One vCPU booting a kernel from a BootPlan."""
 
-    def __init__(self, plan: BootPlan, ram_size: int):
+    def __init__(self, plan: BootPlan, ram_size: int, console_limit: int = CONSOLE_LIMIT):
+        self.console_limit = console_limit
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.mem_map(0, ram_size)
         self.privilege = PrivilegeSwitch(uc)  # probes on scratch RAM before the guest is loaded
@@ -90,8 +91,13 @@ class PcMachine:
 
     # -- hooks: note and stop; the loop acts outside unicorn ----------------------------------
     def _on_out(self, uc, port, size, value, user_data) -> None:
-        if port == COM1:
-            self.run_state.console.append(value & 0xFF)
+        if port != COM1:
+            return
+        if len(self.run_state.console) >= self.console_limit:
+            self._stop(StopReason.CONSOLE_LIMIT, f"over {self.console_limit} bytes of console")
+            uc.emu_stop()
+            return
+        self.run_state.console.append(value & 0xFF)
 
     def _on_in(self, uc, port, size, user_data) -> int:
         if port == COM1_LSR:
@@ -124,14 +130,16 @@ class PcMachine:
     def _slice(self) -> None:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         self.event = None
+        began = time.monotonic()
         try:
             self.uc.emu_start(rip, -1, timeout=SLICE_US)
         except UcError as err:
             self._stop(StopReason.ERROR, f"unicorn: {err} at {rip:#x}")
             return
+        early = time.monotonic() - began < SLICE_US / 1e6  # not stopped by the slice's limit
         if self.event is not None:
             self._handle(self.event)
-        elif self._at_hlt():
+        elif early and self._at_hlt():
             self._stop(StopReason.HALTED, "HLT with no timer or interrupt to wake the CPU")
 
     def _at_hlt(self) -> bool:
@@ -149,15 +157,17 @@ class PcMachine:
         self.run_state.exceptions += 1
         self.uc.reg_write(X.UC_X86_REG_CR2, cr2)  # unicorn reads it wrong once stopped
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        self._deliver(vector, rip, error_code if vector in VECTORS_WITH_ERROR_CODE else None)
+
+    def _deliver(self, vector: int, rip: int, error_code: int | None) -> None:
         try:
-            self.delivery.deliver(vector, rip,
-                                  error_code if vector in VECTORS_WITH_ERROR_CODE else None)
+            self.delivery.deliver(vector, rip, error_code)
         except DeliveryFailed as err:
             self._stop(StopReason.SHUTDOWN, f"vector {vector} at {rip:#x}: {err}")
 
     def _syscall(self, rip: int) -> None:
-        if enter_syscall(self.uc, self.privilege, rip) is None:
-            self._stop(StopReason.UNSUPPORTED, f"SYSCALL at {rip:#x} with EFER.SCE clear")
+        if enter_syscall(self.uc, self.privilege, rip) is None:  # EFER.SCE clear: #UD
+            self._deliver(VECTOR_UD, rip, None)
 
     def _stop(self, reason: StopReason, detail: str) -> None:
         self.run_state.stop_reason, self.run_state.stop_detail = str(reason), detail

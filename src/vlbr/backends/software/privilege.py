@@ -16,8 +16,8 @@ import struct
 from dataclasses import dataclass
 
 from unicorn import Uc
-from unicorn import x86_const as X
-from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_RAX, UC_X86_REG_RIP,
+from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_R11, UC_X86_REG_RAX,
+                               UC_X86_REG_RCX, UC_X86_REG_RFLAGS, UC_X86_REG_RIP,
                                UC_X86_REG_SS)
 
 from vlbr.arch.x86 import MSR_EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR
@@ -252,12 +252,12 @@ class PrivilegeSwitch:
 def enter_syscall(uc: Uc, privilege: PrivilegeSwitch, rip: int) -> SyscallEntry | None:
     """Perform SYSCALL at rip (unicorn skips it): RCX/R11, CS/SS from STAR, RFLAGS, LSTAR.
     Returns the SyscallEntry, or None where it #UDs (EFER.SCE clear)."""
-    entry = syscall_entry(rip, uc.reg_read(X.UC_X86_REG_RFLAGS),
+    entry = syscall_entry(rip, uc.reg_read(UC_X86_REG_RFLAGS),
                           *(uc.msr_read(m) for m in (MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK)))
     if entry is not None:
-        uc.reg_write(X.UC_X86_REG_RCX, entry.rcx)
-        uc.reg_write(X.UC_X86_REG_R11, entry.r11)
+        uc.reg_write(UC_X86_REG_RCX, entry.rcx)
+        uc.reg_write(UC_X86_REG_R11, entry.r11)
         privilege.load(flat_code64(entry.cs, 0), flat_data(entry.ss, 0))
-        uc.reg_write(X.UC_X86_REG_RFLAGS, entry.rflags)
-        uc.reg_write(X.UC_X86_REG_RIP, entry.rip)
+        uc.reg_write(UC_X86_REG_RFLAGS, entry.rflags)
+        uc.reg_write(UC_X86_REG_RIP, entry.rip)
     return entry
