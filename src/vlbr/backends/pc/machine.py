@@ -130,6 +130,10 @@ class PcMachine:
     def _slice(self) -> None:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         self.event = None
+        # At an instruction boundary no delivery is in progress; a fault unicorn raised after
+        # an emu_stop leaves QEMU's old_exception set, and the next #PF becomes a silent
+        # triple fault (emu_start returns at once, no hook called).
+        self.privilege.exception_delivered()
         began = time.monotonic()
         try:
             self.uc.emu_start(rip, -1, timeout=SLICE_US)
