@@ -38,6 +38,7 @@ class BootPlan:
     gdt: tuple[int, int] = (GDT_AT, 4 * 8 - 1)
     cs: int = BOOT_CS
     ds: int = BOOT_DS
+    kernel: bytes = b""  # the vmlinux ELF (the machine finds the sites it traps in its text)
 
 
 def e820_map(ram_size: int) -> list[E820Entry]:
@@ -49,7 +50,8 @@ def e820_map(ram_size: int) -> list[E820Entry]:
 def plan(image: bytes, initrd: bytes, cmdline: str, ram_size: int) -> BootPlan:
     """Every write that puts kernel, initrd, command line and boot structures in RAM."""
     header = setup_header(image)
-    entry, loads = segments(vmlinux(image))
+    elf = vmlinux(image)
+    entry, loads = segments(elf)
     kernel_end = max(s.paddr + s.memsz for s in loads)
     line = cmdline.encode() + b"\0"
     if header.cmdline_size and len(line) - 1 > header.cmdline_size:
@@ -66,7 +68,7 @@ def plan(image: bytes, initrd: bytes, cmdline: str, ram_size: int) -> BootPlan:
     writes += [(GDT_AT, _gdt()), (CMDLINE_AT, line), (initrd_at, initrd), *_page_tables(),
                (ZERO_PAGE_AT, zero_page(header, CMDLINE_AT, initrd_at, len(initrd),
                                         e820_map(ram_size)))]
-    return BootPlan(writes=writes, entry=entry, rsi=ZERO_PAGE_AT)
+    return BootPlan(writes=writes, entry=entry, rsi=ZERO_PAGE_AT, kernel=elf)
 
 
 def _gdt() -> bytes:

@@ -1,31 +1,52 @@
-"""A Linux guest on the unicorn CPU: RAM, the boot plan, a COM1 that only transmits, and
-exceptions and SYSCALL performed by vlbr (unicorn stops on both instead of doing them).
+"""A Linux guest on the unicorn CPU: RAM, the boot plan, the PC devices Linux needs (COM1,
+the 8259A pair, the 8254's channel 0) in virtual time (instructions retired, see clock.py),
+and exceptions, external interrupts and SYSCALL performed by vlbr (unicorn does none).
 
-Not yet here (issue 11): MSR routing to the Arch LBR model, vlbr's CPUID, XSAVES, a timer or
-interrupt controller, and power-off; a run ends at its time limit, at a HLT with nothing to
-wake it, or when delivery fails (a CPU would shut down)."""
+Not yet here (issue 11): MSR routing to the Arch LBR model, vlbr's CPUID, XSAVES and a local
+APIC. A run ends at its time limit, at a HLT with interrupts off (Linux's halt), or when
+delivery fails (a CPU would shut down)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64,
+                     Uc, UcError)
+from iced_x86 import Decoder, Mnemonic
 from unicorn import x86_const as X
 
-from vlbr.arch.x86 import MSR_EFER, VECTOR_UD, VECTORS_WITH_ERROR_CODE
+from vlbr.arch.cpuid import CpuidTable
+from vlbr.arch.msrs import IA32_XSS
+from vlbr.arch.x86 import (CR4_TSD, MSR_EFER, RFLAGS_IF, VECTOR_DB, VECTOR_GP, VECTOR_UD,
+                           VECTORS_WITH_ERROR_CODE, XFEATURE_X87)
+from vlbr.policy.runtime_cpuid import runtime_cpuid
+from vlbr.vcpu import ArchLbrVcpu, GeneralProtection, LbrConfig
 from vlbr.backends.base import CONSOLE_LIMIT, StopReason
 from vlbr.backends.software.interrupts import DeliveryFailed, InterruptDelivery
 from vlbr.backends.software.privilege import (PrivilegeSwitch, enter_syscall, flat_code64,
                                               flat_data)
 from vlbr.x86.paging import read_linear, write_linear
 
+from . import pic as pic_ports
+from . import pit as pit_ports
+from . import uart as uart_ports
+from .clock import NEVER, InstructionClock, Stop
+from .cpu_model import guest_cpuid
+from .kernel_sites import trap_sites
+from .msrs import IA32_TSC, PcMsrs
 from .loader import BootPlan
 
-COM1, COM1_LSR = 0x3F8, 0x3FD
-LSR_IDLE = 0x60  # transmitter holding register and shift register empty
 HLT = 0xF4
-SLICE_US = 1_000_000  # emu_start's own limit per slice, so the wall-clock check runs
+INSTRUCTIONS_PER_SECOND = 1_000_000_000  # virtual time: one instruction is one nanosecond
+INTERRUPT_POLL = 1000  # instructions between looks at a pending interrupt while IF is clear
+PIT_IRQ = 0
+PAGE, MAX_INSN = 0x1000, 15
+XSTATE_MNEMONICS = frozenset([Mnemonic.XSAVES, Mnemonic.XSAVES64, Mnemonic.XRSTORS,
+                              Mnemonic.XRSTORS64])
+_GPRS_ABCD = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
+SLICE = 50_000_000  # instructions per emu_start at most, so the wall-clock check runs
 
 
 @dataclass
@@ -60,10 +81,14 @@ class LinearDelivery(InterruptDelivery):
 
 
 class PcMachine:
-    """One vCPU booting a kernel from a BootPlan."""
+    """One vCPU booting a kernel from a BootPlan, with COM1, the PICs and the PIT."""
 
-    def __init__(self, plan: BootPlan, ram_size: int, console_limit: int = CONSOLE_LIMIT):
+    def __init__(self, plan: BootPlan, ram_size: int, console_limit: int = CONSOLE_LIMIT,
+                 native_clock: bool = True, cpuid: CpuidTable | None = None,
+                 on_console: Callable[[bytes], None] | None = None):
         self.console_limit = console_limit
+        self.on_console = on_console  # called with each slice's new console bytes
+        self.cpuid = cpuid if cpuid is not None else guest_cpuid()
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.mem_map(0, ram_size)
         self.privilege = PrivilegeSwitch(uc)  # probes on scratch RAM before the guest is loaded
@@ -73,9 +98,19 @@ class PcMachine:
         self._enter(plan)
         self.run_state = LinuxRun()
         self.event: tuple | None = None
+        self.clock = InstructionClock(uc, native_clock,
+                                      trap_sites(plan.kernel) if plan.kernel else set())
+        self.lbr = ArchLbrVcpu(LbrConfig.from_cpuid(self.cpuid))
+        self.msrs = PcMsrs(uc, self.lbr, lambda: self.clock.now)
+        self.xcr0 = XFEATURE_X87
+        self.pic = pic_ports.DualPic()
+        self.pit = pit_ports.Pit()
+        self.uart = uart_ports.Uart(self._transmit, lambda: self.pic.raise_irq(uart_ports.IRQ))
+        self.ports = self._port_map()
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
 
     def _enter(self, plan: BootPlan) -> None:
@@ -89,27 +124,74 @@ class PcMachine:
         uc.reg_write(X.UC_X86_REG_RSI, plan.rsi)
         uc.reg_write(X.UC_X86_REG_RIP, plan.entry)
 
+    def _port_map(self) -> dict:
+        """port -> (write(value), read()) of the device decoding it."""
+        ports = {}
+        for port in uart_ports.PORTS:
+            ports[port] = (lambda v, p=port: self.uart.out(p, v), lambda p=port: self.uart.read(p))
+        for port in pic_ports.PORTS:
+            ports[port] = (lambda v, p=port: self.pic.out(p, v), lambda p=port: self.pic.read(p))
+        for port in pit_ports.PORTS:
+            ports[port] = (lambda v, p=port: self.pit.out(p, v, self._tick()),
+                           lambda p=port: self.pit.read(p, self._tick()))
+        return ports
+
+    # -- virtual time ------------------------------------------------------------------------
+    def _tick(self) -> int:
+        return self.clock.now * pit_ports.PIT_HZ // INSTRUCTIONS_PER_SECOND
+
+    @staticmethod
+    def _instructions_at(tick: int) -> int:
+        return -(-tick * INSTRUCTIONS_PER_SECOND // pit_ports.PIT_HZ)
+
+    def _next_timer(self) -> int:
+        due = self.pit.next_fire()
+        return NEVER if due is None else self._instructions_at(due)
+
+    def _update_timers(self) -> None:
+        for _ in range(min(self.pit.advance(self._tick()), 1)):  # edges collapse in IRR
+            self.pic.raise_irq(PIT_IRQ)
+
     # -- hooks: note and stop; the loop acts outside unicorn ----------------------------------
-    def _on_out(self, uc, port, size, value, user_data) -> None:
-        if port != COM1:
-            return
+    def _transmit(self, byte: int) -> None:
         if len(self.run_state.console) >= self.console_limit:
             self._stop(StopReason.CONSOLE_LIMIT, f"over {self.console_limit} bytes of console")
-            uc.emu_stop()
+            self.uc.emu_stop()
             return
-        self.run_state.console.append(value & 0xFF)
+        self.run_state.console.append(byte)
+
+    def _on_out(self, uc, port, size, value, user_data) -> None:
+        device = self.ports.get(port)
+        if device is None:
+            return
+        pending = self.pic.pending()
+        device[0](value & 0xFF)
+        if self.pic.pending() and not pending:
+            self.clock.stop_now()  # stop before the next instruction to deliver it
 
     def _on_in(self, uc, port, size, user_data) -> int:
-        if port == COM1_LSR:
-            return LSR_IDLE
-        return (1 << (8 * size)) - 1  # nothing decodes the port: the bus floats high
+        device = self.ports.get(port)
+        if device is None:
+            return (1 << (8 * size)) - 1  # nothing decodes the port: the bus floats high
+        return device[1]()
+
+    def _on_cpuid(self, uc, user_data) -> int:
+        regs = runtime_cpuid(self.cpuid, uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF,
+                             uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF, apic_id=0,
+                             cr4=uc.reg_read(X.UC_X86_REG_CR4), xcr0=self.xcr0,
+                             xss=self.lbr.rdmsr(IA32_XSS, host_initiated=True))
+        for reg, value in zip(_GPRS_ABCD, regs.as_tuple()):
+            uc.reg_write(reg, value)
+        return 1  # skip QEMU's own CPUID
 
     def _on_syscall(self, uc, user_data) -> None:
         self.event = ("syscall", uc.reg_read(X.UC_X86_REG_RIP))
         uc.emu_stop()
 
     def _on_interrupt(self, uc, intno, user_data) -> None:
-        error_code, _ = self.privilege.last_exception()
+        error_code, software = self.privilege.last_exception()
+        if not software:
+            self.clock.unretire()  # a fault: the instruction did not retire
         self.event = ("vector", intno, uc.reg_read(X.UC_X86_REG_CR2), error_code)
         uc.emu_stop()
 
@@ -121,7 +203,10 @@ class PcMachine:
             if time.monotonic() - start >= timeout:
                 self._stop(StopReason.TIMEOUT, f"no power-off within {timeout:g} s")
                 break
+            shown = len(state.console)
             self._slice()
+            if self.on_console is not None and len(state.console) > shown:
+                self.on_console(bytes(state.console[shown:]))
             if until is not None and until in state.console:
                 self._stop(StopReason.EXIT, f"the console printed {until.decode()!r}")
         state.seconds = time.monotonic() - start
@@ -134,17 +219,144 @@ class PcMachine:
         # an emu_stop leaves QEMU's old_exception set, and the next #PF becomes a silent
         # triple fault (emu_start returns at once, no hook called).
         self.privilege.exception_delivered()
-        began = time.monotonic()
+        self.clock.arm(min(self._deadline(), self.clock.now + SLICE))
         try:
-            self.uc.emu_start(rip, -1, timeout=SLICE_US)
+            self.uc.emu_start(rip, -1)  # no timeout: unicorn would start a thread per call
         except UcError as err:
-            self._stop(StopReason.ERROR, f"unicorn: {err} at {rip:#x}")
+            self._update_timers()
+            if err.errno == UC_ERR_INSN_INVALID:
+                self._invalid(self.uc.reg_read(X.UC_X86_REG_RIP))
+            else:
+                self._stop(StopReason.ERROR, f"unicorn: {err} at {rip:#x}")
             return
-        early = time.monotonic() - began < SLICE_US / 1e6  # not stopped by the slice's limit
+        self._update_timers()
         if self.event is not None:
             self._handle(self.event)
-        elif early and self._at_hlt():
-            self._stop(StopReason.HALTED, "HLT with no timer or interrupt to wake the CPU")
+        elif self.clock.stopped == Stop.TRAP:
+            self._trap(self.clock.trapped_at)
+        elif self.clock.stopped == Stop.DEADLINE:
+            self._interrupt()
+        elif self.clock.stopped == Stop.NONE and self._at_hlt():
+            self._halt()
+
+    # -- the instructions vlbr performs -------------------------------------------------------
+    def _trap(self, address: int) -> None:
+        try:
+            insn = Decoder(64, self._code_bytes(address), ip=address).decode()
+        except DeliveryFailed:
+            self.clock.run_through(address)  # let unicorn raise the fetch fault
+            return
+        handler = self._trapped.get(insn.mnemonic)
+        if handler is None:
+            self.clock.run_through(address)  # opcode bytes inside another instruction
+            return
+        try:
+            handler(insn)
+        except GeneralProtection:
+            self._deliver(VECTOR_GP, address, 0)
+            return
+        if insn.mnemonic != Mnemonic.XSETBV:
+            self.uc.reg_write(X.UC_X86_REG_RIP, insn.next_ip)
+            self.clock.advance(1)
+
+    def _code_bytes(self, address: int) -> bytes:
+        page_left = PAGE - (address & (PAGE - 1))
+        data = self.delivery.read(address, min(MAX_INSN, page_left))
+        if page_left < MAX_INSN:
+            try:
+                data += self.delivery.read(address + page_left, MAX_INSN - page_left)
+            except DeliveryFailed:
+                pass
+        return data
+
+    @property
+    def _trapped(self) -> dict:
+        return {Mnemonic.RDMSR: self._rdmsr, Mnemonic.WRMSR: self._wrmsr,
+                Mnemonic.RDTSC: self._rdtsc, Mnemonic.RDTSCP: self._rdtsc,
+                Mnemonic.XSETBV: self._xsetbv}
+
+    def _cpl0(self, what: str) -> None:
+        if self.uc.reg_read(X.UC_X86_REG_CS) & 3:
+            raise GeneralProtection(f"{what} at CPL > 0")
+
+    def _edx_eax(self) -> int:
+        return ((self.uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
+                | self.uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+
+    def _set_edx_eax(self, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self.uc.reg_write(X.UC_X86_REG_RDX, value >> 32 & 0xFFFFFFFF)
+
+    def _rdmsr(self, insn) -> None:
+        self._cpl0("RDMSR")
+        self._set_edx_eax(self.msrs.read(self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF))
+
+    def _wrmsr(self, insn) -> None:
+        self._cpl0("WRMSR")
+        self.msrs.write(self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF, self._edx_eax())
+
+    def _rdtsc(self, insn) -> None:
+        if self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_TSD:
+            self._cpl0("RDTSC with CR4.TSD")
+        self._set_edx_eax(self.msrs.read(IA32_TSC))
+        if insn.mnemonic == Mnemonic.RDTSCP:
+            self.uc.reg_write(X.UC_X86_REG_RCX, 0)  # IA32_TSC_AUX: the only CPU is 0
+
+    def _xsetbv(self, insn) -> None:
+        """Note XCR0 (unicorn cannot read it back) and let QEMU perform XSETBV."""
+        value = self._edx_eax()
+        self.clock.run_through(insn.ip)
+        if self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF == 0:
+            self.xcr0 = value  # if QEMU #GPs on it instead, the guest does not survive it
+
+    def _invalid(self, rip: int) -> None:
+        """QEMU's #UD: XSAVES/XRSTORS (TCG has none) are vlbr's to perform; INT1 is #DB."""
+        self.clock.unretire()
+        try:
+            insn = Decoder(64, self._code_bytes(rip), ip=rip).decode()
+        except DeliveryFailed:
+            self._deliver(VECTOR_UD, rip, None)
+            return
+        if insn.mnemonic in XSTATE_MNEMONICS:
+            self._xstate(insn)
+        elif insn.mnemonic == Mnemonic.INT1:
+            self._deliver(VECTOR_DB, insn.next_ip, None)
+        else:
+            self._deliver(VECTOR_UD, rip, None)
+
+    def _xstate(self, insn) -> None:
+        self._stop(StopReason.UNSUPPORTED, f"{insn} at {insn.ip:#x}: the PC machine does not "
+                   "perform XSAVES/XRSTORS yet")
+
+    def _deadline(self) -> int:
+        if self.pic.pending():
+            return self.clock.now + INTERRUPT_POLL  # until IF is set
+        return self._next_timer()
+
+    def _interrupts_enabled(self) -> bool:
+        return bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF)
+
+    def _interrupt(self) -> None:
+        """At an instruction boundary: take a pending external interrupt if IF allows."""
+        if not self._interrupts_enabled():
+            return
+        vector = self.pic.acknowledge()
+        if vector is not None:
+            self._deliver(vector, self.uc.reg_read(X.UC_X86_REG_RIP), None)
+
+    def _halt(self) -> None:
+        """HLT: sleep in virtual time until the next timer interrupt, or stop for good."""
+        if not self._interrupts_enabled():
+            self._stop(StopReason.HALTED, "HLT with interrupts disabled (the guest halted)")
+            return
+        if not self.pic.pending():
+            wake = self._next_timer()
+            if wake == NEVER:
+                self._stop(StopReason.HALTED, "HLT with no timer armed to wake the CPU")
+                return
+            self.clock.advance(wake - self.clock.now)
+            self._update_timers()
+        self._interrupt()
 
     def _at_hlt(self) -> bool:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)

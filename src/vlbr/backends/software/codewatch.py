@@ -39,12 +39,7 @@ _TO_FALLTHROUGH = (*(bytes([op, 0]) for op in range(0x70, 0x80)),
 def _opcode_offsets(data: bytes) -> list[int]:
     """Offsets in data where rdmsr/wrmsr/xsetbv/xsaves/xrstors opcode bytes begin, and
     conditional branches to their own fall-through."""
-    found = []
-    for pattern in (*_SIMPLE, *_TO_FALLTHROUGH):
-        i = data.find(pattern)
-        while i >= 0:
-            found.append(i)
-            i = data.find(pattern, i + 1)
+    found = pattern_offsets(data, (*_SIMPLE, *_TO_FALLTHROUGH))
     i = data.find(b"\x0f\xc7")
     while i >= 0:
         if i + 2 < len(data):
@@ -55,10 +50,22 @@ def _opcode_offsets(data: bytes) -> list[int]:
     return found
 
 
-def candidate_starts(data: bytes, base: int) -> set[int]:
-    """Every address where one of the routed instructions could start, given data at base."""
+def pattern_offsets(data: bytes, patterns) -> list[int]:
+    """Offsets in data where any of the byte patterns begins."""
+    found = []
+    for pattern in patterns:
+        i = data.find(pattern)
+        while i >= 0:
+            found.append(i)
+            i = data.find(pattern, i + 1)
+    return found
+
+
+def candidate_starts(data: bytes, base: int, offsets: list[int] | None = None) -> set[int]:
+    """Every address where an instruction whose opcode is at one of `offsets` (by default
+    the routed instructions') could start, prefixes included, given data at base."""
     starts = set()
-    for i in _opcode_offsets(data):
+    for i in _opcode_offsets(data) if offsets is None else offsets:
         starts.add(base + i)
         k = i
         while k > 0 and i - k < MAX_INSN - 2 and data[k - 1] in PREFIXES:

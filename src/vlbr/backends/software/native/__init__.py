@@ -1,6 +1,8 @@
-"""The native block-ring hook (block_ring.c): built with the system gcc at first use into the
-cache, loaded with ctypes. `load()` is None where gcc or the build is missing: the software
-backend then records with its pure-Python block hook, which is also the tests' reference."""
+"""The native unicorn hooks, each plain C built with the system gcc at first use into the
+cache and loaded with ctypes: block_ring.c (the software backend's recorder) and
+insn_clock.c (the PC machine's instruction clock). `load(name)` is None where gcc or the
+build is missing: callers then use their pure-Python hook, which is also the tests'
+reference."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("block_ring.c")
+SOURCE_DIR = Path(__file__).parent
 DISABLE_ENV = "VLBR_NO_NATIVE"  # set to use the pure-Python recorder (comparisons, fallback)
 
 
@@ -30,42 +32,57 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vlbr"
 
 
-def _build(gcc: str) -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + gcc.encode()).hexdigest()[:16]
-    target = cache_root() / "native" / f"block_ring-{digest}.so"
+def _build(gcc: str, name: str) -> Path:
+    source = SOURCE_DIR / f"{name}.c"
+    digest = hashlib.sha256(source.read_bytes() + gcc.encode()).hexdigest()[:16]
+    target = cache_root() / "native" / f"{name}-{digest}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        subprocess.run([gcc, "-O2", "-shared", "-fPIC", "-o", str(out), str(SOURCE)],
+        subprocess.run([gcc, "-O2", "-shared", "-fPIC", "-o", str(out), str(source)],
                        check=True, capture_output=True)
         os.replace(out, target)  # atomic: concurrent first uses never load half a file
     return target
 
 
 @functools.cache
-def load() -> ctypes.CDLL | None:
-    """The loaded library, or None (no gcc, a failed build, or VLBR_NO_NATIVE set)."""
+def load(name: str = "block_ring") -> ctypes.CDLL | None:
+    """The loaded library `name`.c, or None (no gcc, a failed build, or VLBR_NO_NATIVE set)."""
     gcc = shutil.which("gcc")
     if os.environ.get(DISABLE_ENV) or gcc is None:
         return None
     try:
-        return ctypes.CDLL(str(_build(gcc)))
+        return ctypes.CDLL(str(_build(gcc, name)))
     except (OSError, subprocess.CalledProcessError):
         return None
 
 
-class NativeBlockRecorder:
-    """The native hook installed on one unicorn CPU, with its ring (numpy views on it).
+def add_hook(uc, kind: int, callback, user_data) -> int:
+    """uc_hook_add of a native callback over all addresses; unicorn's Python binding only
+    takes Python callbacks, so this goes through the library's own handle."""
+    from unicorn import UcError
+    from unicorn.unicorn_py3 import unicorn as binding
+    handle = ctypes.c_size_t()
+    status = binding.uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, callback, user_data,
+                                       ctypes.c_uint64(1), ctypes.c_uint64(0))
+    if status:
+        raise UcError(status)
+    return handle.value
 
-    unicorn's Python binding only takes Python callbacks, so the hook goes in through the
-    library's own uc_hook_add (its ctypes handle, `unicorn.unicorn_py3.unicorn.uclib`)."""
+
+def del_hook(uc, handle: int) -> None:
+    from unicorn.unicorn_py3 import unicorn as binding
+    binding.uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+
+
+class NativeBlockRecorder:
+    """The native hook installed on one unicorn CPU, with its ring (numpy views on it)."""
 
     def __init__(self, lib: ctypes.CDLL, uc, capacity: int):
         import numpy as np
-        from unicorn.unicorn_py3 import unicorn as binding
-        self._uclib, self._uc = binding.uclib, uc
+        self._uc = uc
         self.addresses = np.zeros(capacity, dtype=np.uint64)
         self.sizes = np.zeros(capacity, dtype=np.uint32)
         self.ring = BlockRing(0, capacity, 0,
@@ -79,18 +96,12 @@ class NativeBlockRecorder:
         return self.ring.capacity
 
     def install(self) -> None:
-        from unicorn import UC_HOOK_BLOCK, UcError
-        handle = ctypes.c_size_t()
-        status = self._uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK,
-                                         self._callback, ctypes.byref(self.ring),
-                                         ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if status:
-            raise UcError(status)
-        self.handle = handle.value
+        from unicorn import UC_HOOK_BLOCK
+        self.handle = add_hook(self._uc, UC_HOOK_BLOCK, self._callback, ctypes.byref(self.ring))
 
     def remove(self) -> None:
         if self.handle is not None:
-            self._uclib.uc_hook_del(self._uc._uch, ctypes.c_size_t(self.handle))
+            del_hook(self._uc, self.handle)
             self.handle = None
 
     def blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:

@@ -1,0 +1,98 @@
+"""`vlbr linux`: boot a Linux kernel on vlbr's PC machine with a virtual Arch LBR, stream its
+serial console, and end with the workload's exit status."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vlbr.policy.variants import VARIANT_NAMES
+
+from ._guest_output import escape_console
+
+DEFAULT_TIMEOUT = 600.0
+KVM_CANNOT = ("--backend kvm cannot boot Linux on this machine's nested KVM: guest supervisor "
+              "code runs at about 0.85 M instructions/s and KVM's emulator fails on "
+              "lock cmpxchg16b and the boot-time INT3 self-test (issue 11); use the software CPU")
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise click.BadParameter(f"cannot read {what} {path}: {err.strerror}") from None
+
+
+@click.command("linux")
+@click.option("--kernel", "kernel_path", metavar="FILE",
+              help="a bzImage (default: Debian's cloud kernel, fetched into the cache)")
+@click.option("--initrd", "initrd_path", metavar="FILE",
+              help="an initramfs (default: vlbr's busybox one, running --run's program)")
+@click.option("--cmdline", default=None, help="the kernel command line")
+@click.option("--depth", type=int, default=32, show_default=True,
+              help="the Arch LBR depth CPUID 0x1C enumerates")
+@click.option("--variant", type=click.Choice(VARIANT_NAMES), default="vlbr",
+              show_default=True, help="the design whose Arch LBR rules the guest sees")
+@click.option("--backend", "backend_name", type=click.Choice(["auto", "software", "kvm"]),
+              default="auto", show_default=True, help="auto: the software CPU (see --help)")
+@click.option("--run", "program", metavar="PROGRAM.c",
+              help="a C program built statically with gcc and run as the workload")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS",
+              help="wall-clock limit of the run; it stops with reason 'timeout'")
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON document (console, exit_status, stop_reason, boot_seconds)")
+def command(kernel_path, initrd_path, cmdline, depth, variant, backend_name, program,
+            timeout, as_json) -> None:
+    """Boot Linux on vlbr's software CPU and run a workload.
+
+    The guest's console streams to stdout (with --json it is in the document instead). Exit
+    status: the workload's own when the guest halted after it ran; 1 when the guest stopped
+    otherwise (timeout, triple fault, ...: the stop reason says which); 2 on bad input."""
+    from vlbr.backends.pc.cpu_model import guest_cpuid
+    from vlbr.guest.linux import DEFAULT_CMDLINE, boot_linux, compile_workload, default_initrd
+    if backend_name == "kvm":
+        raise click.UsageError(KVM_CANNOT)
+    if initrd_path is not None and program is not None:
+        raise click.UsageError("--run builds vlbr's initramfs; it cannot go with --initrd")
+    cpuid = guest_cpuid(variant, depth)
+    image = _read(kernel_path, "kernel")
+    initrd = _read(initrd_path, "initrd")
+    if image is None:
+        from vlbr.guest.debian import debian_kernel
+        click.echo("vlbr: fetching Debian's cloud kernel (cached after the first time)", err=True)
+        image = debian_kernel().read_bytes()
+    if initrd is None:
+        workload = compile_workload(Path(program)) if program is not None else None
+        initrd = default_initrd(workload)
+    stream = None if as_json else ConsoleStream()
+    result = boot_linux(image, initrd, cmdline or DEFAULT_CMDLINE, timeout, cpuid, stream)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        click.echo(f"\nvlbr: {result.stop_reason}: {result.stop_detail}; exit status "
+                   f"{result.exit_status if result.exit_status is not None else 'none'}", err=True)
+    halted = result.stop_reason == "halted" and result.exit_status is not None
+    raise click.exceptions.Exit(result.exit_status if halted else 1)
+
+
+class ConsoleStream:
+    """Console bytes to the terminal as they come: the serial line's CR LF as newlines
+    (a CR at a chunk's end waits for the next chunk), anything else escaped."""
+
+    def __init__(self):
+        self.held = b""
+
+    def __call__(self, data: bytes) -> None:
+        data, self.held = self.held + data, b""
+        if data.endswith(b"\r"):
+            data, self.held = data[:-1], b"\r"
+        text = data.replace(b"\r\n", b"\n").decode(errors="replace")
+        sys.stdout.write(escape_console(text))
+        sys.stdout.flush()
+
