@@ -24,9 +24,23 @@ VALUES = DATA + 0x600  # XMM value and MXCSR the guest loads
 BUSY_MXCSR = 0x3F80
 
 
-def rfbm(a: Asm, value: int) -> None:
-    a.raw(Code.MOV_R32_IMM32, R.EAX, value, kinds="ri")
+LINUX_RFBM = 0x8003  # XCR0 | XSS: x87 | SSE | Arch LBR
+
+
+def xstate_op(a: Asm, code, address: int, label: str | None = None) -> None:
+    """XSAVES64/XRSTORS64 at `address` with Linux's RFBM in EDX:EAX."""
+    a.raw(Code.MOV_R32_IMM32, R.EAX, LINUX_RFBM, kinds="ri")
     a.raw(Code.XOR_R32_RM32, R.EDX, R.EDX, kinds="rr")
+    if label:
+        a.label(label)
+    a.raw(code, mem(address), kinds="m")
+
+
+def exits_zero(a: Asm, table):
+    a.exit(0)
+    sm, result = run(a, table)
+    assert result.exit_status == [0], result.stats
+    return sm
 
 
 def busy_fpu(a: Asm) -> None:
@@ -59,18 +73,14 @@ def test_xsaves_then_xrstors_round_trips_x87_and_sse(table):
     a.wrmsr(IA32_XSS, 1 << 15)
     busy_fpu(a)
     fxsave(a, BEFORE)
-    rfbm(a, 0x8003)
-    a.raw(Code.XSAVES64_MEM, mem(AREA), kinds="m")
+    xstate_op(a, Code.XSAVES64_MEM, AREA)
     clobber(a)
-    rfbm(a, 0x8003)
-    a.raw(Code.XRSTORS64_MEM, mem(AREA), kinds="m")
+    xstate_op(a, Code.XRSTORS64_MEM, AREA)
     fxsave(a, AFTER)
-    a.exit(0)
-    sm, result = run(a, table)
-    assert result.exit_status == [0], result.stats
+    sm = exits_zero(a, table)
     before, after, area = read(sm, BEFORE), read(sm, AFTER), read(sm, AREA, 576)
     # XSTATE_BV: x87 and SSE in use, component 15 in its init configuration (LBR never on).
-    assert struct.unpack_from("<QQ", area, 512) == (0b11, 1 << 63 | 0x8003)
+    assert struct.unpack_from("<QQ", area, 512) == (0b11, 1 << 63 | LINUX_RFBM)
     assert comparable(area, True) == comparable(before, True)
     assert after[:416] == before[:416]  # FIP included: XRSTORS loaded it
     state = LegacyState.unpack(after)
@@ -82,13 +92,10 @@ def test_xrstors_with_xstate_bv_clear_initialises_the_registers(table):
     a = Asm()
     a.wrmsr(IA32_XSS, 1 << 15)
     busy_fpu(a)
-    a.data[0] = b"\xFF" * 512 + struct.pack("<QQ", 0, 1 << 63 | 0x8003)  # bytes are not read
-    rfbm(a, 0x8003)
-    a.raw(Code.XRSTORS64_MEM, mem(DATA), kinds="m")
+    a.data[0] = b"\xFF" * 512 + struct.pack("<QQ", 0, 1 << 63 | LINUX_RFBM)  # bytes are not read
+    xstate_op(a, Code.XRSTORS64_MEM, DATA)
     fxsave(a, AFTER)
-    a.exit(0)
-    sm, result = run(a, table)
-    assert result.exit_status == [0], result.stats
+    sm = exits_zero(a, table)
     init = LegacyState.unpack(read(sm, AFTER))
     assert init.pack()[:416] == LegacyState().pack()[:416]  # FCW 037FH, MXCSR 1F80H, all else 0
 
@@ -97,13 +104,10 @@ def test_xsaves_of_init_state_writes_only_the_header(table):
     a = Asm()
     a.wrmsr(IA32_XSS, 1 << 15)
     a.raw(Code.FNINIT)  # x87 init; SSE as the Guest ABI enters: XMM 0, MXCSR 1F80H
-    rfbm(a, 0x8003)
-    a.raw(Code.XSAVES64_MEM, mem(AREA), kinds="m")
-    a.exit(0)
-    sm, result = run(a, table)
-    assert result.exit_status == [0], result.stats
+    xstate_op(a, Code.XSAVES64_MEM, AREA)
+    sm = exits_zero(a, table)
     area = read(sm, AREA, 576)
-    assert struct.unpack_from("<QQ", area, 512) == (0, 1 << 63 | 0x8003)
+    assert struct.unpack_from("<QQ", area, 512) == (0, 1 << 63 | LINUX_RFBM)
     assert area[:512] == bytes(512)  # untouched guest RAM
 
 
@@ -115,9 +119,7 @@ def _xrstors_gp(table, image: bytes):
     a.wrmsr(IA32_XSS, 1 << 15)
     busy_fpu(a)
     a.data[0] = image
-    rfbm(a, 0x8003)
-    a.label("faulting")
-    a.raw(Code.XRSTORS64_MEM, mem(DATA), kinds="m")
+    xstate_op(a, Code.XRSTORS64_MEM, DATA, label="faulting")
     a.exit(0)
     a.label("gp")
     a.raw(Code.POP_R64, R.RAX, kinds="r")  # error code
@@ -132,7 +134,7 @@ def _xrstors_gp(table, image: bytes):
 
 
 def test_xrstors_of_reserved_mxcsr_bits_is_gp_and_changes_nothing(table):
-    image = bytearray(LegacyState().pack() + struct.pack("<QQ", 0b11, 1 << 63 | 0x8003))
+    image = bytearray(LegacyState().pack() + struct.pack("<QQ", 0b11, 1 << 63 | LINUX_RFBM))
     struct.pack_into("<I", image, 24, 0x1_0000)  # above MXCSR_MASK 0xFFFF
     state = _xrstors_gp(table, bytes(image))
     assert state.mxcsr == BUSY_MXCSR and state.top == 6

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
-from vlbr.backends.software.fpu import QEMU_MXCSR_MASK, UnicornLegacy, abridged_tags, full_tags
+from vlbr.arch.cpuid import CpuidTable, Registers
+from vlbr.backends.software.fpu import (QEMU_MXCSR_MASK, UnicornLegacy, abridged_tags, full_tags,
+                                        uc_xrstors, uc_xsaves)
 from vlbr.x86.legacy_xstate import LegacyState
 
 CODE, AREA = 0x1000, 0x4000
@@ -169,3 +171,19 @@ def test_tag_word_conversions():
     assert abridged_tags(0xFFFF) == 0 and abridged_tags(0x0FFF) == 0xC0
     assert abridged_tags(0xFF00 | 0b01_10_00_11) == 0b1110  # zero, special, valid, empty
     assert full_tags(0) == 0xFFFF and full_tags(0xC0) == 0x0FFF
+
+
+def test_uc_xsaves_then_uc_xrstors_moves_the_state_between_cpus():
+    """The PC machine's entry points: XSAVES of one CPU restores into another (SDM 13.11,
+    13.12), and an area saved with the CPU in its init state initialises (13.8.2)."""
+    table = CpuidTable({(0xD, 0): Registers(0x3, 0x240, 0x240, 0), (0xD, 1): Registers(0x8)})
+    source, target, area = busy_cpu(), cpu(), bytearray(576)
+    uc_xsaves(source, None, table, 0b11, 0, 0b11, area, 0)
+    assert struct.unpack_from("<QQ", area, 512) == (0b11, 1 << 63 | 0b11)
+    uc_xrstors(target, None, table, 0b11, 0, 0b11, area, 0)
+    assert UnicornLegacy(target).read_legacy() == UnicornLegacy(source).read_legacy()
+    fresh = cpu()
+    UnicornLegacy(fresh).write_legacy(LegacyState(), 0b11)
+    uc_xsaves(fresh, None, table, 0b11, 0, 0b11, area, 0)
+    uc_xrstors(target, None, table, 0b11, 0, 0b11, area, 0)
+    assert UnicornLegacy(target).read_legacy() == LegacyState()
