@@ -105,3 +105,9 @@ def test_store_components_writes_only_their_bytes():
             inside = any(lo <= i < hi for lo, hi in owned)
             assert (area[8 + i] == s.pack()[i]) if inside else area[8 + i] == 0xAA, i
         assert area[:8] == b"\xAA" * 8
+
+
+def test_an_mxcsr_mask_of_zero_means_ffbf():
+    # SDM 11.6.6: an FXSAVE image's MXCSR_MASK of 0 stands for the default 0000FFBFH.
+    assert LegacyState(mxcsr_mask=0).mxcsr_bits == 0xFFBF
+    assert LegacyState(mxcsr_mask=0x2FFFF).mxcsr_bits == 0x2FFFF

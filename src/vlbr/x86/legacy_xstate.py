@@ -17,6 +17,7 @@ from vlbr.vcpu.faults import GeneralProtection
 
 FCW_INIT = 0x037F  # all x87 exceptions masked, 64-bit precision, round to nearest (SDM 13.6)
 MXCSR_MASK_ALL = 0x0000_FFFF  # MXCSR bits 15:0 writable (DAZ too), as QEMU and recent Intel
+MXCSR_MASK_IF_ZERO = 0x0000_FFBF  # an MXCSR_MASK field of 0 means this (SDM 11.6.6: no DAZ)
 X87_REGISTERS, XMM_REGISTERS = 8, 16
 ST_SIZE, ST_SLOT, XMM_SIZE = 10, 16, 16
 ST_OFFSET, XMM_OFFSET = 32, 160
@@ -56,6 +57,11 @@ class LegacyState:
     mxcsr: int = MXCSR_RESET
     mxcsr_mask: int = MXCSR_MASK_ALL
     xmm: tuple[int, ...] = (0,) * XMM_REGISTERS
+
+    @property
+    def mxcsr_bits(self) -> int:
+        """The MXCSR bits this CPU lets software set (SDM 11.6.6)."""
+        return self.mxcsr_mask or MXCSR_MASK_IF_ZERO
 
     @property
     def top(self) -> int:

@@ -65,7 +65,7 @@ def restored_legacy(current: LegacyState, area: bytearray, offset: int, xstate_b
     MXCSR with bits MXCSR_MASK reserves."""
     saved = LegacyState.unpack(bytes(area[offset: offset + LEGACY_AREA_SIZE]), wide)
     if components & xstate_bv & XFEATURE_SSE:
-        saved.check_mxcsr(current.mxcsr_mask)
+        saved.check_mxcsr(current.mxcsr_bits)
     new = current
     for component in (XFEATURE_X87, XFEATURE_SSE):
         if components & component:

@@ -30,8 +30,9 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOO
 from unicorn import x86_const as X
 
 from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MSR_EFER, MSR_FMASK, MSR_LSTAR,
-                           MSR_STAR, MXCSR_RESET, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
-                           VECTOR_GP, VECTOR_UD, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87)
+                           MSR_STAR, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
+                           VECTOR_GP, VECTOR_UD, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87,
+                           XFEATURES_LEGACY)
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
 from vlbr.backends import layout
@@ -45,11 +46,12 @@ from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
 from vlbr.x86.operands import UnsupportedOperand, linear_address
+from vlbr.x86.legacy_xstate import LegacyState
 from vlbr.x86.xstate import UnmodelledXstate
 
 from . import native
 from .codewatch import CodeWatch
-from .fpu import uc_xrstors, uc_xsaves
+from .fpu import UnicornLegacy, uc_xrstors, uc_xsaves
 from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, enter_syscall
 
@@ -108,7 +110,9 @@ def enter_long_mode(uc: Uc, e: layout.VcpuEntry) -> None:
                        (X.UC_X86_REG_RSI, e.rsi), (X.UC_X86_REG_RFLAGS, e.rflags),
                        (X.UC_X86_REG_RIP, e.rip)):
         uc.reg_write(reg, value)
-    uc.reg_write(X.UC_X86_REG_MXCSR, MXCSR_RESET)  # unicorn starts it at 0; a CPU at 0x1F80
+    # unicorn starts FCW and MXCSR at 0 with every x87 register valid; KVM's vCPU (and a CPU
+    # after FNINIT) has x87 and SSE in their initial configuration (FCW 0x37F, MXCSR 0x1F80).
+    UnicornLegacy(uc).write_legacy(LegacyState(), XFEATURES_LEGACY)
     set_xcr0(uc, e.xcr0)
 
 
