@@ -10,13 +10,15 @@ import struct
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corpus import CPUID_RAW_DUMP
 from vlbr.arch.msrs import IA32_LBR_CTL, IA32_XSS, BranchType
 from vlbr.host import read_cpuid_file
 from vlbr.policy import emulated_guest_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, LbrConfig
-from vlbr.x86.legacy_xstate import LegacyState
+from vlbr.x86.legacy_xstate import COMPONENT_BYTES, LegacyState
 from vlbr.x86.xstate import UnmodelledXstate, xrstors, xsaves
 
 XCR0, XSS = 0b11, 1 << 15
@@ -207,3 +209,27 @@ def test_unmodelled_components_are_named(table):
         xsaves(Cpu(), None, table, area(), 0, 0b111, 0b111, 0)  # AVX in XCR0
     with pytest.raises(UnmodelledXstate, match="0x8000"):
         xrstors(Cpu(), None, table, area(), 0, 0x8003, XCR0, XSS)  # LBR without a model
+
+
+u = lambda bits: st.integers(0, (1 << bits) - 1)  # noqa: E731
+guest_states = st.builds(LegacyState, fcw=u(16), fsw=u(16), ftw=u(8), fop=u(11), fip=u(64),
+                         fdp=u(64), st=st.tuples(*[u(80)] * 8), mxcsr=u(16),
+                         xmm=st.tuples(*[u(128) | st.just(0)] * 16))
+
+
+@settings(max_examples=60)
+@given(saved=guest_states, other=guest_states, rfbm=st.sampled_from([0b01, 0b10, 0b11]))
+def test_any_state_round_trips_and_init_components_are_not_written(table, saved, other, rfbm):
+    # SDM 13.11 then 13.12: XRSTORS of what XSAVES stored gives back every register of the
+    # RFBM components (an init-optimized one through its initial configuration) and leaves
+    # the others; XSAVES writes no byte of a component whose XSTATE_BV bit it clears.
+    a = area()
+    xsaves(Cpu(saved), None, table, a, 0, rfbm, XCR0, 0)
+    bv = header(a)[0]
+    assert bv == saved.to_be_saved(rfbm)
+    for component, ranges in COMPONENT_BYTES.items():
+        if not bv & component:
+            assert all(a[lo:hi] == bytes([FILL]) * (hi - lo) for lo, hi in ranges)
+    cpu = Cpu(other)
+    xrstors(cpu, None, table, a, 0, rfbm, XCR0, 0)
+    assert cpu.state == other.take(saved, rfbm)
