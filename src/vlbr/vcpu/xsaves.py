@@ -1,7 +1,8 @@
 """XSAVES / XRSTORS of state component 15 into real compacted-format XSAVE-area bytes.
 
 Only component 15 is modelled: data of other components, and their XSTATE_BV bits, are
-the caller's (XSAVES keeps the XSTATE_BV bits of other requested components as found).
+the caller's (XSAVES keeps the XSTATE_BV bits of other requested components as found);
+vlbr.x86.xstate composes it with x87/SSE using the area and header helpers here.
 
 Rules (SDM XSAVES/XRSTORS as summarised in the reference doc, section 1 and 2):
 - the area must be 64-byte aligned (offset % 64), else #GP;

@@ -34,7 +34,7 @@ class UnmodelledXstate(ValueError):
 
 
 def _modelled(mask: int, lbr) -> None:
-    have = XFEATURES_LEGACY | (XSS_ARCH_LBR if lbr is not None else 0)
+    have = MODELLED if lbr is not None else XFEATURES_LEGACY
     if mask & ~have:
         raise UnmodelledXstate(
             f"XSAVES/XRSTORS of components {mask & ~have:#x}: emulated are x87, SSE and "
