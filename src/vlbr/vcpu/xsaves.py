@@ -1,7 +1,8 @@
 """XSAVES / XRSTORS of state component 15 into real compacted-format XSAVE-area bytes.
 
 Only component 15 is modelled: data of other components, and their XSTATE_BV bits, are
-the caller's (XSAVES keeps the XSTATE_BV bits of other requested components as found).
+the caller's (XSAVES keeps the XSTATE_BV bits of other requested components as found);
+vlbr.x86.xstate composes it with x87/SSE using the area and header helpers here.
 
 Rules (SDM XSAVES/XRSTORS as summarised in the reference doc, section 1 and 2):
 - the area must be 64-byte aligned (offset % 64), else #GP;
@@ -36,9 +37,9 @@ ALIGN = 64
 _HEADER_BV = HEADER_OFFSET  # XSTATE_BV at +512, XCOMP_BV at +520
 
 
-def _layout(config: LbrConfig, mask: int, table=None) -> XsaveLayout:
+def _layout(table, mask: int) -> XsaveLayout:
     try:
-        return XsaveLayout.for_mask(table or config.table, mask, compacted=True)
+        return XsaveLayout.for_mask(table, mask, compacted=True)
     except XsaveLayoutError as exc:
         raise GeneralProtection(f"XSAVE component not enumerated: {exc}") from None
 
@@ -51,37 +52,33 @@ def _check_area(area: bytearray, offset: int, need: int) -> None:
             f"XSAVE area of {len(area) - offset} bytes is too short (needs {need})")
 
 
-def _component_records(layout: XsaveLayout) -> int:
-    size = layout.sizes[ARCH_LBR_COMPONENT]
-    depth = arch_lbr_depth_for_size(size)
-    if depth is None:
-        raise GeneralProtection(f"component 15 size {size} is not 40 + 24 * depth")
-    return depth
+def requested(rfbm: int, xcr0: int, xss: int) -> int:
+    """XSAVES/XRSTORS's RFBM: EDX:EAX & (XCR0 | IA32_XSS), bits 62:0."""
+    return rfbm & (xcr0 | xss) & ~XCOMP_BV_COMPACTED
 
 
-def xsaves(state: LbrState, config: LbrConfig, area: bytearray, offset: int, rfbm: int,
-           xcr0: int, xss: int, table=None) -> None:
-    """XSAVES: store component 15 of `state` (and the header) into `area` at `offset`."""
-    mask = rfbm & (xcr0 | xss) & ~XCOMP_BV_COMPACTED
+def save_layout(table, area: bytearray, offset: int, mask: int) -> XsaveLayout:
+    """XSAVES's #GP checks (alignment, enumerated components, room): the layout of `mask`."""
     if offset < 0 or offset % ALIGN:
         raise GeneralProtection(f"XSAVE area at offset {offset} is not 64-byte aligned")
-    layout = _layout(config, mask, table)
+    layout = _layout(table, mask)
     _check_area(area, offset, layout.size)
-    saving = bool(mask & XSS_ARCH_LBR)
-    in_use = saving and not state.is_init(config.max_depth)
-    old_bv = int.from_bytes(area[offset + _HEADER_BV: offset + _HEADER_BV + 8], "little")
-    xstate_bv = (old_bv & mask & ~XSS_ARCH_LBR) | (XSS_ARCH_LBR if in_use else 0)
+    return layout
+
+
+def read_xstate_bv(area: bytearray, offset: int) -> int:
+    return int.from_bytes(area[offset + _HEADER_BV: offset + _HEADER_BV + 8], "little")
+
+
+def write_header(area: bytearray, offset: int, xstate_bv: int, mask: int) -> None:
+    """XSAVES's header: XSTATE_BV and XCOMP_BV = mask | bit 63, nothing else of it."""
     area[offset + _HEADER_BV: offset + _HEADER_BV + 16] = (
         xstate_bv.to_bytes(8, "little") + (mask | XCOMP_BV_COMPACTED).to_bytes(8, "little"))
-    if in_use:
-        start = offset + layout.offset_of(ARCH_LBR_COMPONENT)
-        data = state.to_xstate(_component_records(layout)).pack()
-        area[start: start + len(data)] = data
 
 
-def xrstors(state: LbrState, config: LbrConfig, area: bytearray, offset: int, rfbm: int,
-            xcr0: int, xss: int, verbatim: bool = False, table=None) -> LbrState:
-    """XRSTORS: the state after restoring component 15 from `area`; `state` is not modified."""
+def restore_header(table, area: bytearray, offset: int, xcr0: int,
+                   xss: int) -> tuple[XsaveHeader, XsaveLayout]:
+    """XRSTORS's #GP checks on the header and the area; the header and XCOMP_BV's layout."""
     _check_area(area, offset, EXTENDED_AREA_START)
     header = XsaveHeader.unpack(bytes(area[offset: offset + EXTENDED_AREA_START]))
     if not header.compacted:
@@ -95,10 +92,41 @@ def xrstors(state: LbrState, config: LbrConfig, area: bytearray, offset: int, rf
             f"XRSTORS: XSTATE_BV {header.xstate_bv:#x} is not a subset of XCOMP_BV {comp_bv:#x}")
     if any(header.reserved):
         raise GeneralProtection("XRSTORS: XSAVE header bytes 63:16 are not zero")
-    layout = _layout(config, comp_bv, table)
+    layout = _layout(table, comp_bv)
     _check_area(area, offset, layout.size)
+    return header, layout
+
+
+def _component_records(layout: XsaveLayout) -> int:
+    size = layout.sizes[ARCH_LBR_COMPONENT]
+    depth = arch_lbr_depth_for_size(size)
+    if depth is None:
+        raise GeneralProtection(f"component 15 size {size} is not 40 + 24 * depth")
+    return depth
+
+
+def xsaves(state: LbrState, config: LbrConfig, area: bytearray, offset: int, rfbm: int,
+           xcr0: int, xss: int, table=None) -> None:
+    """XSAVES: store component 15 of `state` (and the header) into `area` at `offset`."""
+    mask = requested(rfbm, xcr0, xss)
+    layout = save_layout(table or config.table, area, offset, mask)
+    saving = bool(mask & XSS_ARCH_LBR)
+    in_use = saving and not state.is_init(config.max_depth)
+    old_bv = read_xstate_bv(area, offset)
+    write_header(area, offset, (old_bv & mask & ~XSS_ARCH_LBR) | (XSS_ARCH_LBR if in_use else 0),
+                 mask)
+    if in_use:
+        start = offset + layout.offset_of(ARCH_LBR_COMPONENT)
+        data = state.to_xstate(_component_records(layout)).pack()
+        area[start: start + len(data)] = data
+
+
+def xrstors(state: LbrState, config: LbrConfig, area: bytearray, offset: int, rfbm: int,
+            xcr0: int, xss: int, verbatim: bool = False, table=None) -> LbrState:
+    """XRSTORS: the state after restoring component 15 from `area`; `state` is not modified."""
+    header, layout = restore_header(table or config.table, area, offset, xcr0, xss)
     new = state.copy()
-    if not rfbm & (xcr0 | xss) & XSS_ARCH_LBR:
+    if not requested(rfbm, xcr0, xss) & XSS_ARCH_LBR:
         return new
     if not header.xstate_bv & XSS_ARCH_LBR:  # init configuration
         new.ctl, new.ler = 0, (0, 0, 0)

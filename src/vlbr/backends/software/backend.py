@@ -30,8 +30,9 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOO
 from unicorn import x86_const as X
 
 from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MSR_EFER, MSR_FMASK, MSR_LSTAR,
-                           MSR_STAR, MXCSR_RESET, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
-                           VECTOR_GP, VECTOR_UD, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87)
+                           MSR_STAR, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
+                           VECTOR_GP, VECTOR_UD, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87,
+                           XFEATURES_LEGACY)
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
 from vlbr.backends import layout
@@ -45,9 +46,12 @@ from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
 from vlbr.x86.operands import UnsupportedOperand, linear_address
+from vlbr.x86.legacy_xstate import LegacyState
+from vlbr.x86.xstate import UnmodelledXstate
 
 from . import native
 from .codewatch import CodeWatch
+from .fpu import UnicornLegacy, uc_xrstors, uc_xsaves
 from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, enter_syscall
 
@@ -106,7 +110,9 @@ def enter_long_mode(uc: Uc, e: layout.VcpuEntry) -> None:
                        (X.UC_X86_REG_RSI, e.rsi), (X.UC_X86_REG_RFLAGS, e.rflags),
                        (X.UC_X86_REG_RIP, e.rip)):
         uc.reg_write(reg, value)
-    uc.reg_write(X.UC_X86_REG_MXCSR, MXCSR_RESET)  # unicorn starts it at 0; a CPU at 0x1F80
+    # unicorn starts FCW and MXCSR at 0 with every x87 register valid; KVM's vCPU (and a CPU
+    # after FNINIT) has x87 and SSE in their initial configuration (FCW 0x37F, MXCSR 0x1F80).
+    UnicornLegacy(uc).write_legacy(LegacyState(), XFEATURES_LEGACY)
     set_xcr0(uc, e.xcr0)
 
 
@@ -505,7 +511,7 @@ class SoftwareMachine:
             raise SoftwareBackendError(f"{insn} at {insn.ip:#x}: {exc}") from None
 
     def _xsaves(self, insn, restore: bool) -> None:
-        """XSAVES/XRSTORS on the guest's bytes through the model (component 15 only)."""
+        """XSAVES/XRSTORS of x87, SSE and component 15 on the guest's bytes (fpu.py)."""
         if insn.op0_kind != OpKind.MEMORY:
             raise InvalidOpcode("XSAVES/XRSTORS without a memory operand")
         if not self._reg(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
@@ -515,11 +521,6 @@ class SoftwareMachine:
             raise InvalidOpcode("XSAVES/XRSTORS without CPUID.(0xD,1):EAX[3]")
         xss = self._xss()
         rfbm = (self._reg(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | self._reg(X.UC_X86_REG_RAX) & 0xFFFFFFFF
-        others = rfbm & (run.xcr0 | xss) & ~(1 << 15)
-        if others:
-            raise SoftwareBackendError(
-                f"{insn} at {insn.ip:#x}: the software backend emulates XSAVES/XRSTORS of "
-                f"component 15 only; RFBM also requests components {others:#x}")
         address = self._operand_address(insn)
         misalign = address & 63
         try:
@@ -530,13 +531,15 @@ class SoftwareMachine:
             area = bytearray(self.uc.mem_read(address - misalign, size + misalign))
         except UcError:
             raise GeneralProtection(f"XSAVES area at {address:#x} is not guest RAM") from None
-        if restore:
-            model.xrstors(area, misalign, rfbm, run.xcr0, xss)
-        else:
-            before = bytes(area)
-            model.xsaves(area, misalign, rfbm, run.xcr0, xss)
-            if area != before:
-                self.watch.host_write(address - misalign, bytes(area))
+        op = uc_xrstors if restore else uc_xsaves
+        before = bytes(area)
+        try:
+            op(self.uc, model, self.machine.cpuid, run.xcr0, xss, rfbm, area, misalign,
+               wide=insn.mnemonic in (Mnemonic.XSAVES64, Mnemonic.XRSTORS64))
+        except UnmodelledXstate as exc:
+            raise SoftwareBackendError(f"{insn} at {insn.ip:#x}: {exc}") from None
+        if area != before:
+            self.watch.host_write(address - misalign, bytes(area))
 
     def _syscall(self, rip: int) -> None:
         """SYSCALL in 64-bit mode (SDM Vol. 2B): unicorn skips it, so we perform it."""
