@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench system-deps clean
+.PHONY: run test bench linux system-deps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,11 @@ run: $(STAMP) system-deps
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
+
+# Debian's cloud kernel and busybox-static (apt-get download into ~/.cache/vlbr, never the
+# repo) booted on vlbr's PC machine; Linux's perf driver takes the virtual Arch LBR.
+linux: $(STAMP) system-deps
+	$(VENV)/bin/vlbr linux
 
 bench: $(STAMP) system-deps
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

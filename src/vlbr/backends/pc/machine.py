@@ -19,15 +19,22 @@ from unicorn import x86_const as X
 
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.arch.msrs import IA32_XSS
-from vlbr.arch.x86 import (CR4_TSD, MSR_EFER, RFLAGS_IF, VECTOR_DB, VECTOR_GP, VECTOR_UD,
+from vlbr.arch.xsave import XsaveLayout
+from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_TSD, MSR_EFER, RFLAGS_IF, VECTOR_DB, VECTOR_GP,
+                           VECTOR_PF, VECTOR_UD,
                            VECTORS_WITH_ERROR_CODE, XFEATURE_X87)
 from vlbr.policy.runtime_cpuid import runtime_cpuid
+from vlbr.policy.supported import XSAVES
 from vlbr.vcpu import ArchLbrVcpu, GeneralProtection, LbrConfig
 from vlbr.backends.base import CONSOLE_LIMIT, StopReason
+from vlbr.backends.software.fpu import uc_xrstors, uc_xsaves
 from vlbr.backends.software.interrupts import DeliveryFailed, InterruptDelivery
 from vlbr.backends.software.privilege import (PrivilegeSwitch, enter_syscall, flat_code64,
                                               flat_data)
-from vlbr.x86.paging import read_linear, write_linear
+from vlbr.backends.software.uc_operands import operand_address
+from vlbr.x86.operands import UnsupportedOperand
+from vlbr.x86.paging import PageFault, read_linear, write_linear
+from vlbr.x86.xstate import UnmodelledXstate
 
 from . import pic as pic_ports
 from . import pit as pit_ports
@@ -67,16 +74,23 @@ class LinearDelivery(InterruptDelivery):
     def _paging(self) -> tuple[int, int]:
         return self.uc.reg_read(X.UC_X86_REG_CR3), self.uc.reg_read(X.UC_X86_REG_CR0)
 
+    def linear_read(self, address: int, size: int) -> bytes:
+        """Supervisor read through the guest's page tables (PageFault as the CPU's #PF)."""
+        return read_linear(self._phys, *self._paging(), address, size)
+
+    def linear_write(self, address: int, data: bytes) -> None:
+        write_linear(self._phys, self.uc.mem_write, *self._paging(), address, data)
+
     def read(self, address: int, size: int) -> bytes:
         try:
-            return read_linear(self._phys, *self._paging(), address, size)
-        except Exception as err:
+            return self.linear_read(address, size)
+        except (PageFault, UcError) as err:
             raise DeliveryFailed(f"cannot read {size} bytes at {address:#x}: {err}") from None
 
     def write(self, address: int, data: bytes) -> None:
         try:
-            write_linear(self._phys, self.uc.mem_write, *self._paging(), address, data)
-        except Exception as err:
+            self.linear_write(address, data)
+        except (PageFault, UcError) as err:
             raise DeliveryFailed(f"cannot push the frame at {address:#x}: {err}") from None
 
 
@@ -325,8 +339,49 @@ class PcMachine:
             self._deliver(VECTOR_UD, rip, None)
 
     def _xstate(self, insn) -> None:
-        self._stop(StopReason.UNSUPPORTED, f"{insn} at {insn.ip:#x}: the PC machine does not "
-                   "perform XSAVES/XRSTORS yet")
+        """XSAVES/XRSTORS (SDM Vol. 2): #UD without CR4.OSXSAVE or CPUID XSAVES, #GP at CPL > 0;
+        the area is read and written through the guest's page tables."""
+        restore = insn.mnemonic in (Mnemonic.XRSTORS, Mnemonic.XRSTORS64)
+        if not self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_OSXSAVE or not self._has_xsaves:
+            self._deliver(VECTOR_UD, insn.ip, None)
+            return
+        try:
+            self._cpl0(str(insn))
+            self._xstate_on_memory(insn, restore)
+        except GeneralProtection:
+            self._deliver(VECTOR_GP, insn.ip, 0)
+            return
+        except PageFault as fault:
+            self.uc.reg_write(X.UC_X86_REG_CR2, fault.linear)
+            self._deliver(VECTOR_PF, insn.ip, fault.error_code)
+            return
+        except (UnmodelledXstate, UnsupportedOperand) as err:
+            self._stop(StopReason.UNSUPPORTED, f"{insn} at {insn.ip:#x}: {err}")
+            return
+        self.uc.reg_write(X.UC_X86_REG_RIP, insn.next_ip)
+        self.clock.advance(1)
+
+    def _xstate_on_memory(self, insn, restore: bool) -> None:
+        xss = self.lbr.rdmsr(IA32_XSS, host_initiated=True)
+        address = operand_address(self.uc, insn)
+        misalign = address & 63
+        size = XsaveLayout.for_mask(self.cpuid, self.xcr0 | xss, compacted=True).size
+        start = address - misalign
+        area = bytearray(self.delivery.linear_read(start, size + misalign))
+        wide = insn.mnemonic in (Mnemonic.XSAVES64, Mnemonic.XRSTORS64)
+        if restore:
+            uc_xrstors(self.uc, self.lbr, self.cpuid, self.xcr0, xss, self._edx_eax(), area,
+                       misalign, wide)
+            return
+        before = bytes(area)
+        uc_xsaves(self.uc, self.lbr, self.cpuid, self.xcr0, xss, self._edx_eax(), area,
+                  misalign, wide)
+        if area != before:
+            self.delivery.linear_write(start, bytes(area))
+
+    @property
+    def _has_xsaves(self) -> bool:
+        return bool(self.cpuid.regs(0xD, 1).eax & XSAVES)
 
     def _deadline(self) -> int:
         if self.pic.pending():

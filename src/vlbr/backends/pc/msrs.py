@@ -13,9 +13,10 @@ from vlbr.backends.software.backend import QEMU_MSRS
 from vlbr.vcpu import ArchLbrVcpu, GeneralProtection
 
 IA32_TSC = 0x10
+IA32_BIOS_SIGN_ID = 0x8B  # the microcode revision: Linux writes 0, runs CPUID, reads it
 IA32_MISC_ENABLE = 0x1A0
 MISC_ENABLE_FAST_STRINGS = 1 << 0
-PLAIN_RESET = {IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRINGS}
+PLAIN_RESET = {IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRINGS, IA32_BIOS_SIGN_ID: 0}
 
 
 class PcMsrs:

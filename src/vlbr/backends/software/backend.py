@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import iced_x86
-from iced_x86 import Mnemonic, OpKind, Register
+from iced_x86 import Mnemonic, OpKind
 from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
                      UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, UC_PROT_READ,
                      UC_PROT_WRITE, Uc, UcError)
@@ -45,7 +45,7 @@ from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, InvalidOpcode
-from vlbr.x86.operands import UnsupportedOperand, linear_address
+from vlbr.x86.operands import UnsupportedOperand
 from vlbr.x86.legacy_xstate import LegacyState
 from vlbr.x86.xstate import UnmodelledXstate
 
@@ -54,6 +54,7 @@ from .codewatch import CodeWatch
 from .fpu import UnicornLegacy, uc_xrstors, uc_xsaves
 from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, enter_syscall
+from .uc_operands import operand_address
 
 # MSRs QEMU implements and the Guest ABI lets a guest use; any other non-LBR MSR #GPs, as
 # on a CPU without it (QEMU itself would read 0 and ignore writes).
@@ -65,9 +66,6 @@ NATIVE_RING = 1 << 21  # blocks one stretch may log natively (the stretch's coun
 NATIVE_CHUNK = 256  # ring entries read back at a time when collecting the newest records
 _QUIET_STOPS = frozenset([Mnemonic.INT1, Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2])
 
-_REGS64 = {getattr(Register, n): getattr(X, f"UC_X86_REG_{n}") for n in (
-    "RAX RBX RCX RDX RSI RDI RBP RSP R8 R9 R10 R11 R12 R13 R14 R15").split()}
-_SEGMENT_BASES = {Register.FS: X.UC_X86_REG_FS_BASE, Register.GS: X.UC_X86_REG_GS_BASE}
 
 
 class SoftwareBackendError(VlbrError):
@@ -505,8 +503,7 @@ class SoftwareMachine:
 
     def _operand_address(self, insn) -> int:
         try:
-            return linear_address(insn, lambda r: self._reg(_REGS64[r]),
-                                  lambda r: self._reg(_SEGMENT_BASES[r]))
+            return operand_address(self.uc, insn)
         except UnsupportedOperand as exc:
             raise SoftwareBackendError(f"{insn} at {insn.ip:#x}: {exc}") from None
 
