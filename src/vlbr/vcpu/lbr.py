@@ -187,6 +187,12 @@ class ArchLbrVcpu:
     def frozen(self) -> bool:
         return bool(self._global_status & GLOBAL_STATUS_LBR_FRZ)
 
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        """LBR_FRZ as a PMU's STATUS_SET / STATUS_RESET bit 58 writes it (vcpu.pmu)."""
+        self._global_status = GLOBAL_STATUS_LBR_FRZ if value else 0
+        self._update()
+
     @property
     def in_smm(self) -> bool:
         return self._smm_lbren is not None
