@@ -19,7 +19,7 @@ from vlbr.arch.msrs import (GLOBAL_STATUS_LBR_FRZ, IA32_A_PMC_BASE, IA32_DEBUGCT
 from vlbr.arch.perfmon import (EVENT_CORE_CYCLES, EVENT_INSTRUCTIONS, EVENT_REF_CYCLES,
                                EVTSEL_ANY, EVTSEL_EN, EVTSEL_INT, EVTSEL_INV, EVTSEL_OS,
                                EVTSEL_USR, GLOBAL_STATUS_CTR_FRZ, counter_bits, evtsel)
-from vlbr.vcpu import ArchLbrVcpu, Branch, GeneralProtection, LbrConfig, NotOwnedMsr
+from vlbr.vcpu import Branch, GeneralProtection, NotOwnedMsr
 from vlbr.vcpu.perfmon_msrs import PerfmonMsrs
 from vlbr.vcpu.pmu import ArchPerfmon, PmuDescription
 
@@ -36,9 +36,7 @@ def pmu(**kw) -> ArchPerfmon:
 
 
 def alder_lake_pair(**kw) -> PerfmonMsrs:
-    table = alder_lake()
-    lbr = ArchLbrVcpu(LbrConfig.from_cpuid(table))
-    return PerfmonMsrs(lbr, ArchPerfmon(PmuDescription.from_leaf(table.regs(0xA), **kw), lbr))
+    return PerfmonMsrs.from_cpuid(alder_lake(), **kw)
 
 
 # -- CPUID leaf 0AH ---------------------------------------------------------------------
@@ -503,3 +501,18 @@ def test_anythread_accepted_from_version_3():
     p.wrmsr(IA32_FIXED_CTR_CTRL, 0x7)
     p.retire(9, 1)
     assert p.rdmsr(IA32_PMC_BASE) == 9
+
+
+def test_from_the_policy_guest_cpuid():
+    # the backends' guest CPUID (policy.emulated_guest_cpuid) keeps the base's leaf 0xA
+    from vlbr.policy.emulated import emulated_guest_cpuid
+    from vlbr.arch.cpuid import CpuidTable
+    msrs = PerfmonMsrs.from_cpuid(emulated_guest_cpuid(CpuidTable(alder_lake()), depth=None))
+    assert msrs.pmu.desc.version >= 4 and msrs.pmu.desc.gp_counters == 8
+    msrs.wrmsr(IA32_DEBUGCTL, FREEZE_LBRS)
+    msrs.wrmsr(IA32_LBR_CTL, LBR_ON)
+    msrs.wrmsr(IA32_FIXED_CTR_CTRL, FIXED_ALL_PMI)
+    msrs.wrmsr(IA32_PERF_GLOBAL_CTRL, 1 << 32)
+    msrs.wrmsr(IA32_FIXED_CTR_BASE, (1 << 48) - 1)
+    msrs.pmu.retire(1, 0)
+    assert msrs.pmu.take_pmi() and msrs.lbr.frozen  # lbr.pmi(): v4+ with FREEZE_LBRS_ON_PMI

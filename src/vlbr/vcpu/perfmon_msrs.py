@@ -9,12 +9,14 @@ the PMU's, the rest (LBR_FMT) the LBR model's rule G7."""
 
 from __future__ import annotations
 
+from vlbr.arch.cpuid import CpuidTable
 from vlbr.arch.msrs import (DEBUGCTL_FREEZE_PERFMON_ON_PMI, IA32_DEBUGCTL, IA32_PERF_CAPABILITIES,
                             PERF_CAP_FW_WRITE, msr_name)
 
+from .config import LbrConfig
 from .faults import GeneralProtection, NotOwnedMsr
 from .lbr import ArchLbrVcpu
-from .pmu import ArchPerfmon
+from .pmu import ArchPerfmon, PmuDescription
 from .state import check_u64
 
 __all__ = ["PerfmonMsrs"]
@@ -28,6 +30,13 @@ class PerfmonMsrs:
     def __init__(self, lbr: ArchLbrVcpu, pmu: ArchPerfmon):
         self.lbr = lbr
         self.pmu = pmu
+
+    @classmethod
+    def from_cpuid(cls, guest_table: CpuidTable, full_width_writes: bool = False) -> "PerfmonMsrs":
+        """Both models of one vCPU from its guest CPUID (the PMU from leaf 0xA)."""
+        lbr = ArchLbrVcpu(LbrConfig.from_cpuid(guest_table))
+        desc = PmuDescription.from_leaf(guest_table.regs(0xA), full_width_writes)
+        return cls(lbr, ArchPerfmon(desc, lbr))
 
     def route(self, msr: int) -> object:
         """The one object answering `msr`: self (shared MSRs), the PMU or the LBR model."""
