@@ -516,3 +516,19 @@ def test_from_the_policy_guest_cpuid():
     msrs.wrmsr(IA32_FIXED_CTR_BASE, (1 << 48) - 1)
     msrs.pmu.retire(1, 0)
     assert msrs.pmu.take_pmi() and msrs.lbr.frozen  # lbr.pmi(): v4+ with FREEZE_LBRS_ON_PMI
+
+
+def test_p5_rdpmc():
+    # SDM Vol. 2B RDPMC: ECX[30] selects the fixed counters, ECX[15:0] the index; #GP for an
+    # absent counter or at CPL > 0 with CR4.PCE clear. Linux: hwc->event_base_rdpmc is idx,
+    # or INTEL_PMC_FIXED_RDPMC_BASE (1 << 30) | idx (arch/x86/events/intel/core.c)
+    p = pmu(gp_counters=2, fixed_counters=3, full_width_writes=True)
+    p.wrmsr(IA32_A_PMC_BASE + 1, 0x1234_5678_9ABC)
+    p.wrmsr(IA32_FIXED_CTR_BASE + 2, 77)
+    assert p.rdpmc(1) == 0x1234_5678_9ABC and p.rdpmc(1 << 30 | 2) == 77
+    assert p.rdpmc(1, cpl=3, pce=True) == 0x1234_5678_9ABC
+    for bad in (2, 1 << 30 | 3, 1 << 29, 1 << 31 | 1, 1 << 16):
+        with pytest.raises(GeneralProtection, match="names no counter"):
+            p.rdpmc(bad)
+    with pytest.raises(GeneralProtection, match="PCE"):
+        p.rdpmc(0, cpl=3)

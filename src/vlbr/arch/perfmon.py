@@ -33,6 +33,11 @@ GLOBAL_STATUS_OVF_BUF = 1 << 62  # Version 2
 GLOBAL_STATUS_COND_CHGD = 1 << 63  # Version 2
 GLOBAL_INUSE_PMI = 1 << 63  # Version 4
 
+# RDPMC's ECX with an architectural PMU (SDM Vol. 2B RDPMC): type in 31:16 (0 = GP counter,
+# bit 30 = fixed counter; other types, e.g. Linux's bit-29 metrics, are absent), index in 15:0.
+RDPMC_FIXED = 1 << 30
+RDPMC_INDEX_MASK = 0xFFFF
+
 # Architectural events as (event select, umask) (section "Pre-defined Architectural
 # Performance Events"), each with its CPUID.0AH:EBX "not available" bit.
 EVENT_CORE_CYCLES = (0x3C, 0x00)

@@ -35,6 +35,7 @@ Counting (`retire(instructions, cpl)`, one cycle per instruction):
   `freeze_perfmon_on_pmi` (DEBUGCTL bit 12) Version 4 sets CTR_FRZ (59), earlier versions
   clear GLOBAL_CTRL (SDM Version 4: "replaces the legacy semantic behavior").
   STATUS_SET sets bits without a PMI (it exists to restore state).
+- P5 RDPMC reads the same counters (`rdpmc`).
 - LBR_FRZ (58) belongs to the ArchLbrVcpu when one is attached: GLOBAL_STATUS reads it from
   there and STATUS_RESET / STATUS_SET bit 58 write it there.
 """
@@ -54,6 +55,7 @@ from vlbr.arch.perfmon import (ARCH_EVENTS, EVENT_UNAVAILABLE_BIT, EVTSEL_CMASK_
                                EVTSEL_EDGE, EVTSEL_EN, EVTSEL_INT, EVTSEL_INV, EVTSEL_OS,
                                EVTSEL_USR, FIXED_EN_OS, FIXED_EN_USR, FIXED_EVENTS, FIXED_PMI,
                                GLOBAL_FIXED_SHIFT, GLOBAL_INUSE_PMI, GLOBAL_STATUS_CTR_FRZ,
+                               RDPMC_FIXED, RDPMC_INDEX_MASK,
                                counter_bits, evtsel_event, evtsel_valid, fixed_ctrl_valid,
                                fixed_field, status_reset_valid, status_set_valid)
 
@@ -259,6 +261,20 @@ class ArchPerfmon:
     def perf_capabilities(self) -> int:
         """The IA32_PERF_CAPABILITIES bits this PMU contributes (FW_WRITE or 0)."""
         return PERF_CAP_FW_WRITE if self.desc.full_width_writes else 0
+
+    # -- RDPMC ---------------------------------------------------------------------------
+
+    def rdpmc(self, ecx: int, cpl: int = 0, pce: bool = False) -> int:
+        """RDPMC (Linux reads counters with it: arch/x86/events/core.c x86_perf_event_update):
+        #GP at CPL > 0 without CR4.PCE, for a type other than GP (0) / fixed (bit 30) in
+        ECX[31:16], or an index ECX[15:0] past the counters (SDM Vol. 2B RDPMC)."""
+        if cpl and not pce:
+            raise GeneralProtection("RDPMC at CPL > 0 with CR4.PCE clear")
+        kind, index = ecx & ~RDPMC_INDEX_MASK & 0xFFFF_FFFF, ecx & RDPMC_INDEX_MASK
+        d = self.desc
+        if kind not in (0, RDPMC_FIXED) or index >= (d.fixed_counters if kind else d.gp_counters):
+            raise GeneralProtection(f"RDPMC ECX {ecx:#x} names no counter")
+        return self._values[index + (d.gp_counters if kind else 0)]
 
     # -- MSRs ----------------------------------------------------------------------------
 
