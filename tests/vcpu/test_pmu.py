@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from vlbr.arch.cpuid import Registers
+from vlbr.arch.leaves import PerfMon
 from vlbr.arch.msrs import (GLOBAL_STATUS_LBR_FRZ, IA32_A_PMC_BASE, IA32_DEBUGCTL,
                             IA32_FIXED_CTR_BASE, IA32_FIXED_CTR_CTRL, IA32_LBR_CTL,
                             IA32_PERF_CAPABILITIES, IA32_PERF_GLOBAL_CTRL, IA32_PERF_GLOBAL_INUSE,
@@ -532,3 +533,12 @@ def test_p5_rdpmc():
             p.rdpmc(bad)
     with pytest.raises(GeneralProtection, match="PCE"):
         p.rdpmc(0, cpl=3)
+
+
+def test_linux_accepts_the_default_leaf():
+    # arch/x86/kernel/cpu/intel.c: X86_FEATURE_ARCH_PERFMON needs version != 0 and more than
+    # one GP counter; arch/x86/events/intel/core.c intel_pmu_init: EAX[31:24] (mask_length) >=
+    # ARCH_PERFMON_EVENTS_COUNT (7), version >= 2 for the fixed counters and GLOBAL_CTRL
+    pm = PerfMon.decode(PmuDescription().to_leaf())
+    assert pm.version >= 2 and pm.gp_counters > 1 and pm.ebx_length >= 7
+    assert pm.events_unavailable == 0 and pm.fixed_counters == 3 and pm.gp_width == pm.fixed_width

@@ -92,7 +92,7 @@ class PmuDescription:
         for what, n in (("GP", self.gp_counters), ("fixed", self.fixed_counters)):
             if not 0 <= n <= PMU_MSR_BLOCK_SIZE:  # the architectural MSRs of each kind
                 raise ValueError(f"{n} {what} counters: the model has at most {PMU_MSR_BLOCK_SIZE}")
-        if self.fixed_counters and self.version < 2 or self.gp_counters and not self.version:
+        if (self.fixed_counters and self.version < 2) or (self.gp_counters and not self.version):
             raise ValueError("GP counters exist from PMU version 1, fixed counters from 2")
         for what, n, w in (("GP", self.gp_counters, self.gp_width),
                            ("fixed", self.fixed_counters, self.fixed_width)):
@@ -125,7 +125,7 @@ class PmuDescription:
 
 
 class ArchPerfmon:
-    """The architectural PMU of one vCPU (module doc: P1..P4, Counting)."""
+    """The architectural PMU of one vCPU (module doc: P1..P5, Counting)."""
 
     def __init__(self, desc: PmuDescription, lbr: ArchLbrVcpu | None = None):
         self.desc = desc
