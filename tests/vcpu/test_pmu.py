@@ -262,14 +262,18 @@ def reference_count(retires, counts_at) -> int:
     return sum(n for n, cpl in retires if counts_at(cpl))
 
 
-def program(p: ArchPerfmon, gp, fixed, global_ctrl) -> None:
+def program(p: ArchPerfmon, gp, fixed, global_ctrl, pmi: int = 0, host: bool = False) -> None:
+    """Event selects, starts (A_PMCx, or host-initiated IA32_PMCx), fixed fields, GLOBAL_CTRL;
+    `pmi`: GLOBAL_CTRL-style bits of the counters that get INT / the PMI bit."""
     for i, (event, en, usr, os_, start) in enumerate(gp):
-        flags = (EVTSEL_EN if en else 0, EVTSEL_USR if usr else 0, EVTSEL_OS if os_ else 0)
+        flags = [EVTSEL_EN * en, EVTSEL_USR * usr, EVTSEL_OS * os_, EVTSEL_INT * (pmi >> i & 1)]
         p.wrmsr(IA32_PERFEVTSEL_BASE + i, evtsel(event, *flags))
-        p.wrmsr(IA32_A_PMC_BASE + i, start)
+        p.wrmsr((IA32_PMC_BASE if host else IA32_A_PMC_BASE) + i, start, host_initiated=host)
+    ctrl = 0
     for j, (en, start) in enumerate(fixed):
         p.wrmsr(IA32_FIXED_CTR_BASE + j, start)
-    p.wrmsr(IA32_FIXED_CTR_CTRL, sum(en << 4 * j for j, (en, _) in enumerate(fixed)))
+        ctrl |= (en | (FIXED_ALL_PMI & 8 if pmi >> (32 + j) & 1 else 0)) << 4 * j
+    p.wrmsr(IA32_FIXED_CTR_CTRL, ctrl)
     p.wrmsr(IA32_PERF_GLOBAL_CTRL, global_ctrl)
 
 
@@ -542,3 +546,52 @@ def test_linux_accepts_the_default_leaf():
     pm = PerfMon.decode(PmuDescription().to_leaf())
     assert pm.version >= 2 and pm.gp_counters > 1 and pm.ebx_length >= 7
     assert pm.events_unavailable == 0 and pm.fixed_counters == 3 and pm.gp_width == pm.fixed_width
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(GP_SETUP, min_size=4, max_size=4),
+       st.lists(st.tuples(st.integers(0, 3), STARTS), min_size=3, max_size=3),
+       st.integers(0, counter_bits(4, 3)).map(lambda v: v & counter_bits(4, 3)), RETIRES, RETIRES,
+       st.booleans())
+def test_save_restore_round_trip(gp, fixed, global_ctrl, before, after, freeze):
+    # KVM pmu_intel.c: host-initiated IA32_PMCx writes are full width, so a migrated PMU
+    # continues exactly where the source stopped
+    import json
+    src = pmu(full_width_writes=True)
+    program(src, gp, fixed, global_ctrl, pmi=counter_bits(4, 3))
+    src.freeze_perfmon_on_pmi = freeze
+    for n, cpl in before:
+        src.retire(n, cpl)
+    dst = pmu(full_width_writes=True)
+    dst.restore(json.loads(json.dumps(src.save())))
+    assert visible(dst) == visible(src)
+    for n, cpl in after:
+        for p in (src, dst):
+            p.retire(n, cpl)
+        assert dst.instructions_until_overflow(cpl) == src.instructions_until_overflow(cpl)
+    assert visible(dst) == visible(src)
+
+
+PMU_MSRS = [b + i for b in (IA32_PMC_BASE, IA32_PERFEVTSEL_BASE, IA32_A_PMC_BASE,
+                            IA32_FIXED_CTR_BASE) for i in range(8)] + list(range(0x38D, 0x393))
+
+
+def visible(p: ArchPerfmon) -> dict:
+    """Every PMU MSR the guest can read, and the hidden PMI and freeze state."""
+    seen = {"pmi": p.pmi_pending, "freeze": p.freeze_perfmon_on_pmi}
+    for msr in PMU_MSRS:
+        try:
+            seen[msr] = p.rdmsr(msr)
+        except GeneralProtection:
+            pass
+    return seen
+
+
+def test_restore_keeps_a_pending_pmi_and_a_frozen_pmu():
+    src = armed(start_gap=1)
+    src.freeze_perfmon_on_pmi = True
+    src.retire(1, 0)
+    dst = pmu(full_width_writes=True)
+    dst.restore(src.save())
+    assert visible(dst) == visible(src) and dst.pmi_pending
+    assert dst.rdmsr(IA32_PERF_GLOBAL_STATUS) == 1 | GLOBAL_STATUS_CTR_FRZ

@@ -7,8 +7,9 @@ MSRs (#GP = GeneralProtection):
 - P1 IA32_PMCx / IA32_PERFEVTSELx exist for x < the GP counter count, IA32_FIXED_CTRx for
   x < the fixed count (fixed counters from Version 2); IA32_A_PMCx only with full-width
   writes (`full_width_writes`, PERF_CAPABILITIES.FW_WRITE). Others of these blocks #GP.
-- P2 a legacy write to IA32_PMCx stores EAX[31:0] sign-extended (SDM "Full-Width Writes");
-  an IA32_A_PMCx or IA32_FIXED_CTRx write with bits beyond the width #GPs; reads are the
+- P2 a guest's legacy write to IA32_PMCx stores EAX[31:0] sign-extended (SDM "Full-Width
+  Writes"; a host-initiated one is a full-width write, as in KVM's pmu_intel.c); an
+  IA32_A_PMCx or IA32_FIXED_CTRx write with bits beyond the width #GPs; reads are the
   counter, masked to its width.
 - P3 reserved bits #GP: IA32_PERFEVTSELx 63:32 and AnyThread (21) before Version 3;
   IA32_FIXED_CTR_CTRL fields of absent counters, AnyThread before Version 3;
@@ -262,6 +263,30 @@ class ArchPerfmon:
         """The IA32_PERF_CAPABILITIES bits this PMU contributes (FW_WRITE or 0)."""
         return PERF_CAP_FW_WRITE if self.desc.full_width_writes else 0
 
+    # -- migration -----------------------------------------------------------------------
+
+    def msr_list(self) -> list[int]:
+        """Every MSR save() covers, in restore order (GLOBAL_STATUS last: it may freeze)."""
+        d = self.desc
+        msrs = [IA32_PERFEVTSEL_BASE + i for i in range(d.gp_counters)]
+        msrs += [IA32_PMC_BASE + i for i in range(d.gp_counters)]
+        msrs += [IA32_FIXED_CTR_BASE + j for j in range(d.fixed_counters)]
+        if d.version >= 2:
+            msrs += [IA32_FIXED_CTR_CTRL, IA32_PERF_GLOBAL_CTRL, IA32_PERF_GLOBAL_STATUS]
+        return msrs
+
+    def save(self) -> dict:
+        """Every guest-visible MSR (host-initiated reads), DEBUGCTL bit 12 and a pending PMI."""
+        return {"msrs": [[msr, self.rdmsr(msr, host_initiated=True)] for msr in self.msr_list()],
+                "freeze_perfmon_on_pmi": self._freeze_perfmon, "pmi_pending": self._pmi}
+
+    def restore(self, saved: dict) -> None:
+        """Host-initiated writes of a save() (also after a JSON round trip)."""
+        for msr, value in saved["msrs"]:
+            self.wrmsr(int(msr, 0) if isinstance(msr, str) else msr, value, host_initiated=True)
+        self.freeze_perfmon_on_pmi = bool(saved.get("freeze_perfmon_on_pmi"))
+        self._pmi = bool(saved.get("pmi_pending"))
+
     # -- RDPMC ---------------------------------------------------------------------------
 
     def rdpmc(self, ecx: int, cpl: int = 0, pce: bool = False) -> int:
@@ -295,7 +320,7 @@ class ArchPerfmon:
         check_u64(value, msr_name(msr))
         kind, index = self._locate(msr)
         if kind == "counter":
-            self._write_counter(msr, index, value)
+            self._write_counter(msr, index, value, host_initiated)
             return
         if kind == "evtsel":
             self._check_reserved(msr, value, evtsel_valid(self.desc.version))
@@ -323,8 +348,9 @@ class ArchPerfmon:
             return "evtsel", index
         return "counter", index + (d.gp_counters if base == IA32_FIXED_CTR_BASE else 0)
 
-    def _write_counter(self, msr: int, slot: int, value: int) -> None:
-        if IA32_PMC_BASE <= msr < IA32_PMC_BASE + PMU_MSR_BLOCK_SIZE:
+    def _write_counter(self, msr: int, slot: int, value: int, host_initiated: bool) -> None:
+        legacy = IA32_PMC_BASE <= msr < IA32_PMC_BASE + PMU_MSR_BLOCK_SIZE
+        if legacy and not host_initiated:  # the VMM writes whole values (KVM pmu_intel.c)
             low = value & 0xFFFF_FFFF  # legacy: EAX sign-extended (SDM "Full-Width Writes")
             value = low - (1 << 32) if low & _SIGN32 else low
             self._values[slot] = value & self._masks[slot]
