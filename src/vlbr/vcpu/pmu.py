@@ -47,8 +47,9 @@ from dataclasses import dataclass
 
 from vlbr.arch.cpuid import Registers
 from vlbr.arch.leaves import PerfMon
-from vlbr.arch.msrs import (DEBUGCTL_FREEZE_PERFMON_ON_PMI, GLOBAL_STATUS_LBR_FRZ, IA32_A_PMC_BASE, IA32_FIXED_CTR_BASE,
-                            IA32_FIXED_CTR_CTRL, IA32_PERF_GLOBAL_CTRL, IA32_PERF_GLOBAL_INUSE,
+from vlbr.arch.msrs import (DEBUGCTL_FREEZE_PERFMON_ON_PMI, GLOBAL_STATUS_LBR_FRZ,
+                            IA32_A_PMC_BASE, IA32_FIXED_CTR_BASE, IA32_FIXED_CTR_CTRL,
+                            IA32_PERF_GLOBAL_CTRL, IA32_PERF_GLOBAL_INUSE,
                             IA32_PERF_GLOBAL_STATUS, IA32_PERF_GLOBAL_STATUS_RESET,
                             IA32_PERF_GLOBAL_STATUS_SET, IA32_PERFEVTSEL_BASE, IA32_PMC_BASE,
                             PERF_CAP_FW_WRITE, PMU_MSR_BLOCK_SIZE, msr_name)
@@ -56,8 +57,7 @@ from vlbr.arch.perfmon import (ARCH_EVENTS, EVENT_UNAVAILABLE_BIT, EVTSEL_CMASK_
                                EVTSEL_EDGE, EVTSEL_EN, EVTSEL_INT, EVTSEL_INV, EVTSEL_OS,
                                EVTSEL_USR, FIXED_EN_OS, FIXED_EN_USR, FIXED_EVENTS, FIXED_PMI,
                                GLOBAL_FIXED_SHIFT, GLOBAL_INUSE_PMI, GLOBAL_STATUS_CTR_FRZ,
-                               RDPMC_FIXED, RDPMC_INDEX_MASK,
-                               counter_bits, evtsel_event, evtsel_valid, fixed_ctrl_valid,
+                               RDPMC_FIXED, RDPMC_INDEX_MASK, counter_bits, evtsel_event, evtsel_valid, fixed_ctrl_valid,
                                fixed_field, status_reset_valid, status_set_valid)
 
 from .faults import GeneralProtection, NotOwnedMsr
@@ -167,20 +167,25 @@ class ArchPerfmon:
             sel = self._evtsel[slot]
             counts = bool(sel & EVTSEL_EN) and self._gp_event_counted(sel)
             pmi = bool(sel & EVTSEL_INT)
-            return (counts and bool(sel & EVTSEL_OS), pmi), (counts and bool(sel & EVTSEL_USR), pmi)
-        field = fixed_field(self._fixed_ctrl, slot - n)
-        counts = slot - n < len(FIXED_EVENTS)
-        pmi = bool(field & FIXED_PMI)
-        return (counts and bool(field & FIXED_EN_OS), pmi), (counts and bool(field & FIXED_EN_USR), pmi)
+            os_, usr = bool(sel & EVTSEL_OS), bool(sel & EVTSEL_USR)
+        else:
+            field = fixed_field(self._fixed_ctrl, slot - n)
+            counts = slot - n < len(FIXED_EVENTS)
+            pmi = bool(field & FIXED_PMI)
+            os_, usr = bool(field & FIXED_EN_OS), bool(field & FIXED_EN_USR)
+        return (counts and os_, pmi), (counts and usr, pmi)
 
     def _globally_enabled(self, slot: int) -> bool:
         if self.desc.version < 2:
             return True
-        return bool(self._global_ctrl & self._bits[slot]) and not self._status & GLOBAL_STATUS_CTR_FRZ
+        frozen = self._status & GLOBAL_STATUS_CTR_FRZ
+        return bool(self._global_ctrl & self._bits[slot]) and not frozen
 
     def _gp_event_counted(self, sel: int) -> bool:
         bit = EVENT_UNAVAILABLE_BIT.get(evtsel_event(sel))
-        return bit is not None and not self.desc.unavailable_events >> bit & 1 and not sel & _NOT_COUNTED
+        if bit is None or self.desc.unavailable_events >> bit & 1:
+            return False
+        return not sel & _NOT_COUNTED
 
     # -- counting and overflow ------------------------------------------------------------
 
@@ -386,7 +391,8 @@ class ArchPerfmon:
             self._check_reserved(msr, value, self._reset_valid)
             self._set_status(self.global_status & ~value)
         elif msr == IA32_PERF_GLOBAL_STATUS_SET:
-            self._check_reserved(msr, value, status_set_valid(d.version, d.gp_counters, d.fixed_counters))
+            valid = status_set_valid(d.version, d.gp_counters, d.fixed_counters)
+            self._check_reserved(msr, value, valid)
             self._set_status(self.global_status | value)
         elif msr == IA32_PERF_GLOBAL_STATUS and host_initiated:
             self._check_reserved(msr, value, self._reset_valid)
