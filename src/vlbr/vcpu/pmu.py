@@ -62,7 +62,7 @@ from vlbr.arch.perfmon import (ARCH_EVENTS, EVENT_UNAVAILABLE_BIT, EVTSEL_CMASK_
 
 from .faults import GeneralProtection, NotOwnedMsr
 from .lbr import ArchLbrVcpu
-from .state import check_u64
+from .state import check_u64, read_msrs, write_msrs
 
 __all__ = ["ArchPerfmon", "PmuDescription"]
 
@@ -282,13 +282,12 @@ class ArchPerfmon:
 
     def save(self) -> dict:
         """Every guest-visible MSR (host-initiated reads), DEBUGCTL bit 12 and a pending PMI."""
-        return {"msrs": [[msr, self.rdmsr(msr, host_initiated=True)] for msr in self.msr_list()],
+        return {"msrs": read_msrs(self, self.msr_list()),
                 "freeze_perfmon_on_pmi": self._freeze_perfmon, "pmi_pending": self._pmi}
 
     def restore(self, saved: dict) -> None:
         """Host-initiated writes of a save() (also after a JSON round trip)."""
-        for msr, value in saved["msrs"]:
-            self.wrmsr(int(msr, 0) if isinstance(msr, str) else msr, value, host_initiated=True)
+        write_msrs(self, saved["msrs"])
         self.freeze_perfmon_on_pmi = bool(saved.get("freeze_perfmon_on_pmi"))
         self._pmi = bool(saved.get("pmi_pending"))
 
