@@ -1,4 +1,5 @@
-"""Arch LBR MSR addresses and the codecs of their bit fields."""
+"""Arch LBR and architectural PMU MSR addresses, and the codecs of the LBR bit fields
+(the PMU's fields are in arch/perfmon.py)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,25 @@ IA32_XSS = 0xDA0
 IA32_DEBUGCTL = 0x1D9
 IA32_PERF_CAPABILITIES = 0x345
 IA32_PERF_GLOBAL_STATUS = 0x38E
-IA32_PERF_GLOBAL_STATUS_RESET = 0x390  # writing 1s clears GLOBAL_STATUS bits (PMU v4+)
+IA32_PERF_GLOBAL_STATUS_RESET = 0x390  # writing 1s clears GLOBAL_STATUS bits (OVF_CTRL before v4)
+# Architectural performance monitoring (SDM Vol. 4 table 2-2; Vol. 3B "Performance Monitoring").
+IA32_PMC_BASE = 0xC1  # IA32_PMCx: legacy 32-bit writes, sign-extended
+IA32_PERFEVTSEL_BASE = 0x186
+IA32_A_PMC_BASE = 0x4C1  # full-width writes (PERF_CAPABILITIES.FW_WRITE)
+IA32_FIXED_CTR_BASE = 0x309
+IA32_FIXED_CTR_CTRL = 0x38D
+IA32_PERF_GLOBAL_CTRL = 0x38F
+IA32_PERF_GLOBAL_STATUS_SET = 0x391  # PMU v4+
+IA32_PERF_GLOBAL_INUSE = 0x392  # PMU v4+
 
 LBR_RECORD_MSRS = 64  # FROM/TO/INFO x for x in 0..63
 DEBUGCTL_LBR = 1 << 0  # legacy LBR enable: reads 0 with Arch LBR
 DEBUGCTL_FREEZE_LBRS_ON_PMI = 1 << 11
+DEBUGCTL_FREEZE_PERFMON_ON_PMI = 1 << 12
 GLOBAL_STATUS_LBR_FRZ = 1 << 58
 PERF_CAP_LBR_FMT_ARCH = 0x3F
 PERF_CAP_LBR_FMT_MASK = 0x3F
+PERF_CAP_FW_WRITE = 1 << 13  # IA32_A_PMCx exist
 
 
 class RecordKind(enum.Enum):
@@ -149,11 +161,21 @@ MSR_NAMES = {
     IA32_PERF_CAPABILITIES: "IA32_PERF_CAPABILITIES",
     IA32_PERF_GLOBAL_STATUS: "IA32_PERF_GLOBAL_STATUS",
     IA32_PERF_GLOBAL_STATUS_RESET: "IA32_PERF_GLOBAL_STATUS_RESET",
+    IA32_FIXED_CTR_CTRL: "IA32_FIXED_CTR_CTRL", IA32_PERF_GLOBAL_CTRL: "IA32_PERF_GLOBAL_CTRL",
+    IA32_PERF_GLOBAL_STATUS_SET: "IA32_PERF_GLOBAL_STATUS_SET",
+    IA32_PERF_GLOBAL_INUSE: "IA32_PERF_GLOBAL_INUSE",
 }
+# Numbered PMU MSRs (base, name): 8 of each, the architectural MSRs of SDM Vol. 4 table 2-2.
+PMU_MSR_BLOCKS = ((IA32_PMC_BASE, "IA32_PMC"), (IA32_PERFEVTSEL_BASE, "IA32_PERFEVTSEL"),
+                  (IA32_A_PMC_BASE, "IA32_A_PMC"), (IA32_FIXED_CTR_BASE, "IA32_FIXED_CTR"))
+PMU_MSR_BLOCK_SIZE = 8
 
 
 def msr_name(msr: int) -> str:
     rec = decode_record_msr(msr)
     if rec is not None:
         return f"IA32_LBR_{rec[1]}_{rec[0].name}" + ("_IP" if rec[0] is not RecordKind.INFO else "")
+    for base, name in PMU_MSR_BLOCKS:
+        if base <= msr < base + PMU_MSR_BLOCK_SIZE and msr not in MSR_NAMES:
+            return f"{name}{msr - base}"
     return MSR_NAMES.get(msr, f"MSR {msr:#x}")

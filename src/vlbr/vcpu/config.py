@@ -9,6 +9,7 @@ from vlbr.arch.cpuid import CpuidTable, Registers
 from vlbr.arch.leaves import (arch_lbr_leaf, perfmon, structured_features, xsave_component,
                               xsave_extended)
 from vlbr.arch.msrs import LBR_CTL_BRANCH_BITS, PERF_CAP_LBR_FMT_ARCH, LbrCtl
+from vlbr.arch.perfmon import status_reset_valid
 from vlbr.arch.x86 import XFEATURES_LEGACY
 from vlbr.arch.xsave import (ARCH_LBR_COMPONENT, XSS_ARCH_LBR, XsaveLayout, arch_lbr_depth_for_size,
                              arch_lbr_state_size)
@@ -122,15 +123,8 @@ class LbrConfig:
 
     @property
     def global_status_valid(self) -> int:
-        """IA32_PERF_GLOBAL_STATUS_RESET (0x390) bits a write may set (KVM's
-        global_ovf_ctrl_rsvd complement): counter overflow bits, and with PMU v4
-        LBR_FRZ (58), CTR_FRZ (59), ASCI (60), OvfUncore (61), OvfBuf (62), CondChgd (63)."""
-        mask = (1 << self.pmu_gp_counters) - 1
-        mask |= ((1 << self.pmu_fixed_counters) - 1) << 32
-        mask |= 1 << 62 | 1 << 63  # OvfBuf, CondChgd exist from v2
-        if self.pmu_version >= 4:
-            mask |= 1 << 58 | 1 << 59 | 1 << 60 | 1 << 61
-        return mask
+        """IA32_PERF_GLOBAL_STATUS_RESET (0x390) bits a write may set (arch.perfmon)."""
+        return status_reset_valid(self.pmu_version, self.pmu_gp_counters, self.pmu_fixed_counters)
 
     def describe(self) -> str:
         if not self.arch_lbr:

@@ -72,7 +72,7 @@ from . import xsaves as _xs
 from .config import LbrConfig
 from .faults import GeneralProtection, InvalidOpcode, NotOwnedMsr, VcpuStateError
 from .state import (MASK64, ZERO_RECORD, LbrState, check_depth, check_info, check_ip,
-                    check_lbr_ctl, check_u64)
+                    check_lbr_ctl, check_u64, read_msrs, write_msrs)
 
 __all__ = ["ArchLbrVcpu", "Branch", "FilterState", "GeneralProtection", "InvalidOpcode",
            "NotOwnedMsr", "VcpuStateError"]
@@ -186,6 +186,12 @@ class ArchLbrVcpu:
     @property
     def frozen(self) -> bool:
         return bool(self._global_status & GLOBAL_STATUS_LBR_FRZ)
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        """LBR_FRZ as a PMU's STATUS_SET / STATUS_RESET bit 58 writes it (vcpu.pmu)."""
+        self._global_status = GLOBAL_STATUS_LBR_FRZ if value else 0
+        self._update()
 
     @property
     def in_smm(self) -> bool:
@@ -501,14 +507,12 @@ class ArchLbrVcpu:
 
     def save(self) -> dict:
         """Every guest-visible MSR (host-initiated reads) plus the hidden SMM/cycle state."""
-        return {"msrs": [[msr, self.rdmsr(msr, host_initiated=True)] for msr in self.msr_list()],
-                "smm_lbren": self._smm_lbren, "cycles": self._cyc}
+        return {"msrs": read_msrs(self, self.msr_list()), "smm_lbren": self._smm_lbren,
+                "cycles": self._cyc}
 
     def restore(self, saved: dict) -> None:
         """Host-initiated writes of a save() (also after a JSON round trip)."""
-        for msr, value in saved["msrs"]:
-            msr = int(msr, 0) if isinstance(msr, str) else msr
-            self.wrmsr(msr, value, host_initiated=True)
+        write_msrs(self, saved["msrs"])
         self._smm_lbren = saved.get("smm_lbren")
         self._cyc = int(saved.get("cycles", 0))
 

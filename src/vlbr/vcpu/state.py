@@ -89,3 +89,16 @@ def check_record(config: LbrConfig, rec: tuple[int, int, int], what: str) -> Non
     check_ip(config, rec[0], f"{what} FROM")
     check_ip(config, rec[1], f"{what} TO")
     check_info(rec[2], f"{what} INFO")
+
+
+# -- save() / restore() of any vCPU model with host-initiated rdmsr/wrmsr ------------------
+
+def read_msrs(model, msrs: list[int]) -> list[list[int]]:
+    """[msr, value] pairs of host-initiated reads, as a save() stores them."""
+    return [[msr, model.rdmsr(msr, host_initiated=True)] for msr in msrs]
+
+
+def write_msrs(model, pairs) -> None:
+    """Host-initiated writes of saved pairs (an MSR may be a string after a JSON trip)."""
+    for msr, value in pairs:
+        model.wrmsr(int(msr, 0) if isinstance(msr, str) else msr, value, host_initiated=True)
