@@ -35,7 +35,8 @@ PTE_ADDRESS = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 of an entry
 
 # CR0 / CR4 (SDM 2.5).
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
-CR4_TSD, CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE = 1 << 2, 1 << 5, 1 << 9, 1 << 10, 1 << 18
+CR4_TSD, CR4_PAE, CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE = (1 << 2, 1 << 5, 1 << 8, 1 << 9,
+                                                                 1 << 10, 1 << 18)
 
 # IA32_EFER and the SYSCALL/SYSRET MSRs (SDM vol. 4, SDM vol. 2B SYSCALL).
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK = (0xC000_0080, 0xC000_0081, 0xC000_0082,

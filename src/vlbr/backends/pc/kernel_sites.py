@@ -1,6 +1,6 @@
 """Where in a vmlinux the instructions vlbr performs for the guest can start: RDMSR, WRMSR
-(routed to vlbr's MSR models), RDTSC, RDTSCP (virtual time) and XSETBV (vlbr tracks XCR0,
-which unicorn cannot read back). unicorn cannot hook them,
+(routed to vlbr's MSR models), RDTSC, RDTSCP (virtual time), RDPMC (vlbr's PMU), XSETBV (vlbr
+tracks XCR0, which unicorn cannot read back), IRET and SYSRET (CPL changes). unicorn cannot hook them,
 so the machine traps these addresses. Linux patches its text at boot (alternatives), so the
 replacements in .altinstructions count at the sites they may be copied to
 (arch/x86/include/asm/alternative.h struct alt_instr; arch/x86/kernel/alternative.c)."""
@@ -13,8 +13,9 @@ import struct
 from vlbr.backends.software.codewatch import candidate_starts, pattern_offsets
 
 RDMSR, WRMSR, RDTSC, RDTSCP = b"\x0f\x32", b"\x0f\x30", b"\x0f\x31", b"\x0f\x01\xf9"
-XSETBV = b"\x0f\x01\xd1"
-TRAPPED = (RDMSR, WRMSR, RDTSC, RDTSCP, XSETBV)
+XSETBV, RDPMC = b"\x0f\x01\xd1", b"\x0f\x33"
+IRET, SYSRET = b"\xcf", b"\x0f\x07"  # CPL changes QEMU performs: the PMU counts per CPL
+TRAPPED = (RDMSR, WRMSR, RDTSC, RDTSCP, XSETBV, RDPMC, IRET, SYSRET)
 SHF_EXECINSTR = 0x4
 ALT_INSTR = struct.Struct("<iiHBB")  # instr_offset, repl_offset, cpuid, instrlen, replacementlen
 

@@ -20,12 +20,13 @@ from unicorn import x86_const as X
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
-from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_TSD, MSR_EFER, RFLAGS_IF, VECTOR_DB, VECTOR_GP,
+from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_PCE, CR4_TSD, MSR_EFER, RFLAGS_IF, VECTOR_DB, VECTOR_GP,
                            VECTOR_PF, VECTOR_UD,
                            VECTORS_WITH_ERROR_CODE, XFEATURE_X87)
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.policy.supported import XSAVES
-from vlbr.vcpu import ArchLbrVcpu, GeneralProtection, LbrConfig
+from vlbr.vcpu import GeneralProtection
+from vlbr.vcpu.perfmon_msrs import PerfmonMsrs
 from vlbr.backends.base import CONSOLE_LIMIT, StopReason
 from vlbr.backends.software.fpu import uc_xrstors, uc_xsaves
 from vlbr.backends.software.interrupts import DeliveryFailed, InterruptDelivery
@@ -50,6 +51,8 @@ INSTRUCTIONS_PER_SECOND = 1_000_000_000  # virtual time: one instruction is one 
 INTERRUPT_POLL = 1000  # instructions between looks at a pending interrupt while IF is clear
 PIT_IRQ = 0
 PAGE, MAX_INSN = 0x1000, 15
+RUN_BY_QEMU = frozenset([Mnemonic.XSETBV, Mnemonic.IRET, Mnemonic.IRETD, Mnemonic.IRETQ,
+                         Mnemonic.SYSRETQ, Mnemonic.SYSRET])
 XSTATE_MNEMONICS = frozenset([Mnemonic.XSAVES, Mnemonic.XSAVES64, Mnemonic.XRSTORS,
                               Mnemonic.XRSTORS64])
 _GPRS_ABCD = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
@@ -114,8 +117,11 @@ class PcMachine:
         self.event: tuple | None = None
         self.clock = InstructionClock(uc, native_clock,
                                       trap_sites(plan.kernel) if plan.kernel else set())
-        self.lbr = ArchLbrVcpu(LbrConfig.from_cpuid(self.cpuid))
-        self.msrs = PcMsrs(uc, self.lbr, lambda: self.clock.now)
+        self.perfmon = PerfmonMsrs.from_cpuid(self.cpuid)
+        self.lbr, self.pmu = self.perfmon.lbr, self.perfmon.pmu
+        self.msrs = PcMsrs(uc, self.perfmon, lambda: self.clock.now)
+        self._counted = 0  # virtual time the PMU has been told about
+        self._one_instruction = False  # the next slice runs one instruction (a CPL change)
         self.xcr0 = XFEATURE_X87
         self.pic = pic_ports.DualPic()
         self.pit = pit_ports.Pit()
@@ -233,16 +239,21 @@ class PcMachine:
         # an emu_stop leaves QEMU's old_exception set, and the next #PF becomes a silent
         # triple fault (emu_start returns at once, no hook called).
         self.privilege.exception_delivered()
-        self.clock.arm(min(self._deadline(), self.clock.now + SLICE))
+        cpl = self._cpl()
+        budget = 1 if self._one_instruction else SLICE
+        self._one_instruction = False
+        self.clock.arm(min(self._deadline(cpl), self.clock.now + budget))
         try:
             self.uc.emu_start(rip, -1)  # no timeout: unicorn would start a thread per call
         except UcError as err:
+            self._count(cpl)
             self._update_timers()
             if err.errno == UC_ERR_INSN_INVALID:
                 self._invalid(self.uc.reg_read(X.UC_X86_REG_RIP))
             else:
                 self._stop(StopReason.ERROR, f"unicorn: {err} at {rip:#x}")
             return
+        self._count(cpl)
         self._update_timers()
         if self.event is not None:
             self._handle(self.event)
@@ -269,7 +280,7 @@ class PcMachine:
         except GeneralProtection:
             self._deliver(VECTOR_GP, address, 0)
             return
-        if insn.mnemonic != Mnemonic.XSETBV:
+        if insn.mnemonic not in RUN_BY_QEMU:
             self.uc.reg_write(X.UC_X86_REG_RIP, insn.next_ip)
             self.clock.advance(1)
 
@@ -287,7 +298,10 @@ class PcMachine:
     def _trapped(self) -> dict:
         return {Mnemonic.RDMSR: self._rdmsr, Mnemonic.WRMSR: self._wrmsr,
                 Mnemonic.RDTSC: self._rdtsc, Mnemonic.RDTSCP: self._rdtsc,
-                Mnemonic.XSETBV: self._xsetbv}
+                Mnemonic.RDPMC: self._rdpmc, Mnemonic.XSETBV: self._xsetbv,
+                Mnemonic.IRET: self._privilege_return, Mnemonic.IRETD: self._privilege_return,
+                Mnemonic.IRETQ: self._privilege_return, Mnemonic.SYSRETQ: self._privilege_return,
+                Mnemonic.SYSRET: self._privilege_return}
 
     def _cpl0(self, what: str) -> None:
         if self.uc.reg_read(X.UC_X86_REG_CS) & 3:
@@ -316,6 +330,17 @@ class PcMachine:
         if insn.mnemonic == Mnemonic.RDTSCP:
             self.uc.reg_write(X.UC_X86_REG_RCX, 0)  # IA32_TSC_AUX: the only CPU is 0
 
+    def _rdpmc(self, insn) -> None:
+        pce = bool(self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_PCE)
+        self._set_edx_eax(self.pmu.rdpmc(self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF,
+                                         self._cpl(), pce))
+
+    def _privilege_return(self, insn) -> None:
+        """IRET/SYSRET may change CPL: the slice ended before it, the next one is just the
+        instruction (QEMU performs it), so every slice runs at one CPL."""
+        self.clock.run_through(insn.ip)
+        self._one_instruction = True
+
     def _xsetbv(self, insn) -> None:
         """Note XCR0 (unicorn cannot read it back) and let QEMU perform XSETBV."""
         value = self._edx_eax()
@@ -333,6 +358,9 @@ class PcMachine:
             return
         if insn.mnemonic in XSTATE_MNEMONICS:
             self._xstate(insn)
+        elif insn.mnemonic == Mnemonic.RDPMC:  # QEMU's TCG has no RDPMC: #UD
+            self.clock.advance(1)
+            self._trap(rip)
         elif insn.mnemonic == Mnemonic.INT1:
             self._deliver(VECTOR_DB, insn.next_ip, None)
         else:
@@ -383,10 +411,21 @@ class PcMachine:
     def _has_xsaves(self) -> bool:
         return bool(self.cpuid.regs(0xD, 1).eax & XSAVES)
 
-    def _deadline(self) -> int:
+    def _cpl(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    def _count(self, cpl: int) -> None:
+        """Tell the PMU what retired since it last heard: a slice runs at one CPL (every CPL
+        change is vlbr's delivery or a trapped IRET/SYSRET, so it ends a slice)."""
+        self.pmu.retire(self.clock.now - self._counted, cpl)
+        self._counted = self.clock.now
+
+    def _deadline(self, cpl: int) -> int:
         if self.pic.pending():
             return self.clock.now + INTERRUPT_POLL  # until IF is set
-        return self._next_timer()
+        overflow = self.pmu.instructions_until_overflow(cpl)
+        timer = self._next_timer()
+        return timer if overflow is None else min(timer, self.clock.now + overflow)
 
     def _interrupts_enabled(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF)
@@ -410,6 +449,7 @@ class PcMachine:
                 self._stop(StopReason.HALTED, "HLT with no timer armed to wake the CPU")
                 return
             self.clock.advance(wake - self.clock.now)
+            self._counted = self.clock.now  # halted: the counted events are unhalted ones
             self._update_timers()
         self._interrupt()
 

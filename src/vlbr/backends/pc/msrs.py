@@ -1,5 +1,5 @@
-"""The MSRs of the PC machine's vCPU, by owner: the Arch LBR model (and the PMU model, when
-given), virtual time (IA32_TSC), the registers QEMU keeps because unicorn needs them (EFER,
+"""The MSRs of the PC machine's vCPU, by owner: the Arch LBR and PMU models (PerfmonMsrs),
+virtual time (IA32_TSC), the registers QEMU keeps because unicorn needs them (EFER,
 the SYSCALL and segment-base MSRs, PAT), and a few plain registers Linux reads on an Intel
 part. Any other MSR #GPs, as on a CPU without it (QEMU itself would read 0)."""
 
@@ -10,7 +10,8 @@ from typing import Callable
 from unicorn import Uc
 
 from vlbr.backends.software.backend import QEMU_MSRS
-from vlbr.vcpu import ArchLbrVcpu, GeneralProtection
+from vlbr.vcpu import GeneralProtection
+from vlbr.vcpu.perfmon_msrs import PerfmonMsrs
 
 IA32_TSC = 0x10
 IA32_BIOS_SIGN_ID = 0x8B  # the microcode revision: Linux writes 0, runs CPUID, reads it
@@ -22,18 +23,14 @@ PLAIN_RESET = {IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRINGS, IA32_BIOS_SIGN_ID: 0}
 class PcMsrs:
     """RDMSR/WRMSR of the guest, routed to the model that owns each MSR."""
 
-    def __init__(self, uc: Uc, lbr: ArchLbrVcpu, tsc: Callable[[], int], pmu=None):
-        self.uc, self.lbr, self.pmu, self._tsc = uc, lbr, pmu, tsc
+    def __init__(self, uc: Uc, perfmon: PerfmonMsrs, tsc: Callable[[], int]):
+        self.uc, self.perfmon, self._tsc = uc, perfmon, tsc
         self.tsc_offset = 0
         self.plain = dict(PLAIN_RESET)
         self.faults: list[tuple[str, int]] = []  # (RDMSR|WRMSR, msr) that #GPed, for reports
 
     def _model(self, msr: int):
-        if self.pmu is not None and self.pmu.owns(msr):
-            return self.pmu
-        if self.lbr.owns(msr):
-            return self.lbr
-        return None
+        return self.perfmon if self.perfmon.owns(msr) else None
 
     def read(self, msr: int) -> int:
         model = self._model(msr)
