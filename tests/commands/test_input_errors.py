@@ -164,3 +164,24 @@ def test_line_that_looks_like_cpuid_data_names_the_line(tmp_path, line):
     dump = tmp_path / "dump.txt"
     dump.write_text("CPUID 00000000: 0000001C-756E6547-6C65746E-49656E69\n" + line + "\n")
     assert_one_line_error(vlbr("cpuid", "show", dump), f"{dump}:2:", "CPUID ")
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--kernel", "/nonexistent/bzImage"], "cannot read kernel"),
+    (["--backend", "kvm"], "cannot boot Linux"),
+    (["--depth", "12"], "12"),
+    (["--run", "x.c", "--initrd", "y"], "--initrd"),
+])
+def test_linux_bad_input_is_one_error_line(args, named):
+    done = subprocess.run([VLBR, "linux", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vlbr: error: ") and named in lines[0]
+
+
+def test_linux_run_of_a_program_gcc_rejects(tmp_path):
+    bad = tmp_path / "broken.c"
+    bad.write_text("int main(void) { return }\n")
+    done = subprocess.run([VLBR, "linux", "--run", str(bad)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "broken.c" in done.stderr and "Traceback" not in done.stderr

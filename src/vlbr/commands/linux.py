@@ -63,12 +63,11 @@ def command(kernel_path, initrd_path, cmdline, depth, variant, backend_name, pro
     cpuid = guest_cpuid(variant, depth)
     image = _read(kernel_path, "kernel")
     initrd = _read(initrd_path, "initrd")
+    workload = compile_workload(Path(program)) if program is not None else None
     if image is None:
         from vlbr.guest.debian import debian_kernel
-        click.echo("vlbr: fetching Debian's cloud kernel (cached after the first time)", err=True)
         image = debian_kernel().read_bytes()
     if initrd is None:
-        workload = compile_workload(Path(program)) if program is not None else None
         initrd = default_initrd(workload)
     stream = None if as_json else ConsoleStream()
     result = boot_linux(image, initrd, cmdline or DEFAULT_CMDLINE, timeout, cpuid, stream)

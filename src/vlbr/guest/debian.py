@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from vlbr.errors import VlbrError
@@ -68,6 +69,7 @@ def unpacked(package: str) -> Path:
         return target
     debs = sorted(where.glob(f"{package}_*.deb"))
     if not debs:
+        print(f"vlbr: fetching {package} with apt-get download into {where}", file=sys.stderr)
         _download(package, where)
         debs = sorted(where.glob(f"{package}_*.deb"))
     if not debs:

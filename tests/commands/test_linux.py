@@ -1,0 +1,97 @@
+"""`vlbr linux` through the installed script: Debian's real kernel boots on vlbr's PC machine
+and Linux's own perf driver reports the virtual Arch LBR it was given (issue 11 "Must show").
+The Debian packages come from the cache (apt-get download the first time); the tests skip
+with the reason only where they cannot be fetched."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlbr.guest.debian import PackageUnavailable, debian_busybox, debian_kernel
+
+VLBR = str(Path(sys.executable).parent / "vlbr")
+PERF_COUNT = Path(__file__).resolve().parents[1] / "backends" / "pc" / "programs" / "perf_count.c"
+LOOP_ITERATIONS = 100_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def debian_packages():
+    try:
+        debian_kernel(), debian_busybox()
+    except PackageUnavailable as err:
+        pytest.skip(f"Debian's kernel or busybox-static cannot be fetched here: {err}")
+
+
+def vlbr_linux(*args: str, timeout: float = 400) -> tuple[int, dict, str]:
+    done = subprocess.run([VLBR, "linux", "--json", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    document = json.loads(done.stdout) if done.stdout.strip() else {}
+    return done.returncode, document, done.stderr
+
+
+def counted_instructions(console: str) -> int | None:
+    found = re.search(r"^instructions: (\d+) for", console, re.M)
+    return int(found.group(1)) if found else None
+
+
+@pytest.fixture(scope="module")
+def vlbr_run():
+    return vlbr_linux("--run", str(PERF_COUNT))
+
+
+@pytest.fixture(scope="module")
+def mainline_run():
+    return vlbr_linux("--variant", "mainline", "--run", str(PERF_COUNT))
+
+
+def test_the_json_document_and_the_exit_status(vlbr_run):
+    status, doc, stderr = vlbr_run
+    assert status == 0, (doc.get("stop_detail"), stderr, doc.get("console", "")[-2000:])
+    assert doc["exit_status"] == 0 and doc["stop_reason"] == "halted"
+    assert 0 < doc["boot_seconds"] < doc["seconds"]
+    assert doc["instructions"] > 100_000_000
+
+
+def test_linux_takes_the_default_depth_through_its_xsaves_path(vlbr_run):
+    console = vlbr_run[1]["console"]
+    # arch/x86/events/intel/lbr.c intel_pmu_arch_lbr_init() and core.c intel_pmu_init().
+    assert "Performance Events: XSAVE Architectural LBR, " in console
+    assert "32-deep LBR" in console and "Intel PMU driver." in console
+
+
+def test_perf_event_open_counts_the_loops_user_instructions(vlbr_run):
+    count = counted_instructions(vlbr_run[1]["console"])
+    # A volatile counter loop is a handful of instructions per iteration at -O2.
+    assert count is not None and 2 * LOOP_ITERATIONS <= count <= 20 * LOOP_ITERATIONS
+
+
+def test_depth_16_is_what_linux_sees_on_the_streamed_console():
+    done = subprocess.run([VLBR, "linux", "--depth", "16"], capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr
+    # CPUID.(0xD,0xF) = 40 + 24 * 16 keeps the XSAVES path at the smaller depth too.
+    assert "XSAVE Architectural LBR" in done.stdout and "16-deep LBR" in done.stdout
+    assert "\r" not in done.stdout  # the serial line's CR LF became newlines
+    assert done.stderr.strip().splitlines()[-1].startswith("vlbr: halted: ")
+    assert done.stderr.strip().endswith("exit status 0")
+
+
+def test_mainline_gives_no_arch_lbr_and_the_same_counting(vlbr_run, mainline_run):
+    status, doc, _ = mainline_run
+    assert status == 0
+    console = doc["console"]
+    assert "Architectural LBR" not in console and "-deep LBR" not in console
+    assert "Intel PMU driver." in console  # the PMU is not the LBR: counting still works
+    # Counting mode gets what a guest without Arch LBR gets: the same count.
+    assert counted_instructions(console) == counted_instructions(vlbr_run[1]["console"])
+
+
+def test_a_run_that_ends_at_its_time_limit_says_so_and_exits_1():
+    status, doc, _ = vlbr_linux("--timeout", "2")
+    assert status == 1 and doc["stop_reason"] == "timeout" and doc["exit_status"] is None
