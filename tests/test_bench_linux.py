@@ -32,7 +32,7 @@ def lines(capsys) -> list[dict]:
 
 
 def test_both_runners_give_times_a_ratio_and_a_rate(bench, capsys):
-    vlbr = lambda guest, timeout: bench.Boot(8.0, "halted: hlt", 400_000_000, 10.0)
+    vlbr = lambda guest, timeout: bench.Boot(8.0, "halted: hlt", 3.0, 400_000_000, 10.0)
     qemu = lambda guest: bench.Boot(2.0, "killed at the line")
     assert bench.run(bench.parse([]), fake_guest(bench), vlbr, qemu) == 0
     out = lines(capsys)
@@ -42,12 +42,13 @@ def test_both_runners_give_times_a_ratio_and_a_rate(bench, capsys):
     assert all(d["bench"] == "linux" and "unit" in d for d in out)
     assert [d["value"] for d in out] == [8.0, 2.0, 4.0, 40_000_000]
     assert out[0]["kernel"] == "vmlinuz-fake" and out[2]["vs"] == "qemu-tcg"
+    assert out[0]["init_seconds"] == 3.0
 
 
 def test_without_qemu_its_line_says_why_and_the_run_still_succeeds(bench, capsys):
     def no_qemu(guest):
         raise bench.Unavailable("apt-get install -y -qq qemu-system-x86 failed: no network")
-    vlbr = lambda guest, timeout: bench.Boot(8.0, "halted: hlt", 400, 10.0)
+    vlbr = lambda guest, timeout: bench.Boot(8.0, "halted: hlt", 3.0, 400, 10.0)
     assert bench.run(bench.parse([]), fake_guest(bench), vlbr, no_qemu) == 0
     qemu, ratio = lines(capsys)[1:3]
     assert qemu["value"] is None and "no network" in qemu["skipped"]
@@ -55,7 +56,7 @@ def test_without_qemu_its_line_says_why_and_the_run_still_succeeds(bench, capsys
 
 
 def test_a_vlbr_boot_that_never_prints_the_line_fails_the_run(bench, capsys):
-    vlbr = lambda guest, timeout: bench.Boot(None, "timeout: no power-off within 5 s", 9, 5.0)
+    vlbr = lambda guest, timeout: bench.Boot(None, "timeout: no power-off within 5 s", None, 9, 5.0)
     qemu = lambda guest: bench.Boot(2.0, "killed at the line")
     assert bench.run(bench.parse(["--timeout", "5"]), fake_guest(bench), vlbr, qemu) == 1
     first = lines(capsys)[0]
@@ -75,10 +76,11 @@ def printer(*code: str) -> list[str]:
 
 
 def test_the_reader_stops_the_runner_at_the_line(bench):
-    line = bench.WORKLOAD_LINE.decode()
-    boot = bench.first_line_seconds(printer(f"print('boot noise', flush=True)",
+    init, line = bench.INIT_LINE.decode(), bench.WORKLOAD_LINE.decode()
+    boot = bench.first_line_seconds(printer(f"print({init!r}, flush=True)",
                                             f"print({line!r}, flush=True)", "time.sleep(60)"), 30)
     assert boot.seconds is not None and boot.detail == "killed at the line"
+    assert boot.init_seconds is not None
 
 
 def test_the_reader_says_when_the_runner_exits_or_runs_out_of_time(bench):
