@@ -84,7 +84,7 @@ def boot_linux(image: bytes, initrd: bytes, cmdline: str, timeout: float, cpuid=
     run = machine.run(timeout)
     console = run.console.replace(b"\r\n", b"\n").decode(errors="replace")
     return LinuxResult(console, exit_status(console), run.stop_reason, run.stop_detail,
-                       marks.get("init"), time.monotonic() - start, machine.clock.now)
+                       marks.get("init"), time.monotonic() - start, run.instructions)
 
 
 def default_initrd(workload: bytes | None = None) -> bytes:

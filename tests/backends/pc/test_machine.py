@@ -82,6 +82,14 @@ def test_time_advances_through_the_pit(console):
     assert stamps and stamps[-1] > 0.5
 
 
+def test_a_boot_is_reproducible(booted, debian_image, debian_busybox_bytes):
+    # Virtual time is instructions retired; no host time or randomness reaches the guest
+    # (cpu_model.py leaves out RDRAND and the TSC leaves; RDTSC reads virtual time).
+    again = machine(debian_image, debian_busybox_bytes, WORKLOAD).run(300)
+    assert again.instructions == booted.instructions > 0
+    assert again.console == booted.console
+
+
 def test_a_run_stops_at_its_time_limit_and_says_so(debian_image, debian_busybox_bytes):
     run = machine(debian_image, debian_busybox_bytes).run(0.2)
     assert run.stop_reason == "timeout" and "0.2 s" in run.stop_detail

@@ -66,6 +66,7 @@ class LinuxRun:
     stop_detail: str = ""
     seconds: float = 0.0
     exceptions: int = 0
+    instructions: int = 0  # virtual time at the end of the run
 
 
 class LinearDelivery(InterruptDelivery):
@@ -230,6 +231,7 @@ class PcMachine:
             if until is not None and until in state.console:
                 self._stop(StopReason.EXIT, f"the console printed {until.decode()!r}")
         state.seconds = time.monotonic() - start
+        state.instructions = self.clock.now
         return state
 
     def _slice(self) -> None:
