@@ -6,7 +6,7 @@ and the rules of SDM Vol. 3A chapter 11 each test names."""
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from vlbr.backends.pc.lapic import (APR, DFR, EOI, ESR, ICR_HIGH, ICR_LOW, ID, IRR_BASE, ISR_BASE,
                                     LDR, LVT_ERROR, LVT_LINT0, LVT_LINT1, LVT_PERF, LVT_THERMAL,
@@ -172,7 +172,8 @@ def test_calibrate_apic_clock_measures_the_bus_clock(ticks_per_instruction):
     # jiffy = delta * APIC_DIVISOR / LAPIC_CAL_LOOPS.
     apic = enabled_apic(ticks_per_instruction=ticks_per_instruction)
     setup_apic_lvtt(apic, 0xFFFFFFFF, oneshot=False, irqen=False, now=500)
-    assert apic.read(LVT_TIMER, 500) == LOCAL_TIMER_VECTOR | APIC_LVT_TIMER_PERIODIC | APIC_LVT_MASKED
+    lvtt = LOCAL_TIMER_VECTOR | APIC_LVT_TIMER_PERIODIC | APIC_LVT_MASKED
+    assert apic.read(LVT_TIMER, 500) == lvtt
     assert apic.read(TIMER_DIVIDE, 500) == APIC_TDR_DIV_16
     jiffy = 1_000_000_000 // HZ  # instructions: one per nanosecond
     t1 = apic.read(TIMER_CURRENT, 500 + jiffy)
@@ -199,6 +200,46 @@ def test_periodic_timer_raises_its_vector_every_period():
     assert apic.acknowledge() == LOCAL_TIMER_VECTOR
     apic.write(EOI, 0, 1000 + period)
     assert apic.next_timer(1000 + period) == 1000 + 2 * period
+
+
+@settings(max_examples=200, deadline=None)
+@given(numerator=st.integers(1, 50), denominator=st.integers(1, 50),
+       divide=st.sampled_from([0x0, 0x1, 0x2, 0x3, 0x8, 0x9, 0xA, 0xB]),
+       initial=st.integers(1, 5000), start=st.integers(0, 10_000), periodic=st.booleans())
+def test_next_timer_is_the_exact_instruction_of_each_expiry(numerator, denominator, divide,
+                                                            initial, start, periodic):
+    # SDM 11.5.4: the count drops by one every `divisor` bus clocks and the interrupt comes
+    # when it reaches 0; next_timer is the first instruction count at which that has happened.
+    apic = enabled_apic(ticks_per_instruction=Fraction(numerator, denominator))
+    apic.write(TIMER_DIVIDE, divide, start)
+    apic.write(LVT_TIMER, 0x40 | (APIC_LVT_TIMER_PERIODIC if periodic else 0), start)
+    apic.write(TIMER_INITIAL, initial, start)
+    rate = Fraction(numerator, denominator)
+    assume(initial * divisor(divide) >= rate)  # else several expiries share an instruction
+    for expiry in range(1, 4 if periodic else 2):
+        due = apic.next_timer(start)
+        needed = expiry * initial * divisor(divide)  # bus clocks to the expiry
+        assert (due - 1 - start) * rate < needed <= (due - start) * rate
+        apic.advance(due - 1)
+        assert apic.pending_vector() is None
+        apic.advance(due)
+        assert apic.acknowledge() == 0x40
+        apic.write(EOI, 0, due)
+    assert (apic.next_timer(start) is None) == (not periodic)
+
+
+def test_an_expiry_not_yet_advanced_is_due_now():
+    apic = enabled_apic()
+    apic.write(LVT_TIMER, 0x40, 0)
+    apic.write(TIMER_INITIAL, 10, 0)
+    assert apic.next_timer(500) == 500  # 160 is past: stop at once, then advance
+    apic.advance(500)
+    assert apic.pending_vector() == 0x40 and apic.next_timer(500) is None
+
+
+def test_the_bus_clock_must_run():
+    with pytest.raises(ValueError):
+        LocalApic(ticks_per_instruction=0)
 
 
 def test_expiries_collapse_in_one_irr_bit():

@@ -18,14 +18,20 @@ Choices, each where the SDM leaves room or the platform is simpler than a real o
   log "illegal register address" in the ESR (SDM 11.5.3).
 - Fixed interrupts sent to a software-disabled APIC are dropped (KVM's __apic_accept_irq);
   IRR and ISR contents are held (SDM 11.4.7.2). Only edge-triggered interrupts: TMR reads 0.
+- Nothing drives the thermal entry or LINT1 (no sensor, no NMI button): they are storage.
+  TPR is the register at 0x80 only; CR8 is not connected to it.
 
 How the machine combines the APIC, the 8259A pair and NMIs at an instruction boundary:
 1. NMI first, whatever IF says (unless an NMI handler runs, until its IRET): a PMI for which
    `performance_interrupt()` returned "nmi", or `take_nmi()` (a self NMI IPI): vector 2.
 2. With IF set: `pending_vector()` is not None -> `acknowledge()` gives the vector to deliver.
 3. Else, with IF set, `passes_pic_intr()` and the PIC has a request: the PIC's INTA vector.
-   ExtINT bypasses the APIC's IRR, ISR and priority (SDM 11.5.1, 11.8.3.1): the 8259A is
-   acknowledged and EOIed by the guest on the PIC itself.
+   ExtINT bypasses the APIC's IRR, ISR and priority (SDM 11.5.1, 11.8.4): the guest EOIs
+   it on the 8259A itself.
+Stop the CPU at min(PIT, `next_timer(now)`), then `advance(now)`; after any APIC write,
+`performance_interrupt()` or `raise_vector()`, stop at once if `pending_vector()` (or an NMI)
+became deliverable (an EOI or a TPR write can release a held request). HLT wakes on the same
+three sources.
 `passes_pic_intr()` is true while the APIC is globally or software-disabled (as a PC in PIC
 mode: early boot runs on the PIT through the 8259A) and, once enabled, exactly while
 `lint0_extint()` (virtual wire through LINT0, what setup_local_APIC programs)."""
@@ -161,6 +167,8 @@ class LocalApic:
     """One xAPIC; `now` arguments are instructions retired (the machine's virtual time)."""
 
     def __init__(self, apic_id: int = 0, ticks_per_instruction: Fraction | int = 1):
+        if ticks_per_instruction <= 0:
+            raise ValueError(f"the bus clock must run: {ticks_per_instruction}")
         self.apic_id = apic_id
         self.ticks_per_instruction = Fraction(ticks_per_instruction)
         self.base = BASE_ADDRESS | APIC_BASE_BSP | APIC_BASE_ENABLE
@@ -203,7 +211,7 @@ class LocalApic:
     def wrmsr_base(self, value: int) -> None:
         """WRMSR IA32_APIC_BASE: #GP on reserved bits, x2APIC, or another page address."""
         allowed = APIC_BASE_ADDRESS | APIC_BASE_BSP | APIC_BASE_ENABLE
-        if value & ~allowed & (1 << 64) - 1 or value >> 64:
+        if value & ~allowed:
             raise GeneralProtection(f"IA32_APIC_BASE {value:#x}: reserved bits or x2APIC")
         if value & APIC_BASE_ADDRESS != BASE_ADDRESS:
             raise GeneralProtection(f"IA32_APIC_BASE {value:#x}: the page cannot move")
@@ -218,7 +226,7 @@ class LocalApic:
             return 0
         reader = self._readers.get(offset)
         if reader is None:
-            self._log_illegal_register(offset)
+            self._error(ESR_ILLEGAL_REGISTER)
             return 0
         return reader(now) & 0xFFFFFFFF
 
@@ -233,7 +241,7 @@ class LocalApic:
         if writer is not None:
             writer(value & 0xFFFFFFFF, now)
         elif offset not in self._readers:
-            self._log_illegal_register(offset)
+            self._error(ESR_ILLEGAL_REGISTER)
         # writes to read-only registers (version, APR, PPR, ISR/TMR/IRR, current count) do nothing
 
     def _build_readers(self) -> dict:
@@ -258,9 +266,6 @@ class LocalApic:
                 ESR: self._write_esr, ICR_LOW: self._write_icr,
                 ICR_HIGH: self._write_icr_high, TIMER_INITIAL: self._write_initial,
                 TIMER_DIVIDE: self._write_divide}
-
-    def _log_illegal_register(self, offset: int) -> None:
-        self._error(ESR_ILLEGAL_REGISTER)
 
     def _write_id(self, value: int, now: int) -> None:
         self.id = value & 0xFF000000  # writable on P6 and later xAPICs; model-specific (11.4.6)
@@ -330,7 +335,8 @@ class LocalApic:
     def apr(self) -> int:
         """SDM Figure 11-15's arbitration priority: TPR, or the highest of the three classes."""
         tpr, isrv, irrv = self.tpr, highest(self.isr), highest(self.irr)
-        if priority_class(tpr) >= priority_class(irrv) and priority_class(tpr) > priority_class(isrv):
+        tpr_class = priority_class(tpr)
+        if tpr_class >= priority_class(irrv) and tpr_class > priority_class(isrv):
             return tpr
         return max(tpr & 0xF0, isrv & 0xF0, irrv & 0xF0)
 
@@ -404,10 +410,12 @@ class LocalApic:
 
     # -- LVT sources --------------------------------------------------------------------------
     def next_timer(self, now: int) -> int | None:
-        """The instruction count at which the next expiry that raises an interrupt happens."""
+        """The instruction count at which the next expiry that raises an interrupt happens:
+        `now` when one is due that `advance` has not accounted for yet."""
         if not self.hardware_enabled or self._masked(LVT_TIMER):
             return None
-        return self.timer.next_expiry(self.periodic)
+        due = self.timer.next_expiry(self.periodic)
+        return None if due is None else max(due, now)
 
     def advance(self, now: int) -> None:
         """Account for the timer's expiries up to `now`: each sets the LVT timer vector in IRR
