@@ -31,7 +31,8 @@ How the machine combines the APIC, the 8259A pair and NMIs at an instruction bou
 Stop the CPU at min(PIT, `next_timer(now)`), then `advance(now)`; after any APIC write,
 `performance_interrupt()` or `raise_vector()`, stop at once if `pending_vector()` (or an NMI)
 became deliverable (an EOI or a TPR write can release a held request). HLT wakes on the same
-three sources.
+three sources. RDMSR/WRMSR of IA32_APIC_BASE (arch.x86) go to `rdmsr_base`/`wrmsr_base`
+(a GeneralProtection is the guest's #GP); CPUID.1:EDX[9] announces the APIC.
 `passes_pic_intr()` is true while the APIC is globally or software-disabled (as a PC in PIC
 mode: early boot runs on the PIT through the 8259A) and, once enabled, exactly while
 `lint0_extint()` (virtual wire through LINT0, what setup_local_APIC programs)."""
@@ -71,9 +72,7 @@ LVT_VECTOR = 0xFF
 LVT_DELIVERY_MODE = 0x700
 LVT_MASKED = 1 << 16
 TIMER_PERIODIC = 1 << 17  # bits 18:17 = 01; 10 (TSC-deadline) is not offered
-DM_FIXED, DM_SMI, DM_NMI, DM_INIT, DM_STARTUP, DM_EXTINT = (
-    0x000, 0x200, 0x400, 0x500, 0x600, 0x700)
-DM_LOWEST = 0x100  # ICR only
+DM_FIXED, DM_LOWEST, DM_NMI, DM_EXTINT = 0x000, 0x100, 0x400, 0x700  # lowest: ICR only
 # Writable bits per LVT entry: vector, delivery mode, polarity, trigger, mask, timer mode.
 LVT_WRITABLE = {LVT_TIMER: LVT_VECTOR | LVT_MASKED | TIMER_PERIODIC,
                 LVT_THERMAL: LVT_VECTOR | LVT_DELIVERY_MODE | LVT_MASKED,
@@ -91,7 +90,7 @@ TIMER_DIVIDE_WRITABLE = 0xB  # bits 0, 1 and 3 (SDM Figure 11-10)
 ICR_LOW_WRITABLE = 0xFF | 0x700 | 1 << 11 | 1 << 14 | 1 << 15 | 3 << 18
 ICR_LOGICAL = 1 << 11
 ICR_SHORTHAND_SHIFT = 18
-SHORT_NONE, SHORT_SELF, SHORT_ALL, SHORT_OTHERS = 0, 1, 2, 3
+SHORT_NONE, SHORT_SELF, SHORT_ALL = 0, 1, 2  # 3: all but self
 ICR_DEST_SHIFT = 24
 BROADCAST = 0xFF
 
@@ -210,9 +209,10 @@ class LocalApic:
 
     def wrmsr_base(self, value: int) -> None:
         """WRMSR IA32_APIC_BASE: #GP on reserved bits, x2APIC, or another page address."""
-        allowed = APIC_BASE_ADDRESS | APIC_BASE_BSP | APIC_BASE_ENABLE
-        if value & ~allowed:
-            raise GeneralProtection(f"IA32_APIC_BASE {value:#x}: reserved bits or x2APIC")
+        if value & APIC_BASE_EXTD:
+            raise GeneralProtection(f"IA32_APIC_BASE {value:#x}: x2APIC is not offered")
+        if value & ~(APIC_BASE_ADDRESS | APIC_BASE_BSP | APIC_BASE_ENABLE):
+            raise GeneralProtection(f"IA32_APIC_BASE {value:#x}: reserved bits")
         if value & APIC_BASE_ADDRESS != BASE_ADDRESS:
             raise GeneralProtection(f"IA32_APIC_BASE {value:#x}: the page cannot move")
         if self.hardware_enabled and not value & APIC_BASE_ENABLE:
@@ -401,7 +401,7 @@ class LocalApic:
                 self.raise_vector(vector)
         elif mode == DM_NMI:
             self.nmi_pending = True
-        # SMI, INIT and start-up IPIs: there is no other CPU to start, nothing to do here
+        # SMI, INIT and start-up: no SMM, and no other CPU to start
 
     def take_nmi(self) -> bool:
         """Whether a self NMI IPI is waiting; the machine delivers vector 2 and it is gone."""
