@@ -42,6 +42,7 @@ CR4_TSD, CR4_PAE, CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE = (1 << 2, 1 
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK = (0xC000_0080, 0xC000_0081, 0xC000_0082,
                                                        0xC000_0083, 0xC000_0084)
 EFER_SCE, EFER_LME, EFER_LMA = 1 << 0, 1 << 8, 1 << 10
+IA32_APIC_BASE = 0x1B  # the local APIC's base address and enables (SDM 11.4.4)
 
 # XSAVE state components in XCR0 (user) and IA32_XSS (supervisor) (SDM vol. 1, 13.1).
 XFEATURE_X87, XFEATURE_SSE, XFEATURE_AVX = 1 << 0, 1 << 1, 1 << 2
