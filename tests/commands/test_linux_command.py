@@ -16,8 +16,9 @@ import pytest
 from vlbr.guest.debian import PackageUnavailable, debian_busybox, debian_kernel
 
 VLBR = str(Path(sys.executable).parent / "vlbr")
-PERF_COUNT = Path(__file__).resolve().parents[1] / "backends" / "pc" / "programs" / "perf_count.c"
+PERF_EVENTS = Path(__file__).resolve().parents[1] / "backends" / "pc" / "programs" / "perf_events.c"
 LOOP_ITERATIONS = 100_000
+SAMPLED_INSTRUCTIONS, PERIOD = 6 * 200_000, 100_000  # perf_events.c's sampled loop
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,12 +43,12 @@ def counted_instructions(console: str) -> int | None:
 
 @pytest.fixture(scope="module")
 def vlbr_run():
-    return vlbr_linux("--run", str(PERF_COUNT))
+    return vlbr_linux("--run", str(PERF_EVENTS))
 
 
 @pytest.fixture(scope="module")
 def mainline_run():
-    return vlbr_linux("--variant", "mainline", "--run", str(PERF_COUNT))
+    return vlbr_linux("--variant", "mainline", "--run", str(PERF_EVENTS))
 
 
 def test_the_json_document_and_the_exit_status(vlbr_run):
@@ -71,6 +72,19 @@ def test_perf_event_open_counts_the_loops_user_instructions(vlbr_run):
     assert count is not None and 2 * LOOP_ITERATIONS <= count <= 20 * LOOP_ITERATIONS
 
 
+def samples_line(console: str) -> str:
+    return next(x for x in console.splitlines() if x.startswith("samples: "))
+
+
+def test_branch_stack_sampling_gets_a_pmi_at_every_period(vlbr_run):
+    # The counter overflows every PERIOD user instructions; each overflow is a PMI through
+    # LVTPC (NMI, arch/x86/events/core.c perf_events_lapic_init) at that exact count, and
+    # Linux writes one PERF_RECORD_SAMPLE per PMI.
+    line = samples_line(vlbr_run[1]["console"])
+    expected = SAMPLED_INSTRUCTIONS // PERIOD
+    assert line == f"samples: {expected} of {expected} records"
+
+
 def test_depth_16_is_what_linux_sees_on_the_streamed_console():
     done = subprocess.run([VLBR, "linux", "--depth", "16"], capture_output=True, text=True,
                           timeout=400)
@@ -88,8 +102,10 @@ def test_mainline_gives_no_arch_lbr_and_the_same_counting(vlbr_run, mainline_run
     console = doc["console"]
     assert "Architectural LBR" not in console and "-deep LBR" not in console
     assert "Intel PMU driver." in console  # the PMU is not the LBR: counting still works
-    # Counting mode gets what a guest without Arch LBR gets: the same count.
+    # Counting mode gets what a guest without Arch LBR gets: the same count; branch stacks
+    # are refused (arch/x86/events/core.c x86_pmu_hw_config: no LBR, -EOPNOTSUPP).
     assert counted_instructions(console) == counted_instructions(vlbr_run[1]["console"])
+    assert samples_line(console) == "samples: unavailable (Operation not supported)"
 
 
 def test_a_run_that_ends_at_its_time_limit_says_so_and_exits_1():

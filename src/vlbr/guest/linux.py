@@ -18,9 +18,11 @@ from vlbr.errors import VlbrError
 from .initramfs import EXIT_MARK, busybox_initramfs
 
 RAM = 512 << 20
-# No ACPI tables exist; the boot delay loop is preset; a panic reboots at once (a triple
-# fault ends the run) instead of spinning until the time limit.
-DEFAULT_CMDLINE = "console=ttyS0 acpi=off nokaslr lpj=1000000 panic=-1 reboot=t"
+# The boot delay loop is preset; a panic reboots at once (a triple fault ends the run)
+# instead of spinning until the time limit. No acpi=off: there are no ACPI tables (Linux
+# finds no RSDP and goes on), but with acpi=off a kernel without CONFIG_X86_MPPARSE (Debian's
+# cloud kernel) also drops the local APIC (arch/x86/kernel/acpi/boot.c acpi_mps_check()).
+DEFAULT_CMDLINE = "console=ttyS0 nokaslr lpj=1000000 panic=-1 reboot=t"
 INIT_LINE = b"Run /init as init process"
 _STATUS = re.compile(re.escape(EXIT_MARK) + r" (\d+)")
 

@@ -11,9 +11,10 @@ import pytest
 from vlbr.backends.pc.loader import plan
 from vlbr.backends.pc.machine import PcMachine
 from vlbr.guest.initramfs import EXIT_MARK, busybox_initramfs
+from vlbr.guest.linux import DEFAULT_CMDLINE
 
 RAM = 512 << 20
-CMDLINE = "console=ttyS0 acpi=off nokaslr lpj=1000000"  # lpj: no timer to calibrate against
+CMDLINE = DEFAULT_CMDLINE
 
 
 WORKLOAD = b"""#!/bin/sh
@@ -69,6 +70,13 @@ def test_the_guest_lists_arch_lbr_in_proc_cpuinfo(console):
 def test_every_msr_linux_touches_unguarded_exists(console):
     # arch/x86/lib/msr.c: an RDMSR/WRMSR without an exception fixup that #GPs is reported.
     assert "unchecked MSR access error" not in console
+
+
+def test_the_local_apic_is_found_and_the_8259a_reaches_it_through_lint0(console):
+    # arch/x86/kernel/apic/apic.c __apic_intr_mode_select(): no MADT or MP table, so virtual
+    # wire (LINT0 ExtINT) with the 8259A behind it.
+    assert "APIC: Switch to virtual wire mode setup with no configuration" in console
+    assert "no hardware sampling interrupt" not in console  # events/core.c pmu_check_apic()
 
 
 def test_com1_is_detected_as_a_16550a_on_irq_4(console):

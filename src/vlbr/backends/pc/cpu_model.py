@@ -5,8 +5,8 @@ XSAVES, under which a policy variant puts (or withholds) Arch LBR.
 The model number is one Linux has no tables for (arch/x86/events/intel/core.c
 intel_pmu_init() then takes its "generic architected perfmon" path, and no legacy-LBR init
 runs). Left out on purpose: RDRAND/RDSEED and the TSC-frequency leaves (randomness and host
-time would make a boot irreproducible), x2APIC, TSC-deadline and the local APIC itself
-(there is none yet), AVX and everything TCG cannot run."""
+time would make a boot irreproducible), x2APIC and TSC-deadline (the local APIC is an
+xAPIC with one-shot and periodic timers), AVX and everything TCG cannot run."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ SIGNATURE = 0x000F06F1  # family 6, model 0xFF (no Intel part), stepping 1
 # CPUID.1:ECX: SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2, MOVBE, POPCNT, AES (TCG runs them)
 LEAF1_ECX_TCG = (1 << 0 | 1 << 1 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23
                  | 1 << 25)
-# CPUID.1:EDX: FPU DE PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE36 CLFSH MMX FXSR SSE SSE2 (no
-# local APIC, MTRR or machine-check architecture: there is nothing behind them)
-LEAF1_EDX = sum(1 << b for b in (0, 2, 3, 4, 5, 6, 8, 11, 13, 15, 16, 17, 19, 23, 24, 25, 26))
+# CPUID.1:EDX: FPU DE PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT PSE36 CLFSH MMX FXSR SSE SSE2
+# (no MTRR or machine-check architecture: there is nothing behind them)
+LEAF1_EDX = sum(1 << b for b in (0, 2, 3, 4, 5, 6, 8, 9, 11, 13, 15, 16, 17, 19, 23, 24, 25,
+                                 26))
 LEAF7_EBX = 1 << 0 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9  # FSGSBASE BMI1 SMEP BMI2 ERMS
 EXT1_ECX, EXT1_EDX = 1 << 0, 1 << 11 | 1 << 20 | 1 << 29  # LAHF; SYSCALL NX LM
 PMU = PerfMon(version=4, gp_counters=8, gp_width=48, ebx_length=7, events_unavailable=0,

@@ -37,9 +37,11 @@ from vlbr.x86.operands import UnsupportedOperand
 from vlbr.x86.paging import PageFault, read_linear, write_linear
 from vlbr.x86.xstate import UnmodelledXstate
 
+from . import lapic as lapic_page
 from . import pic as pic_ports
 from . import pit as pit_ports
 from . import uart as uart_ports
+from .interrupts import PcInterrupts, pit_tick
 from .clock import NEVER, InstructionClock, Stop
 from .cpu_model import guest_cpuid
 from .kernel_sites import trap_sites
@@ -47,9 +49,7 @@ from .msrs import IA32_TSC, PcMsrs
 from .loader import BootPlan
 
 HLT = 0xF4
-INSTRUCTIONS_PER_SECOND = 1_000_000_000  # virtual time: one instruction is one nanosecond
 INTERRUPT_POLL = 1000  # instructions between looks at a pending interrupt while IF is clear
-PIT_IRQ = 0
 PAGE, MAX_INSN = 0x1000, 15
 RUN_BY_QEMU = frozenset([Mnemonic.XSETBV, Mnemonic.IRET, Mnemonic.IRETD, Mnemonic.IRETQ,
                          Mnemonic.SYSRETQ, Mnemonic.SYSRET])
@@ -118,16 +118,29 @@ class PcMachine:
         self.event: tuple | None = None
         self.clock = InstructionClock(uc, native_clock,
                                       trap_sites(plan.kernel) if plan.kernel else set())
-        self.perfmon = PerfmonMsrs.from_cpuid(self.cpuid)
-        self.lbr, self.pmu = self.perfmon.lbr, self.perfmon.pmu
-        self.msrs = PcMsrs(uc, self.perfmon, lambda: self.clock.now)
         self._counted = 0  # virtual time the PMU has been told about
         self._one_instruction = False  # the next slice runs one instruction (a CPL change)
+        self._halted = False  # in HLT, waiting for an interrupt
         self.xcr0 = XFEATURE_X87
-        self.pic = pic_ports.DualPic()
-        self.pit = pit_ports.Pit()
+        self._devices()
+        self._models()
+        self._hooks()
+
+    def _devices(self) -> None:
+        self.irq = PcInterrupts()
+        self.pic, self.pit, self.lapic = self.irq.pic, self.irq.pit, self.irq.lapic
         self.uart = uart_ports.Uart(self._transmit, lambda: self.pic.raise_irq(uart_ports.IRQ))
         self.ports = self._port_map()
+        self.uc.mmio_map(lapic_page.BASE_ADDRESS, lapic_page.PAGE_SIZE, self._apic_read, None,
+                         self._apic_write, None)
+
+    def _models(self) -> None:
+        self.perfmon = PerfmonMsrs.from_cpuid(self.cpuid)
+        self.lbr, self.pmu = self.perfmon.lbr, self.perfmon.pmu
+        self.msrs = PcMsrs(self.uc, self.perfmon, lambda: self.clock.now, self.lapic)
+
+    def _hooks(self) -> None:
+        uc = self.uc
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
@@ -153,25 +166,20 @@ class PcMachine:
         for port in pic_ports.PORTS:
             ports[port] = (lambda v, p=port: self.pic.out(p, v), lambda p=port: self.pic.read(p))
         for port in pit_ports.PORTS:
-            ports[port] = (lambda v, p=port: self.pit.out(p, v, self._tick()),
-                           lambda p=port: self.pit.read(p, self._tick()))
+            ports[port] = (lambda v, p=port: self.pit.out(p, v, pit_tick(self.clock.now)),
+                           lambda p=port: self.pit.read(p, pit_tick(self.clock.now)))
         return ports
 
-    # -- virtual time ------------------------------------------------------------------------
-    def _tick(self) -> int:
-        return self.clock.now * pit_ports.PIT_HZ // INSTRUCTIONS_PER_SECOND
+    def _apic_read(self, uc, offset, size, user_data) -> int:
+        return self.lapic.read(offset & ~3, self.clock.now)
 
-    @staticmethod
-    def _instructions_at(tick: int) -> int:
-        return -(-tick * INSTRUCTIONS_PER_SECOND // pit_ports.PIT_HZ)
-
-    def _next_timer(self) -> int:
-        due = self.pit.next_fire()
-        return NEVER if due is None else self._instructions_at(due)
+    def _apic_write(self, uc, offset, size, value, user_data) -> None:
+        self.lapic.write(offset & ~3, value & 0xFFFFFFFF, self.clock.now)
+        if self.irq.waiting():  # an EOI, TPR write or self IPI may release a request
+            self.clock.stop_now()
 
     def _update_timers(self) -> None:
-        for _ in range(min(self.pit.advance(self._tick()), 1)):  # edges collapse in IRR
-            self.pic.raise_irq(PIT_IRQ)
+        self.irq.advance(self.clock.now)
 
     # -- hooks: note and stop; the loop acts outside unicorn ----------------------------------
     def _transmit(self, byte: int) -> None:
@@ -185,9 +193,9 @@ class PcMachine:
         device = self.ports.get(port)
         if device is None:
             return
-        pending = self.pic.pending()
+        waiting = self.irq.waiting()
         device[0](value & 0xFF)
-        if self.pic.pending() and not pending:
+        if self.irq.waiting() and not waiting:
             self.clock.stop_now()  # stop before the next instruction to deliver it
 
     def _on_in(self, uc, port, size, user_data) -> int:
@@ -235,6 +243,9 @@ class PcMachine:
         return state
 
     def _slice(self) -> None:
+        if self._halted:
+            self._halt()
+            return
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         self.event = None
         # At an instruction boundary no delivery is in progress; a fault unicorn raised after
@@ -261,10 +272,11 @@ class PcMachine:
             self._handle(self.event)
         elif self.clock.stopped == Stop.TRAP:
             self._trap(self.clock.trapped_at)
-        elif self.clock.stopped == Stop.DEADLINE:
-            self._interrupt()
         elif self.clock.stopped == Stop.NONE and self._at_hlt():
             self._halt()
+            return
+        if not self.run_state.stop_reason:
+            self._interrupt()
 
     # -- the instructions vlbr performs -------------------------------------------------------
     def _trap(self, address: int) -> None:
@@ -342,6 +354,8 @@ class PcMachine:
         instruction (QEMU performs it), so every slice runs at one CPL."""
         self.clock.run_through(insn.ip)
         self._one_instruction = True
+        if insn.mnemonic != Mnemonic.SYSRETQ and insn.mnemonic != Mnemonic.SYSRET:
+            self.irq.iret()  # IRET ends NMI blocking (SDM 6.7.1)
 
     def _xsetbv(self, insn) -> None:
         """Note XCR0 (unicorn cannot read it back) and let QEMU perform XSETBV."""
@@ -421,39 +435,44 @@ class PcMachine:
         change is vlbr's delivery or a trapped IRET/SYSRET, so it ends a slice)."""
         self.pmu.retire(self.clock.now - self._counted, cpl)
         self._counted = self.clock.now
+        if self.pmu.take_pmi():
+            self.irq.performance_interrupt()
 
     def _deadline(self, cpl: int) -> int:
-        if self.pic.pending():
-            return self.clock.now + INTERRUPT_POLL  # until IF is set
+        if self.irq.waiting():
+            return self.clock.now + INTERRUPT_POLL  # until IF (or the NMI block) allows it
         overflow = self.pmu.instructions_until_overflow(cpl)
-        timer = self._next_timer()
+        timer = self.irq.next_timer(self.clock.now)
         return timer if overflow is None else min(timer, self.clock.now + overflow)
 
     def _interrupts_enabled(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF)
 
     def _interrupt(self) -> None:
-        """At an instruction boundary: take a pending external interrupt if IF allows."""
-        if not self._interrupts_enabled():
-            return
-        vector = self.pic.acknowledge()
+        """At an instruction boundary: take an NMI, or an interrupt if IF allows."""
+        vector = self.irq.take(self._interrupts_enabled())
         if vector is not None:
             self._deliver(vector, self.uc.reg_read(X.UC_X86_REG_RIP), None)
 
     def _halt(self) -> None:
-        """HLT: sleep in virtual time until the next timer interrupt, or stop for good."""
-        if not self._interrupts_enabled():
-            self._stop(StopReason.HALTED, "HLT with interrupts disabled (the guest halted)")
+        """HLT: sleep in virtual time until an interrupt can wake the CPU, or stop for good
+        (with IF clear only an NMI could). One timer expiry per call: the run loop checks its
+        time limit between them."""
+        self._halted = False
+        vector = self.irq.take(self._interrupts_enabled())
+        if vector is not None:
+            self._deliver(vector, self.uc.reg_read(X.UC_X86_REG_RIP), None)
             return
-        if not self.pic.pending():
-            wake = self._next_timer()
-            if wake == NEVER:
-                self._stop(StopReason.HALTED, "HLT with no timer armed to wake the CPU")
-                return
-            self.clock.advance(wake - self.clock.now)
+        wake = self.irq.next_timer(self.clock.now)
+        if not self._interrupts_enabled() and not self.irq.waiting():
+            self._stop(StopReason.HALTED, "HLT with interrupts disabled (the guest halted)")
+        elif wake == NEVER:
+            self._stop(StopReason.HALTED, "HLT with no timer armed to wake the CPU")
+        else:
+            self.clock.advance(max(wake - self.clock.now, 0))
             self._counted = self.clock.now  # halted: the counted events are unhalted ones
             self._update_timers()
-        self._interrupt()
+            self._halted = True
 
     def _at_hlt(self) -> bool:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)

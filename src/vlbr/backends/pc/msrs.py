@@ -1,5 +1,5 @@
 """The MSRs of the PC machine's vCPU, by owner: the Arch LBR and PMU models (PerfmonMsrs),
-virtual time (IA32_TSC), the registers QEMU keeps because unicorn needs them (EFER,
+virtual time (IA32_TSC), the local APIC (IA32_APIC_BASE), the registers QEMU keeps because unicorn needs them (EFER,
 the SYSCALL and segment-base MSRs, PAT), and a few plain registers Linux reads on an Intel
 part. Any other MSR #GPs, as on a CPU without it (QEMU itself would read 0)."""
 
@@ -9,6 +9,7 @@ from typing import Callable
 
 from unicorn import Uc
 
+from vlbr.arch.x86 import IA32_APIC_BASE
 from vlbr.backends.software.backend import QEMU_MSRS
 from vlbr.vcpu import GeneralProtection
 from vlbr.vcpu.perfmon_msrs import PerfmonMsrs
@@ -23,8 +24,8 @@ PLAIN_RESET = {IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRINGS, IA32_BIOS_SIGN_ID: 0}
 class PcMsrs:
     """RDMSR/WRMSR of the guest, routed to the model that owns each MSR."""
 
-    def __init__(self, uc: Uc, perfmon: PerfmonMsrs, tsc: Callable[[], int]):
-        self.uc, self.perfmon, self._tsc = uc, perfmon, tsc
+    def __init__(self, uc: Uc, perfmon: PerfmonMsrs, tsc: Callable[[], int], lapic=None):
+        self.uc, self.perfmon, self._tsc, self.lapic = uc, perfmon, tsc, lapic
         self.tsc_offset = 0
         self.plain = dict(PLAIN_RESET)
         self.faults: list[tuple[str, int]] = []  # (RDMSR|WRMSR, msr) that #GPed, for reports
@@ -38,6 +39,8 @@ class PcMsrs:
             return model.rdmsr(msr)
         if msr == IA32_TSC:
             return (self._tsc() + self.tsc_offset) & (1 << 64) - 1
+        if msr == IA32_APIC_BASE and self.lapic is not None:
+            return self.lapic.rdmsr_base()
         if msr in self.plain:
             return self.plain[msr]
         if msr in QEMU_MSRS:
@@ -51,6 +54,8 @@ class PcMsrs:
             model.wrmsr(msr, value)
         elif msr == IA32_TSC:
             self.tsc_offset = value - self._tsc()
+        elif msr == IA32_APIC_BASE and self.lapic is not None:
+            self.lapic.wrmsr_base(value)
         elif msr in self.plain:
             self.plain[msr] = value
         elif msr in QEMU_MSRS:
