@@ -5,6 +5,7 @@ with the reason only where they cannot be fetched."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -12,8 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
+from iced_x86 import Decoder, FlowControl
 
 from vlbr.guest.debian import PackageUnavailable, debian_busybox, debian_kernel
+from vlbr.guest.linux import compile_workload
 
 VLBR = str(Path(sys.executable).parent / "vlbr")
 PERF_EVENTS = Path(__file__).resolve().parents[1] / "backends" / "pc" / "programs" / "perf_events.c"
@@ -83,6 +87,32 @@ def test_branch_stack_sampling_gets_a_pmi_at_every_period(vlbr_run):
     line = samples_line(vlbr_run[1]["console"])
     expected = SAMPLED_INSTRUCTIONS // PERIOD
     assert line == f"samples: {expected} of {expected} records"
+
+
+def loop_back_edges(source: Path) -> set[tuple[int, int]]:
+    """(from, to) of every backward conditional branch in the workload's main: its loops."""
+    elf = compile_workload(source)  # the same gcc and flags as vlbr linux --run: same bytes
+    f = ELFFile(io.BytesIO(elf))
+    main = f.get_section_by_name(".symtab").get_symbol_by_name("main")[0]
+    text = f.get_section_by_name(".text")
+    start = main["st_value"] - text["sh_addr"]
+    code = text.data()[start:start + main["st_size"]]
+    return {(i.ip, i.near_branch_target) for i in Decoder(64, code, ip=main["st_value"])
+            if i.flow_control == FlowControl.CONDITIONAL_BRANCH and i.near_branch_target < i.ip}
+
+
+def test_each_samples_branch_stack_is_the_sampled_loops_back_edge(vlbr_run):
+    # Linux reads the LBR at each PMI (arch/x86/events/intel/lbr.c, XSAVES of component 15
+    # into its per-CPU buffer); the only user branch inside the sampled loop is its back edge,
+    # so a full stack (depth 32) of it, newest first.
+    edges = loop_back_edges(PERF_EVENTS)
+    samples = re.findall(r"^sample \d+: ip 0x[0-9a-f]+, (\d+) branches(.*)$",
+                         vlbr_run[1]["console"], re.M)
+    assert samples
+    for count, pairs in samples:
+        assert int(count) == 32
+        found = re.findall(r"\[0x([0-9a-f]+) -> 0x([0-9a-f]+)\]", pairs)
+        assert found and {(int(a, 16), int(b, 16)) for a, b in found} <= edges
 
 
 def test_depth_16_is_what_linux_sees_on_the_streamed_console():

@@ -135,3 +135,20 @@ def taken_after(insn: Instruction, rflags: int, rcx: int) -> bool:
     if mnemonic == Mnemonic.INTO:
         return bool(rflags & RFLAGS_OF)
     return condition_holds(insn.condition_code, rflags)
+
+
+def branch_between(insn: Instruction, cls: BranchClass | None, to_ip: int, cpl: int,
+                   flags: tuple[int, int] | None = None):
+    """The taken branch a block's last instruction made to the next block at `to_ip`, or None
+    (no branch, a conditional not taken, INT n and friends, which whoever delivers them
+    records). A conditional whose target is its own fall-through is decided by `flags`
+    (RFLAGS, RCX after it ran), or is None without them (addresses cannot tell)."""
+    from vlbr.vcpu import Branch
+    if cls is None or cls.interrupt:
+        return None
+    if cls.conditional and insn.near_branch_target == insn.next_ip:
+        if flags is None or not taken_after(insn, *flags):
+            return None
+    elif cls.conditional and to_ip == insn.next_ip:
+        return None
+    return Branch(insn.ip, to_ip, cls.kind, cpl, is_call=cls.is_call, is_return=cls.is_return)

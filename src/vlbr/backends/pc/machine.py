@@ -25,7 +25,8 @@ from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_PCE, CR4_TSD, MSR_EFER, RFLAGS_IF, V
                            VECTORS_WITH_ERROR_CODE, XFEATURE_X87)
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.policy.supported import XSAVES
-from vlbr.vcpu import GeneralProtection
+from vlbr.backends.branches import EVENT
+from vlbr.vcpu import Branch, GeneralProtection
 from vlbr.vcpu.perfmon_msrs import PerfmonMsrs
 from vlbr.backends.base import CONSOLE_LIMIT, StopReason
 from vlbr.backends.software.fpu import uc_xrstors, uc_xsaves
@@ -42,6 +43,7 @@ from . import pic as pic_ports
 from . import pit as pit_ports
 from . import uart as uart_ports
 from .interrupts import PcInterrupts, pit_tick
+from .recorder import BranchRecorder
 from .clock import NEVER, InstructionClock, Stop
 from .cpu_model import guest_cpuid
 from .kernel_sites import trap_sites
@@ -138,6 +140,7 @@ class PcMachine:
         self.perfmon = PerfmonMsrs.from_cpuid(self.cpuid)
         self.lbr, self.pmu = self.perfmon.lbr, self.perfmon.pmu
         self.msrs = PcMsrs(self.uc, self.perfmon, lambda: self.clock.now, self.lapic)
+        self.recorder = BranchRecorder(self.uc, self.lbr, self.delivery.linear_read)
 
     def _hooks(self) -> None:
         uc = self.uc
@@ -268,6 +271,7 @@ class PcMachine:
             return
         self._count(cpl)
         self._update_timers()
+        self.recorder.interrupted()  # the slice stopped mid-block: no branch to the next one
         if self.event is not None:
             self._handle(self.event)
         elif self.clock.stopped == Stop.TRAP:
@@ -277,6 +281,7 @@ class PcMachine:
             return
         if not self.run_state.stop_reason:
             self._interrupt()
+        self.recorder.sync()  # an MSR write, XRSTORS or PMI may have changed LBREn
 
     # -- the instructions vlbr performs -------------------------------------------------------
     def _trap(self, address: int) -> None:
@@ -493,13 +498,18 @@ class PcMachine:
 
     def _deliver(self, vector: int, rip: int, error_code: int | None) -> None:
         try:
-            self.delivery.deliver(vector, rip, error_code)
+            _, handler, cpl = self.delivery.deliver(vector, rip, error_code)
         except DeliveryFailed as err:
             self._stop(StopReason.SHUTDOWN, f"vector {vector} at {rip:#x}: {err}")
+            return
+        self.lbr.exception(rip, handler, cpl)  # an Arch LBR record of type OTHER, and LER
 
     def _syscall(self, rip: int) -> None:
-        if enter_syscall(self.uc, self.privilege, rip) is None:  # EFER.SCE clear: #UD
+        entry = enter_syscall(self.uc, self.privilege, rip)
+        if entry is None:  # EFER.SCE clear: #UD
             self._deliver(VECTOR_UD, rip, None)
+            return
+        self.lbr.retire_branch(Branch(rip, entry.rip, EVENT.kind, 0))
 
     def _stop(self, reason: StopReason, detail: str) -> None:
         self.run_state.stop_reason, self.run_state.stop_detail = str(reason), detail

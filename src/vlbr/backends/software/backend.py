@@ -40,7 +40,7 @@ from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD,
                                 BackendUnavailable, MachineConfig, RunResult, StopReason,
                                 VcpuStop)
 from vlbr.backends.watch import INTERRUPTED, TIMEOUT, RunWatch
-from vlbr.backends.branches import EVENT, classify, taken_after
+from vlbr.backends.branches import EVENT, branch_between, classify, taken_after
 from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
@@ -287,15 +287,9 @@ class SoftwareMachine:
         prev, run.last_block = run.last_block, (address, size)
         if prev is None:
             return
-        tail = self._tail(prev)
-        insn, cls = tail
-        if cls is not None and cls.conditional and insn.near_branch_target == insn.next_ip:
-            if not taken_after(insn, uc.reg_read(X.UC_X86_REG_RFLAGS),
-                               uc.reg_read(X.UC_X86_REG_RCX)):
-                return
-            branch = self._taken(tail, address)
-        else:
-            branch = self._branch_to(tail, address)
+        insn, cls = self._tail(prev)
+        flags = (uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX))
+        branch = branch_between(insn, cls, address, self.cpl, flags)
         if branch is None:
             return
         if cls.is_far:  # only far transfers change CPL inside a slice
@@ -312,14 +306,9 @@ class SoftwareMachine:
 
     def _branch_to(self, tail, address: int) -> Branch | None:
         """The branch from a block's last instruction to the next block at `address`, or None
-        (no branch, a conditional not taken; a conditional whose target is its fall-through
-        is undecidable from addresses and is the caller's)."""
-        insn, cls = tail
-        if cls is None or cls.interrupt:
-            return None  # INT n and friends are recorded when we deliver them
-        if cls.conditional and (address == insn.next_ip or insn.near_branch_target == insn.next_ip):
-            return None
-        return self._taken(tail, address)
+        (a conditional whose target is its fall-through is undecidable from addresses and is
+        the caller's)."""
+        return branch_between(*tail, address, self.cpl)
 
     def _taken(self, tail, address: int) -> Branch:
         insn, cls = tail

@@ -86,7 +86,7 @@ static void report(struct perf_event_mmap_page *page)
             if (samples < 3) {
                 printf("sample %llu: ip %#llx, %llu branches", (unsigned long long)samples,
                        (unsigned long long)s->ip, (unsigned long long)s->nr);
-                for (uint64_t i = 0; i < s->nr && i < 2; i++)
+                for (uint64_t i = 0; i < s->nr && i < 4; i++)
                     printf(" [%#llx -> %#llx]", (unsigned long long)s->branches[i].from,
                            (unsigned long long)s->branches[i].to);
                 printf("\n");

@@ -1,0 +1,76 @@
+"""The branches a Linux guest takes on the PC machine, into its Arch LBR while LBREn is set:
+a Python block hook (installed only while the model records) pairs each executed block with
+the next and decodes the first one's last instruction through the guest's page tables.
+
+The machine tells the recorder when the CPU stopped (`interrupted`: a slice ends mid-block,
+so the next block does not follow the last one) and when recording may have changed
+(`sync`); exceptions, interrupts and SYSCALL are recorded where vlbr delivers them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import iced_x86
+from unicorn import UC_HOOK_BLOCK, Uc, UcError
+from unicorn import x86_const as X
+
+from vlbr.backends.branches import branch_between, classify
+from vlbr.vcpu import ArchLbrVcpu
+from vlbr.x86.paging import PageFault
+
+
+class BranchRecorder:
+    def __init__(self, uc: Uc, lbr: ArchLbrVcpu, read_code: Callable[[int, int], bytes]):
+        self.uc, self.lbr, self.read_code = uc, lbr, read_code
+        self.hook: int | None = None
+        self.last_block: tuple[int, int] | None = None
+        self.tails: dict[tuple[int, int, int], tuple] = {}  # (CR3, address, size) -> tail
+        self.branches = 0  # branches retired into the model, for reports
+
+    def sync(self) -> None:
+        """Install or remove the block hook to follow the model's LBREn and filters."""
+        want = self.lbr.recording
+        if want == (self.hook is not None):
+            return
+        if want:
+            self.hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        else:
+            self.uc.hook_del(self.hook)
+            self.hook = None
+        self.uc.ctl_flush_tb()  # blocks translated before carry no (or the old) hook call
+        self.last_block = None
+        self.tails.clear()  # another task's code may sit at the same addresses now
+
+    def interrupted(self) -> None:
+        self.last_block = None
+
+    def code_changed(self) -> None:
+        self.tails.clear()
+
+    def _on_block(self, uc, address, size, user_data) -> None:
+        prev, self.last_block = self.last_block, (address, size)
+        if prev is None:
+            return
+        tail = self._tail(prev)
+        if tail is None:
+            return
+        cpl = uc.reg_read(X.UC_X86_REG_CS) & 3  # the CPL at the target
+        flags = (uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX))
+        branch = branch_between(*tail, address, cpl, flags)
+        if branch is not None:
+            self.branches += 1
+            self.lbr.retire_branch(branch)
+
+    def _tail(self, block: tuple[int, int]):
+        key = (self.uc.reg_read(X.UC_X86_REG_CR3), *block)
+        tail = self.tails.get(key)
+        if tail is None:
+            try:
+                code = self.read_code(*block)
+            except (PageFault, UcError):  # the page went away (a process exited)
+                return None
+            insn = None
+            for insn in iced_x86.Decoder(64, code, ip=block[0]):
+                pass
+            tail = self.tails[key] = (insn, classify(insn) if insn is not None else None)
+        return tail
