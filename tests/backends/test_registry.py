@@ -58,3 +58,12 @@ def test_vlbr_host_says_what_auto_picks_and_why():
     doc = json.loads(done.stdout)
     assert doc["auto_backend"] in registry.BACKEND_NAMES
     assert "instructions/s" in doc["auto_reason"]
+
+
+def test_vlbr_host_says_where_linux_runs_and_what_kvm_prevents():
+    # Issue 11: QEMU -accel kvm on this nested KVM cannot boot Linux (measured there).
+    done = vlbr("host", "--json")
+    if done.returncode == 1:
+        pytest.skip("no KVM here: vlbr host has nothing to probe")
+    doc = json.loads(done.stdout)
+    assert doc["linux_backend"] == "software" and "cmpxchg16b" in doc["linux_reason"]

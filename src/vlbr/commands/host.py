@@ -10,6 +10,8 @@ from rich.table import Table
 
 from vlbr.host.kvm import KVM_PATH, Kvm
 
+from .linux import LINUX_ON_KVM
+
 
 @click.command("host")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of tables")
@@ -33,7 +35,8 @@ def command(as_json: bool, device: str) -> None:
     auto, why = auto_choice()
     if as_json:
         click.echo(json.dumps({"device": device, "available": True, **report.to_json(),
-                               "quirks": quirks, "auto_backend": auto, "auto_reason": why}))
+                               "quirks": quirks, "auto_backend": auto, "auto_reason": why,
+                               "linux_backend": "software", "linux_reason": LINUX_ON_KVM}))
         return
     console = Console()
     console.print(f"[bold]{device}[/]: KVM API version {report.api_version}; "
@@ -49,3 +52,4 @@ def command(as_json: bool, device: str) -> None:
     console.print(probes)
     console.print(f"KVM quirks the backend works around: {', '.join(quirks) or 'none'}")
     console.print(f"--backend auto: {why}")
+    console.print(f"vlbr linux: the software CPU ({LINUX_ON_KVM})")
