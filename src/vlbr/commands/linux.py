@@ -41,35 +41,39 @@ def _read(path: str | None, what: str) -> bytes | None:
               show_default=True, help="the design whose Arch LBR rules the guest sees")
 @click.option("--backend", "backend_name", type=click.Choice(["auto", "software", "kvm"]),
               default="auto", show_default=True, help="auto: the software CPU (see --help)")
-@click.option("--run", "program", metavar="PROGRAM.c",
-              help="a C program built statically with gcc and run as the workload")
+@click.option("--run", "program", metavar="PROGRAM",
+              help="the workload: a C file (built statically with gcc), or an executable "
+                   "file (a #!/bin/sh script, a static binary) taken as it is")
+@click.option("--with-perf", is_flag=True,
+              help="add Debian's perf tool and its libraries (/usr/bin/perf in the guest)")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS",
               help="wall-clock limit of the run; it stops with reason 'timeout'")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON document (console, exit_status, stop_reason, boot_seconds)")
 def command(kernel_path, initrd_path, cmdline, depth, variant, backend_name, program,
-            timeout, as_json) -> None:
+            with_perf, timeout, as_json) -> None:
     """Boot Linux on vlbr's software CPU and run a workload.
 
     The guest's console streams to stdout (with --json it is in the document instead). Exit
     status: the workload's own when the guest halted after it ran; 1 when the guest stopped
     otherwise (timeout, triple fault, ...: the stop reason says which); 2 on bad input."""
     from vlbr.backends.pc.cpu_model import guest_cpuid
-    from vlbr.guest.linux import DEFAULT_CMDLINE, boot_linux, compile_workload, default_initrd
+    from vlbr.guest.linux import DEFAULT_CMDLINE, boot_linux, default_initrd
     if backend_name == "kvm":
         raise click.UsageError(KVM_CANNOT)
-    if initrd_path is not None and program is not None:
-        raise click.UsageError("--run builds vlbr's initramfs; it cannot go with --initrd")
+    if initrd_path is not None and (program is not None or with_perf):
+        raise click.UsageError("--run and --with-perf build vlbr's initramfs; they cannot go "
+                               "with --initrd")
     cpuid = guest_cpuid(variant, depth)
     image = _read(kernel_path, "kernel")
     initrd = _read(initrd_path, "initrd")
-    workload = compile_workload(Path(program)) if program is not None else None
+    workload = _workload(program) if program is not None else None
     if image is None:
         from vlbr.guest.debian import debian_kernel
         image = debian_kernel().read_bytes()
     if initrd is None:
-        initrd = default_initrd(workload)
+        initrd = default_initrd(workload, with_perf)
     stream = None if as_json else ConsoleStream()
     result = boot_linux(image, initrd, cmdline or DEFAULT_CMDLINE, timeout, cpuid, stream)
     if as_json:
@@ -79,6 +83,16 @@ def command(kernel_path, initrd_path, cmdline, depth, variant, backend_name, pro
                    f"{result.exit_status if result.exit_status is not None else 'none'}", err=True)
     halted = result.stop_reason == "halted" and result.exit_status is not None
     raise click.exceptions.Exit(result.exit_status if halted else 1)
+
+
+def _workload(program: str) -> bytes:
+    from vlbr.guest.linux import compile_workload
+    if program.endswith(".c"):
+        return compile_workload(Path(program))
+    data = _read(program, "workload")
+    if not (data.startswith(b"#!") or data.startswith(b"\x7fELF")):
+        raise click.BadParameter(f"{program} is neither a C file, a #! script nor an ELF file")
+    return data
 
 
 class ConsoleStream:

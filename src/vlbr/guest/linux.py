@@ -89,6 +89,11 @@ def boot_linux(image: bytes, initrd: bytes, cmdline: str, timeout: float, cpuid=
                        marks.get("init"), time.monotonic() - start, run.instructions)
 
 
-def default_initrd(workload: bytes | None = None) -> bytes:
+def default_initrd(workload: bytes | None = None, with_perf: bool = False) -> bytes:
+    """vlbr's initramfs; with_perf adds Debian's perf tool and its libraries."""
     from .debian import debian_busybox
-    return busybox_initramfs(debian_busybox().read_bytes(), workload)
+    extra = None
+    if with_perf:
+        from .perf_tool import perf_files
+        extra = perf_files()
+    return busybox_initramfs(debian_busybox().read_bytes(), workload, extra)
