@@ -20,6 +20,7 @@ from vlbr.guest.debian import PackageUnavailable, debian_busybox, debian_kernel
 from vlbr.guest.linux import compile_workload
 
 VLBR = str(Path(sys.executable).parent / "vlbr")
+PERF_RECORD = Path(__file__).resolve().parents[1] / "backends" / "pc" / "programs" / "perf_record.c"
 PERF_EVENTS = Path(__file__).resolve().parents[1] / "backends" / "pc" / "programs" / "perf_events.c"
 LOOP_ITERATIONS = 100_000
 SAMPLED_INSTRUCTIONS, PERIOD = 6 * 200_000, 100_000  # perf_events.c's sampled loop
@@ -113,6 +114,33 @@ def test_each_samples_branch_stack_is_the_sampled_loops_back_edge(vlbr_run):
         assert int(count) == 32
         found = re.findall(r"\[0x([0-9a-f]+) -> 0x([0-9a-f]+)\]", pairs)
         assert found and {(int(a, 16), int(b, 16)) for a, b in found} <= edges
+
+
+def brstack_samples(console: str) -> list[tuple[int, list[tuple[int, int]]]]:
+    """perf script -F ip,brstack lines as (ip, [(from, to), ...] newest first)."""
+    samples = []
+    for line in re.findall(r"^brstack: (.*)$", console, re.M):
+        ip, *entries = line.split()
+        pairs = [tuple(int(x, 16) for x in e.split("/")[:2]) for e in entries]
+        samples.append((int(ip, 16), pairs))
+    return samples
+
+
+def test_perf_record_b_in_the_guest_gives_the_loops_real_branches():
+    # Debian's unmodified perf (linux-perf) with its libraries in the initramfs: perf record
+    # -b, perf script -F ip,brstack and perf report --sort symbol_from,symbol_to all run, and
+    # every sample taken inside the loop carries a full stack of its back edge only.
+    status, doc, stderr = vlbr_linux("--with-perf", "--run", str(PERF_RECORD), timeout=900)
+    console = doc.get("console", "")
+    assert status == 0, (stderr, console[-3000:])
+    assert "perf record: 0" in console
+    (back_from, back_to), = loop_back_edges(PERF_RECORD)  # main's one loop
+    samples = brstack_samples(console)
+    in_loop = [pairs for ip, pairs in samples if back_to <= ip <= back_from]
+    assert len(samples) >= 10 and in_loop
+    for pairs in in_loop:
+        assert pairs == [(back_from, back_to)] * 32
+    assert int(re.search(r"^report lines: (\d+)$", console, re.M).group(1)) > 0
 
 
 def test_depth_16_is_what_linux_sees_on_the_streamed_console():
