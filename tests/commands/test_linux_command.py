@@ -90,15 +90,15 @@ def test_branch_stack_sampling_gets_a_pmi_at_every_period(vlbr_run):
     assert line == f"samples: {expected} of {expected} records"
 
 
-def loop_back_edges(source: Path) -> set[tuple[int, int]]:
-    """(from, to) of every backward conditional branch in the workload's main: its loops."""
+def loop_back_edges(source: Path, function: str = "main") -> set[tuple[int, int]]:
+    """(from, to) of every backward conditional branch in `function`: its loops."""
     elf = compile_workload(source)  # the same gcc and flags as vlbr linux --run: same bytes
     f = ELFFile(io.BytesIO(elf))
-    main = f.get_section_by_name(".symtab").get_symbol_by_name("main")[0]
+    symbol = f.get_section_by_name(".symtab").get_symbol_by_name(function)[0]
     text = f.get_section_by_name(".text")
-    start = main["st_value"] - text["sh_addr"]
-    code = text.data()[start:start + main["st_size"]]
-    return {(i.ip, i.near_branch_target) for i in Decoder(64, code, ip=main["st_value"])
+    start = symbol["st_value"] - text["sh_addr"]
+    code = text.data()[start:start + symbol["st_size"]]
+    return {(i.ip, i.near_branch_target) for i in Decoder(64, code, ip=symbol["st_value"])
             if i.flow_control == FlowControl.CONDITIONAL_BRANCH and i.near_branch_target < i.ip}
 
 
@@ -116,31 +116,52 @@ def test_each_samples_branch_stack_is_the_sampled_loops_back_edge(vlbr_run):
         assert found and {(int(a, 16), int(b, 16)) for a, b in found} <= edges
 
 
-def brstack_samples(console: str) -> list[tuple[int, list[tuple[int, int]]]]:
-    """perf script -F ip,brstack lines as (ip, [(from, to), ...] newest first)."""
+def brstack_samples(console: str, tag: str) -> list[tuple[float, int, list[tuple[int, int]]]]:
+    """perf script -F time,ip,brstack lines of one recording as (time, ip, [(from, to)])."""
     samples = []
-    for line in re.findall(r"^brstack: (.*)$", console, re.M):
-        ip, *entries = line.split()
+    for line in re.findall(rf"^brstack {tag}: (.*)$", console, re.M):
+        when, ip, *entries = line.split()
         pairs = [tuple(int(x, 16) for x in e.split("/")[:2]) for e in entries]
-        samples.append((int(ip, 16), pairs))
+        samples.append((float(when.rstrip(":")), int(ip, 16), pairs))
     return samples
 
 
-def test_perf_record_b_in_the_guest_gives_the_loops_real_branches():
-    # Debian's unmodified perf (linux-perf) with its libraries in the initramfs: perf record
-    # -b, perf script -F ip,brstack and perf report --sort symbol_from,symbol_to all run, and
-    # every sample taken inside the loop carries a full stack of its back edge only.
-    status, doc, stderr = vlbr_linux("--with-perf", "--run", str(PERF_RECORD), timeout=900)
+@pytest.fixture(scope="module")
+def perf_run():
+    return vlbr_linux("--with-perf", "--run", str(PERF_RECORD), timeout=900)
+
+
+def test_perf_record_b_runs_in_the_guest(perf_run):
+    # Debian's unmodified perf (linux-perf) with its libraries in the initramfs: two perf
+    # record -b at once, perf script -F ip,brstack and perf report --sort
+    # symbol_from,symbol_to all run.
+    status, doc, stderr = perf_run
     console = doc.get("console", "")
     assert status == 0, (stderr, console[-3000:])
     assert "perf record: 0" in console
-    (back_from, back_to), = loop_back_edges(PERF_RECORD)  # main's one loop
-    samples = brstack_samples(console)
-    in_loop = [pairs for ip, pairs in samples if back_to <= ip <= back_from]
-    assert len(samples) >= 10 and in_loop
-    for pairs in in_loop:
-        assert pairs == [(back_from, back_to)] * 32
     assert int(re.search(r"^report lines: (\d+)$", console, re.M).group(1)) > 0
+
+
+@pytest.mark.parametrize("tag,mine,other", [("a", "loop_a", "loop_b"), ("b", "loop_b", "loop_a")])
+def test_each_recording_holds_its_own_loop_and_nothing_of_the_other(perf_run, tag, mine, other):
+    # Two processes recording at once on one CPU: Linux switches the LBR with the task
+    # (arch/x86/events/intel/lbr.c intel_pmu_lbr_sched_task), so a sample inside a loop is
+    # 32 times exactly that loop's back edge, and no record of the other process appears.
+    (own_from, own_to), = loop_back_edges(PERF_RECORD, mine)
+    foreign = loop_back_edges(PERF_RECORD, other)
+    samples = brstack_samples(perf_run[1]["console"], tag)
+    in_loop = [pairs for _, ip, pairs in samples if own_to <= ip <= own_from]
+    assert len(in_loop) >= 10
+    for pairs in in_loop:
+        assert pairs == [(own_from, own_to)] * 32
+    assert not any(set(pairs) & foreign for _, _, pairs in samples)
+
+
+def test_the_two_recordings_ran_at_the_same_time(perf_run):
+    # Otherwise "nothing of the other process" would hold without any context switch.
+    a, b = (brstack_samples(perf_run[1]["console"], tag) for tag in "ab")
+    a_times, b_times = [t for t, _, _ in a], [t for t, _, _ in b]
+    assert min(a_times) < max(b_times) and min(b_times) < max(a_times)
 
 
 def test_depth_16_is_what_linux_sees_on_the_streamed_console():

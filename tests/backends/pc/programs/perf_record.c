@@ -1,11 +1,24 @@
 /* A workload for `vlbr linux --with-perf --run`: runs Debian's perf tool on itself.
-   `perf record -b` samples this program's loop (argument "loop"), then `perf script -F
-   ip,brstack` prints every sample's branch stack and `perf report --sort
-   symbol_from,symbol_to` summarises them. */
+   Two `perf record -b` at once, each on its own copy of this program running a different
+   loop ("a" or "b"), so the scheduler switches between two recording processes; then
+   `perf script -F ip,brstack` prints every sample's branch stack (each line tagged with the
+   recording it came from) and `perf report --sort symbol_from,symbol_to` summarises one. */
 #include <stdio.h>
 #include <stdlib.h>
 
-#define ITERATIONS 300000
+#define ITERATIONS 1000000
+
+__attribute__((noinline)) static void loop_a(void)
+{
+    for (volatile int i = 0; i < ITERATIONS; i++)
+        ;
+}
+
+__attribute__((noinline)) static void loop_b(void)
+{
+    for (volatile long j = ITERATIONS; j > 0; j--)
+        ;
+}
 
 static int run(const char *command)
 {
@@ -13,19 +26,23 @@ static int run(const char *command)
     return system(command);
 }
 
+#define RECORD "/usr/bin/perf record -q -b -e instructions:u -c 100000 "
+
 int main(int argc, char **argv)
 {
-    (void)argv;
     if (argc > 1) {
-        for (volatile int i = 0; i < ITERATIONS; i++)
-            ;
+        if (argv[1][0] == 'a')
+            loop_a();
+        else
+            loop_b();
         return 0;
     }
-    int status = run("/usr/bin/perf record -q -b -e instructions:u -c 100000 "
-                     "-o /tmp/perf.data /workload loop");
+    int status = run(RECORD "-o /tmp/a.data /workload a & " RECORD "-o /tmp/b.data /workload b & "
+                     "wait");
     printf("perf record: %d\n", status);
-    run("/usr/bin/perf script -i /tmp/perf.data -F ip,brstack | /bin/busybox sed 's/^/brstack: /'");
-    status = run("/usr/bin/perf report -i /tmp/perf.data --stdio --sort symbol_from,symbol_to "
+    run("/usr/bin/perf script -i /tmp/a.data -F time,ip,brstack | /bin/busybox sed 's/^/brstack a: /'");
+    run("/usr/bin/perf script -i /tmp/b.data -F time,ip,brstack | /bin/busybox sed 's/^/brstack b: /'");
+    status = run("/usr/bin/perf report -i /tmp/a.data --stdio --sort symbol_from,symbol_to "
                  "2>/dev/null | /bin/busybox grep -c '%' | /bin/busybox sed 's/^/report lines: /'");
     return status;
 }
