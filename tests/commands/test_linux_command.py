@@ -139,6 +139,7 @@ def test_perf_record_b_runs_in_the_guest(perf_run):
     console = doc.get("console", "")
     assert status == 0, (stderr, console[-3000:])
     assert "perf record: 0" in console
+    assert "segfault" not in console  # no guest process was killed by a wrong fault
     assert int(re.search(r"^report lines: (\d+)$", console, re.M).group(1)) > 0
 
 
@@ -155,6 +156,27 @@ def test_each_recording_holds_its_own_loop_and_nothing_of_the_other(perf_run, ta
     for pairs in in_loop:
         assert pairs == [(own_from, own_to)] * 32
     assert not any(set(pairs) & foreign for _, _, pairs in samples)
+
+
+def callchains(console: str) -> list[list[str]]:
+    """perf script -F ip,sym of a --call-graph recording: each sample's frames' symbols."""
+    chains, current = [], []
+    for line in re.findall(r"^callchain: (.*)$", console, re.M):
+        if line.strip():
+            current.append(line.split()[-1])
+        elif current:
+            chains.append(current)
+            current = []
+    return chains + ([current] if current else [])
+
+
+def test_call_graph_lbr_gives_the_programs_real_call_chain(perf_run):
+    # perf record --call-graph lbr: Arch LBR call-stack mode (LBR_CTL.CALL_STACK), the
+    # stack of calls not yet returned, newest first (arch/x86/events/intel/lbr.c).
+    in_inner = [c for c in callchains(perf_run[1]["console"]) if c[0] == "inner"]
+    assert len(in_inner) >= 3
+    for chain in in_inner:
+        assert chain[:4] == ["inner", "middle", "outer", "main"]
 
 
 def test_the_two_recordings_ran_at_the_same_time(perf_run):

@@ -2,7 +2,8 @@
    Two `perf record -b` at once, each on its own copy of this program running a different
    loop ("a" or "b"), so the scheduler switches between two recording processes; then
    `perf script -F ip,brstack` prints every sample's branch stack (each line tagged with the
-   recording it came from) and `perf report --sort symbol_from,symbol_to` summarises one. */
+   recording it came from) and `perf report --sort symbol_from,symbol_to` summarises one.
+   Then `perf record --call-graph lbr` on a known call chain, printed by `perf script`. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -20,6 +21,25 @@ __attribute__((noinline)) static void loop_b(void)
         ;
 }
 
+/* A call chain for --call-graph lbr: main -> outer -> middle -> inner (the loop). */
+__attribute__((noinline)) static void inner(void)
+{
+    for (volatile int k = 0; k < ITERATIONS / 4; k++)
+        ;
+}
+
+__attribute__((noinline)) static void middle(void)
+{
+    inner();
+    __asm__ volatile("" ::: "memory");  /* no tail call: middle's frame stays */
+}
+
+__attribute__((noinline)) static void outer(void)
+{
+    middle();
+    __asm__ volatile("" ::: "memory");
+}
+
 static int run(const char *command)
 {
     fflush(stdout);
@@ -33,8 +53,10 @@ int main(int argc, char **argv)
     if (argc > 1) {
         if (argv[1][0] == 'a')
             loop_a();
-        else
+        else if (argv[1][0] == 'b')
             loop_b();
+        else
+            outer();
         return 0;
     }
     int status = run(RECORD "-o /tmp/a.data /workload a & " RECORD "-o /tmp/b.data /workload b & "
@@ -44,5 +66,8 @@ int main(int argc, char **argv)
     run("/usr/bin/perf script -i /tmp/b.data -F time,ip,brstack | /bin/busybox sed 's/^/brstack b: /'");
     status = run("/usr/bin/perf report -i /tmp/a.data --stdio --sort symbol_from,symbol_to "
                  "2>/dev/null | /bin/busybox grep -c '%' | /bin/busybox sed 's/^/report lines: /'");
+    run("/usr/bin/perf record -q --call-graph lbr -e instructions:u -c 100000 "
+        "-o /tmp/c.data /workload c");
+    run("/usr/bin/perf script -i /tmp/c.data -F ip,sym | /bin/busybox sed 's/^/callchain: /'");
     return status;
 }
