@@ -1,10 +1,9 @@
 """A Linux guest on the unicorn CPU: RAM, the boot plan, the PC devices Linux needs (COM1,
-the 8259A pair, the 8254's channel 0) in virtual time (instructions retired, see clock.py),
-and exceptions, external interrupts and SYSCALL performed by vlbr (unicorn does none).
-
-Not yet here (issue 11): MSR routing to the Arch LBR model, vlbr's CPUID, XSAVES and a local
-APIC. A run ends at its time limit, at a HLT with interrupts off (Linux's halt), or when
-delivery fails (a CPU would shut down)."""
+the 8259A pair, the 8254's channel 0, the local APIC) in virtual time (instructions retired,
+see clock.py); vlbr's CPUID, MSRs (Arch LBR, PMU), XSAVES/XRSTORS, RDTSC/RDPMC, exceptions,
+NMIs, external interrupts and SYSCALL, which unicorn does not perform; branch recording while
+LBREn is set (recorder.py). A run ends at its time limit, at a HLT with interrupts off
+(Linux's halt), or when delivery fails (a CPU would shut down). docs/design.md has the loop."""
 
 from __future__ import annotations
 

@@ -23,16 +23,22 @@ static int open_event(struct perf_event_attr *attr)
     return (int)syscall(SYS_perf_event_open, attr, 0, -1, -1, 0);
 }
 
+/* User-mode instructions retired of this process, disabled until enabled. */
+static void user_instructions(struct perf_event_attr *attr)
+{
+    memset(attr, 0, sizeof *attr);
+    attr->type = PERF_TYPE_HARDWARE;
+    attr->size = sizeof *attr;
+    attr->config = PERF_COUNT_HW_INSTRUCTIONS;
+    attr->disabled = 1;
+    attr->exclude_kernel = 1;
+    attr->exclude_hv = 1;
+}
+
 static void count_instructions(void)
 {
     struct perf_event_attr attr;
-    memset(&attr, 0, sizeof attr);
-    attr.type = PERF_TYPE_HARDWARE;
-    attr.size = sizeof attr;
-    attr.config = PERF_COUNT_HW_INSTRUCTIONS;
-    attr.disabled = 1;
-    attr.exclude_kernel = 1;
-    attr.exclude_hv = 1;
+    user_instructions(&attr);
     int fd = open_event(&attr);
     if (fd < 0) {
         printf("instructions: unavailable (%s)\n", strerror(errno));
@@ -61,17 +67,11 @@ struct sample {
 static int open_sampling(void)
 {
     struct perf_event_attr attr;
-    memset(&attr, 0, sizeof attr);
-    attr.type = PERF_TYPE_HARDWARE;
-    attr.size = sizeof attr;
-    attr.config = PERF_COUNT_HW_INSTRUCTIONS;
+    user_instructions(&attr);
     attr.sample_period = PERIOD;
     attr.sample_type = PERF_SAMPLE_IP | PERF_SAMPLE_BRANCH_STACK;
     attr.branch_sample_type = PERF_SAMPLE_BRANCH_USER | PERF_SAMPLE_BRANCH_ANY;
-    attr.exclude_kernel = 1;
-    attr.exclude_hv = 1;
-    attr.disabled = 1;
-    return (int)syscall(SYS_perf_event_open, &attr, 0, -1, -1, 0);
+    return open_event(&attr);
 }
 
 static void report(struct perf_event_mmap_page *page)
