@@ -123,6 +123,7 @@ class PcMachine:
         self._one_instruction = False  # the next slice runs one instruction (a CPL change)
         self._halted = False  # in HLT, waiting for an interrupt
         self.xcr0 = XFEATURE_X87
+        self._trapped = self._trap_handlers()
         self._devices()
         self._models()
         self._hooks()
@@ -258,20 +259,19 @@ class PcMachine:
         budget = 1 if self._one_instruction else SLICE
         self._one_instruction = False
         self.clock.arm(min(self._deadline(cpl), self.clock.now + budget))
+        error = None
         try:
             self.uc.emu_start(rip, -1)  # no timeout: unicorn would start a thread per call
         except UcError as err:
-            self._count(cpl)
-            self._update_timers()
-            if err.errno == UC_ERR_INSN_INVALID:
-                self._invalid(self.uc.reg_read(X.UC_X86_REG_RIP))
-            else:
-                self._stop(StopReason.ERROR, f"unicorn: {err} at {rip:#x}")
-            return
+            error = err
         self._count(cpl)
         self._update_timers()
         self.recorder.interrupted()  # the slice stopped mid-block: no branch to the next one
-        if self.event is not None:
+        if error is not None and error.errno == UC_ERR_INSN_INVALID:
+            self._invalid(self.uc.reg_read(X.UC_X86_REG_RIP))  # XSAVES/XRSTORS/RDPMC or #UD
+        elif error is not None:
+            self._stop(StopReason.ERROR, f"unicorn: {error} at {rip:#x}")
+        elif self.event is not None:
             self._handle(self.event)
         elif self.clock.stopped == Stop.TRAP:
             self._trap(self.clock.trapped_at)
@@ -289,7 +289,7 @@ class PcMachine:
         except DeliveryFailed:
             self.clock.run_through(address)  # let unicorn raise the fetch fault
             return
-        handler = self._trapped.get(insn.mnemonic)
+        handler = self._trapped.get(insn.mnemonic)  # built once: traps are a hot path
         if handler is None:
             self.clock.run_through(address)  # opcode bytes inside another instruction
             return
@@ -312,8 +312,7 @@ class PcMachine:
                 pass
         return data
 
-    @property
-    def _trapped(self) -> dict:
+    def _trap_handlers(self) -> dict:
         return {Mnemonic.RDMSR: self._rdmsr, Mnemonic.WRMSR: self._wrmsr,
                 Mnemonic.RDTSC: self._rdtsc, Mnemonic.RDTSCP: self._rdtsc,
                 Mnemonic.RDPMC: self._rdpmc, Mnemonic.XSETBV: self._xsetbv,
