@@ -11,6 +11,7 @@ import ctypes
 import enum
 
 from unicorn import UC_HOOK_CODE, Uc
+from unicorn import x86_const as X
 
 from vlbr.backends.software import native
 
@@ -22,7 +23,8 @@ class ClockState(ctypes.Structure):
                 ("stopped", ctypes.c_uint64), ("emu_stop", ctypes.c_void_p),
                 ("trap_base", ctypes.c_uint64), ("trap_span", ctypes.c_uint64),
                 ("trap_bits", ctypes.c_void_p), ("trapped_at", ctypes.c_uint64),
-                ("skip", ctypes.c_uint64)]
+                ("skip", ctypes.c_uint64), ("reg_read", ctypes.c_void_p),
+                ("cr2_regid", ctypes.c_int64), ("cr2", ctypes.c_uint64)]
 
 
 class Stop(enum.IntEnum):
@@ -45,8 +47,10 @@ class InstructionClock:
             offset = address - base
             self._bits[offset >> 3] |= 1 << (offset & 7)
         stop = ctypes.cast(binding.uclib.uc_emu_stop, ctypes.c_void_p).value
+        reg_read = ctypes.cast(binding.uclib.uc_reg_read, ctypes.c_void_p).value
         self.state = ClockState(0, NEVER, 0, stop, base, span,
-                                ctypes.cast(self._bits, ctypes.c_void_p).value, 0, 0)
+                                ctypes.cast(self._bits, ctypes.c_void_p).value, 0, 0, reg_read,
+                                X.UC_X86_REG_CR2, 0)
         lib = native.load("insn_clock") if use_native else None
         self.native = lib is not None
         if self.native:
@@ -58,16 +62,19 @@ class InstructionClock:
     def _python_hook(self, uc, address, size, user_data) -> None:
         s = self.state
         if s.retired >= s.deadline:
-            s.stopped = Stop.DEADLINE
-            uc.emu_stop()
+            self._stop(Stop.DEADLINE)
             return
         if address == s.skip:
             s.skip = 0
         elif address in self.traps:
-            s.stopped, s.trapped_at = Stop.TRAP, address
-            uc.emu_stop()
+            s.trapped_at = address
+            self._stop(Stop.TRAP)
             return
         s.retired += 1
+
+    def _stop(self, why: Stop) -> None:
+        self.state.stopped, self.state.cr2 = why, self.uc.reg_read(X.UC_X86_REG_CR2)
+        self.uc.emu_stop()
 
     @property
     def now(self) -> int:
@@ -96,6 +103,11 @@ class InstructionClock:
     @property
     def stopped(self) -> Stop:
         return Stop(self.state.stopped)
+
+    @property
+    def cr2_at_stop(self) -> int | None:
+        """The guest's CR2 when the clock stopped the CPU (a stop leaves unicorn's at -2)."""
+        return None if self.state.stopped == Stop.NONE else self.state.cr2
 
     @property
     def trapped_at(self) -> int:

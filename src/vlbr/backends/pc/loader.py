@@ -65,10 +65,15 @@ def plan(image: bytes, initrd: bytes, cmdline: str, ram_size: int) -> BootPlan:
                               f"({header.init_size >> 20} MiB from {entry:#x}) and an initrd "
                               f"of {len(initrd) >> 20} MiB")
     writes = [(s.paddr, s.data + bytes(s.memsz - len(s.data))) for s in loads]
-    writes += [(GDT_AT, _gdt()), (CMDLINE_AT, line), (initrd_at, initrd), *_page_tables(),
+    writes += [*boot_structures(), (CMDLINE_AT, line), (initrd_at, initrd),
                (ZERO_PAGE_AT, zero_page(header, CMDLINE_AT, initrd_at, len(initrd),
                                         e820_map(ram_size)))]
     return BootPlan(writes=writes, entry=entry, rsi=ZERO_PAGE_AT, kernel=elf)
+
+
+def boot_structures() -> list[tuple[int, bytes]]:
+    """The GDT and identity page tables the 64-bit entry state (BootPlan's defaults) uses."""
+    return [(GDT_AT, _gdt()), *_page_tables()]
 
 
 def _gdt() -> bytes:

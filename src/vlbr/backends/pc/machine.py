@@ -117,6 +117,7 @@ class PcMachine:
         self._enter(plan)
         self.run_state = LinuxRun()
         self.event: tuple | None = None
+        self.stop_cr2: int | None = None  # the guest's CR2 when a Python hook stopped it
         self.clock = InstructionClock(uc, native_clock,
                                       trap_sites(plan.kernel) if plan.kernel else set())
         self._counted = 0  # virtual time the PMU has been told about
@@ -188,7 +189,7 @@ class PcMachine:
     def _transmit(self, byte: int) -> None:
         if len(self.run_state.console) >= self.console_limit:
             self._stop(StopReason.CONSOLE_LIMIT, f"over {self.console_limit} bytes of console")
-            self.uc.emu_stop()
+            self._stop_cpu()
             return
         self.run_state.console.append(byte)
 
@@ -218,14 +219,27 @@ class PcMachine:
 
     def _on_syscall(self, uc, user_data) -> None:
         self.event = ("syscall", uc.reg_read(X.UC_X86_REG_RIP))
-        uc.emu_stop()
+        self._stop_cpu()
 
     def _on_interrupt(self, uc, intno, user_data) -> None:
         error_code, software = self.privilege.last_exception()
         if not software:
             self.clock.unretire()  # a fault: the instruction did not retire
-        self.event = ("vector", intno, uc.reg_read(X.UC_X86_REG_CR2), error_code)
-        uc.emu_stop()
+        self.event = ("vector", intno, error_code)
+        self._stop_cpu()  # with a #PF's address in CR2
+
+    def _stop_cpu(self) -> None:
+        self.stop_cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+        self.uc.emu_stop()
+
+    def _restore_cr2(self) -> None:
+        """Every emu_stop leaves unicorn's CR2 at -2: put back the guest's as the hook that
+        stopped saw it (a #PF's address, or what the guest last wrote), else a #PF handler
+        that a slice stop interrupted before its read_cr2() reads -2 (an emu_start that
+        ends in an error keeps CR2)."""
+        cr2 = self.stop_cr2 if self.stop_cr2 is not None else self.clock.cr2_at_stop
+        if cr2 is not None:
+            self.uc.reg_write(X.UC_X86_REG_CR2, cr2)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, timeout: float, until: bytes | None = None) -> LinuxRun:
@@ -250,7 +264,7 @@ class PcMachine:
             self._halt()
             return
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
-        self.event = None
+        self.event, self.stop_cr2 = None, None
         # At an instruction boundary no delivery is in progress; a fault unicorn raised after
         # an emu_stop leaves QEMU's old_exception set, and the next #PF becomes a silent
         # triple fault (emu_start returns at once, no hook called).
@@ -264,6 +278,7 @@ class PcMachine:
             self.uc.emu_start(rip, -1)  # no timeout: unicorn would start a thread per call
         except UcError as err:
             error = err
+        self._restore_cr2()
         self._count(cpl)
         self._update_timers()
         self.recorder.interrupted()  # the slice stopped mid-block: no branch to the next one
@@ -488,9 +503,8 @@ class PcMachine:
         if event[0] == "syscall":
             self._syscall(event[1])
             return
-        _, vector, cr2, error_code = event
+        _, vector, error_code = event
         self.run_state.exceptions += 1
-        self.uc.reg_write(X.UC_X86_REG_CR2, cr2)  # unicorn reads it wrong once stopped
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         self._deliver(vector, rip, error_code if vector in VECTORS_WITH_ERROR_CODE else None)
 

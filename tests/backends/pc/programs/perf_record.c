@@ -64,10 +64,10 @@ int main(int argc, char **argv)
     printf("perf record: %d\n", status);
     run("/usr/bin/perf script -i /tmp/a.data -F time,ip,brstack | /bin/busybox sed 's/^/brstack a: /'");
     run("/usr/bin/perf script -i /tmp/b.data -F time,ip,brstack | /bin/busybox sed 's/^/brstack b: /'");
-    status = run("/usr/bin/perf report -i /tmp/a.data --stdio --sort symbol_from,symbol_to "
-                 "2>/dev/null | /bin/busybox grep -c '%' | /bin/busybox sed 's/^/report lines: /'");
     run("/usr/bin/perf record -q --call-graph lbr -e instructions:u -c 100000 "
         "-o /tmp/c.data /workload c");
     run("/usr/bin/perf script -i /tmp/c.data -F ip,sym | /bin/busybox sed 's/^/callchain: /'");
+    status = run("/usr/bin/perf report -i /tmp/a.data --stdio --sort symbol_from,symbol_to "
+                 "2>/dev/null | /bin/busybox grep -c '%' | /bin/busybox sed 's/^/report lines: /'");
     return status;
 }
