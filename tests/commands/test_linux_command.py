@@ -128,7 +128,7 @@ def brstack_samples(console: str, tag: str) -> list[tuple[float, int, list[tuple
 
 @pytest.fixture(scope="module")
 def perf_run():
-    return vlbr_linux("--with-perf", "--run", str(PERF_RECORD), timeout=900)
+    return vlbr_linux("--with-perf", "--verify-samples", "--run", str(PERF_RECORD), timeout=900)
 
 
 def test_perf_record_b_runs_in_the_guest(perf_run):
@@ -184,6 +184,19 @@ def test_the_two_recordings_ran_at_the_same_time(perf_run):
     a, b = (brstack_samples(perf_run[1]["console"], tag) for tag in "ab")
     a_times, b_times = [t for t, _, _ in a], [t for t, _, _ in b]
     assert min(a_times) < max(b_times) and min(b_times) < max(a_times)
+
+
+def test_every_perf_script_sample_is_the_ground_truth_at_its_pmi(perf_run):
+    # Issue 12: vlbr's own record of the branches (backends/pc/ground_truth.py) against (1)
+    # the LBR at every PMI with LBREn set, perf record -b and --call-graph lbr alike, and (2)
+    # every sample `perf script -F time,ip,brstack` printed for both recordings: 0 mismatches.
+    status, doc, stderr = perf_run
+    check = doc["verify_samples"]
+    printed = sum(len(brstack_samples(doc["console"], tag)) for tag in "ab")
+    assert check["ok"], check
+    assert check["samples"] == check["samples_matching"] == printed > 20
+    assert check["pmis"] == check["pmis_agreeing"] >= printed
+    assert check["incomplete"] == 0 and check["mismatches"] == []
 
 
 def test_depth_16_is_what_linux_sees_on_the_streamed_console():

@@ -49,15 +49,19 @@ def _read(path: str | None, what: str) -> bytes | None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS",
               help="wall-clock limit of the run; it stops with reason 'timeout'")
+@click.option("--verify-samples", is_flag=True,
+              help="check every PMI's LBR and every `perf script -F ip,brstack` sample on the "
+                   "console against vlbr's own record of the branches; exit 1 on a mismatch")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON document (console, exit_status, stop_reason, boot_seconds)")
 def command(kernel_path, initrd_path, cmdline, depth, variant, backend_name, program,
-            with_perf, timeout, as_json) -> None:
+            with_perf, timeout, verify_samples, as_json) -> None:
     """Boot Linux on vlbr's software CPU and run a workload.
 
     The guest's console streams to stdout (with --json it is in the document instead). Exit
     status: the workload's own when the guest halted after it ran; 1 when the guest stopped
-    otherwise (timeout, triple fault, ...: the stop reason says which); 2 on bad input."""
+    otherwise (timeout, triple fault, ...: the stop reason says which) or when
+    --verify-samples finds a mismatch; 2 on bad input."""
     from vlbr.backends.pc.cpu_model import guest_cpuid
     from vlbr.guest.linux import DEFAULT_CMDLINE, boot_linux, default_initrd
     if backend_name == "kvm":
@@ -75,14 +79,42 @@ def command(kernel_path, initrd_path, cmdline, depth, variant, backend_name, pro
     if initrd is None:
         initrd = default_initrd(workload, with_perf)
     stream = None if as_json else ConsoleStream()
-    result = boot_linux(image, initrd, cmdline or DEFAULT_CMDLINE, timeout, cpuid, stream)
+    result = boot_linux(image, initrd, cmdline or DEFAULT_CMDLINE, timeout, cpuid, stream,
+                        ground_truth=verify_samples)
+    check = _verify(result) if verify_samples else None
     if as_json:
-        click.echo(json.dumps(result.to_json()))
+        document = result.to_json()
+        if check is not None:
+            document["verify_samples"] = check.to_json()
+        click.echo(json.dumps(document))
     else:
-        click.echo(f"\nvlbr: {result.stop_reason}: {result.stop_detail}; exit status "
-                   f"{result.exit_status if result.exit_status is not None else 'none'}", err=True)
-    halted = result.stop_reason == "halted" and result.exit_status is not None
-    raise click.exceptions.Exit(result.exit_status if halted else 1)
+        _report(result, check)
+    raise click.exceptions.Exit(_status(result, check))
+
+
+def _verify(result):
+    from vlbr.guest.perf_samples import check_samples
+    return check_samples(result.console, result.pmis)
+
+
+def _report(result, check) -> None:
+    click.echo(f"\nvlbr: {result.stop_reason}: {result.stop_detail}; exit status "
+               f"{result.exit_status if result.exit_status is not None else 'none'}", err=True)
+    if check is not None:
+        verdict = "ok" if check.ok else "FAILED"
+        click.echo(f"vlbr: verify-samples {verdict}: {check.summary()}", err=True)
+        for line in check.mismatches:
+            click.echo(f"vlbr: verify-samples: {line}", err=True)
+
+
+def _status(result, check) -> int:
+    """The workload's status once the guest halted after it; else, or when the samples
+    do not verify, 1."""
+    if result.stop_reason != "halted" or result.exit_status is None:
+        return 1
+    if result.exit_status == 0 and check is not None and not check.ok:
+        return 1
+    return result.exit_status
 
 
 def _workload(program: str) -> bytes:

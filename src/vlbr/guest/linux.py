@@ -40,6 +40,7 @@ class LinuxResult:
     boot_seconds: float | None  # wall clock until the kernel ran /init
     seconds: float
     instructions: int  # virtual time: instructions the guest retired
+    pmis: list | None = None  # ground-truth PmiSnapshots, when asked for
 
     def to_json(self) -> dict:
         return {"console": self.console, "exit_status": self.exit_status,
@@ -69,8 +70,10 @@ def exit_status(console: str) -> int | None:
 
 
 def boot_linux(image: bytes, initrd: bytes, cmdline: str, timeout: float, cpuid=None,
-               on_console: Callable[[bytes], None] | None = None) -> LinuxResult:
-    """Boot and run until the guest halts, the time limit, or a stop (the machine says why)."""
+               on_console: Callable[[bytes], None] | None = None,
+               ground_truth: bool = False) -> LinuxResult:
+    """Boot and run until the guest halts, the time limit, or a stop (the machine says why);
+    with ground_truth, vlbr's own account of the LBR at every PMI comes back too."""
     from vlbr.backends.pc.loader import plan
     from vlbr.backends.pc.machine import PcMachine
     marks: dict[str, float] = {}
@@ -82,11 +85,13 @@ def boot_linux(image: bytes, initrd: bytes, cmdline: str, timeout: float, cpuid=
         if on_console is not None:
             on_console(data)
 
-    machine = PcMachine(plan(image, initrd, cmdline, RAM), RAM, cpuid=cpuid, on_console=seen)
+    machine = PcMachine(plan(image, initrd, cmdline, RAM), RAM, cpuid=cpuid, on_console=seen,
+                        ground_truth=ground_truth)
     run = machine.run(timeout)
     console = run.console.replace(b"\r\n", b"\n").decode(errors="replace")
     return LinuxResult(console, exit_status(console), run.stop_reason, run.stop_detail,
-                       marks.get("init"), time.monotonic() - start, run.instructions)
+                       marks.get("init"), time.monotonic() - start, run.instructions,
+                       machine.truth.snapshots if machine.truth is not None else None)
 
 
 def default_initrd(workload: bytes | None = None, with_perf: bool = False) -> bytes:

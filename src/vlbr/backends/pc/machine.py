@@ -17,14 +17,14 @@ from iced_x86 import Decoder, Mnemonic
 from unicorn import x86_const as X
 
 from vlbr.arch.cpuid import CpuidTable
-from vlbr.arch.msrs import IA32_XSS
-from vlbr.arch.xsave import XsaveLayout
+from vlbr.arch.msrs import IA32_LBR_DEPTH, IA32_XSS, BranchType, LbrCtl, decode_record_msr
+from vlbr.arch.xsave import XSS_ARCH_LBR, XsaveLayout
 from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_PCE, CR4_TSD, MSR_EFER, RFLAGS_IF, VECTOR_DB, VECTOR_GP,
                            VECTOR_PF, VECTOR_UD,
                            VECTORS_WITH_ERROR_CODE, XFEATURE_X87)
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.policy.supported import XSAVES
-from vlbr.backends.branches import EVENT
+from vlbr.backends.branches import EVENT, FAR
 from vlbr.vcpu import Branch, GeneralProtection
 from vlbr.vcpu.perfmon_msrs import PerfmonMsrs
 from vlbr.backends.base import CONSOLE_LIMIT, StopReason
@@ -42,6 +42,7 @@ from . import pic as pic_ports
 from . import pit as pit_ports
 from . import uart as uart_ports
 from .interrupts import PcInterrupts, pit_tick
+from .ground_truth import GroundTruth
 from .recorder import BranchRecorder
 from .clock import NEVER, InstructionClock, Stop
 from .cpu_model import guest_cpuid
@@ -104,7 +105,7 @@ class PcMachine:
 
     def __init__(self, plan: BootPlan, ram_size: int, console_limit: int = CONSOLE_LIMIT,
                  native_clock: bool = True, cpuid: CpuidTable | None = None,
-                 on_console: Callable[[bytes], None] | None = None):
+                 on_console: Callable[[bytes], None] | None = None, ground_truth: bool = False):
         self.console_limit = console_limit
         self.on_console = on_console  # called with each slice's new console bytes
         self.cpuid = cpuid if cpuid is not None else guest_cpuid()
@@ -121,12 +122,12 @@ class PcMachine:
         self.clock = InstructionClock(uc, native_clock,
                                       trap_sites(plan.kernel) if plan.kernel else set())
         self._counted = 0  # virtual time the PMU has been told about
-        self._one_instruction = False  # the next slice runs one instruction (a CPL change)
+        self._returning_at: int | None = None  # an IRET/SYSRET the next slice runs alone
         self._halted = False  # in HLT, waiting for an interrupt
         self.xcr0 = XFEATURE_X87
         self._trapped = self._trap_handlers()
         self._devices()
-        self._models()
+        self._models(ground_truth)
         self._hooks()
 
     def _devices(self) -> None:
@@ -137,11 +138,12 @@ class PcMachine:
         self.uc.mmio_map(lapic_page.BASE_ADDRESS, lapic_page.PAGE_SIZE, self._apic_read, None,
                          self._apic_write, None)
 
-    def _models(self) -> None:
+    def _models(self, ground_truth: bool) -> None:
         self.perfmon = PerfmonMsrs.from_cpuid(self.cpuid)
         self.lbr, self.pmu = self.perfmon.lbr, self.perfmon.pmu
         self.msrs = PcMsrs(self.uc, self.perfmon, lambda: self.clock.now, self.lapic)
-        self.recorder = BranchRecorder(self.uc, self.lbr, self.delivery.linear_read)
+        self.truth = GroundTruth(self.lbr.config) if ground_truth else None
+        self.recorder = BranchRecorder(self.uc, self.lbr, self.delivery.linear_read, self.truth)
 
     def _hooks(self) -> None:
         uc = self.uc
@@ -270,8 +272,8 @@ class PcMachine:
         # triple fault (emu_start returns at once, no hook called).
         self.privilege.exception_delivered()
         cpl = self._cpl()
-        budget = 1 if self._one_instruction else SLICE
-        self._one_instruction = False
+        returning, self._returning_at = self._returning_at, None
+        budget = 1 if returning is not None else SLICE
         self.clock.arm(min(self._deadline(cpl), self.clock.now + budget))
         error = None
         try:
@@ -282,6 +284,8 @@ class PcMachine:
         self._count(cpl)
         self._update_timers()
         self.recorder.interrupted()  # the slice stopped mid-block: no branch to the next one
+        if returning is not None and error is None and self.event is None:
+            self._returned(returning)
         if error is not None and error.errno == UC_ERR_INSN_INVALID:
             self._invalid(self.uc.reg_read(X.UC_X86_REG_RIP))  # XSAVES/XRSTORS/RDPMC or #UD
         elif error is not None:
@@ -353,7 +357,10 @@ class PcMachine:
 
     def _wrmsr(self, insn) -> None:
         self._cpl0("WRMSR")
-        self.msrs.write(self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF, self._edx_eax())
+        msr = self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        self.msrs.write(msr, self._edx_eax())
+        if self.truth is not None and (msr == IA32_LBR_DEPTH or decode_record_msr(msr)):
+            self.truth.written(self.lbr.records())  # DEPTH clears them (SDM 18.1.2.1)
 
     def _rdtsc(self, insn) -> None:
         if self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_TSD:
@@ -371,9 +378,16 @@ class PcMachine:
         """IRET/SYSRET may change CPL: the slice ended before it, the next one is just the
         instruction (QEMU performs it), so every slice runs at one CPL."""
         self.clock.run_through(insn.ip)
-        self._one_instruction = True
+        self._returning_at = insn.ip
         if insn.mnemonic != Mnemonic.SYSRETQ and insn.mnemonic != Mnemonic.SYSRET:
             self.irq.iret()  # IRET ends NMI blocking (SDM 6.7.1)
+
+    def _returned(self, at: int) -> None:
+        """The IRET/SYSRET at `at` retired: a far branch (type OTHER), its CPL the target's.
+        The slice that ran it ended at the target, so the block hook could not pair them."""
+        branch = Branch(at, self.uc.reg_read(X.UC_X86_REG_RIP), FAR.kind, self._cpl())
+        self._tell_truth(branch)
+        self.lbr.retire_branch(branch)
 
     def _xsetbv(self, insn) -> None:
         """Note XCR0 (unicorn cannot read it back) and let QEMU perform XSETBV."""
@@ -434,6 +448,8 @@ class PcMachine:
         if restore:
             uc_xrstors(self.uc, self.lbr, self.cpuid, self.xcr0, xss, self._edx_eax(), area,
                        misalign, wide)
+            if self.truth is not None and self._edx_eax() & xss & XSS_ARCH_LBR:
+                self.truth.written(self.lbr.records())  # a task's own records, restored
             return
         before = bytes(area)
         uc_xsaves(self.uc, self.lbr, self.cpuid, self.xcr0, xss, self._edx_eax(), area,
@@ -455,6 +471,9 @@ class PcMachine:
         self._counted = self.clock.now
         if self.pmu.take_pmi():
             self.irq.performance_interrupt()
+            if self.truth is not None and self.lbr.lbr_ctl & LbrCtl.LBREN:
+                self.truth.pmi(self.lbr.depth, self.uc.reg_read(X.UC_X86_REG_RIP),
+                               self.clock.now, self.lbr.records())
 
     def _deadline(self, cpl: int) -> int:
         if self.irq.waiting():
@@ -514,6 +533,7 @@ class PcMachine:
         except DeliveryFailed as err:
             self._stop(StopReason.SHUTDOWN, f"vector {vector} at {rip:#x}: {err}")
             return
+        self._tell_truth(Branch(rip, handler, BranchType.OTHER, cpl))
         self.lbr.exception(rip, handler, cpl)  # an Arch LBR record of type OTHER, and LER
 
     def _syscall(self, rip: int) -> None:
@@ -521,7 +541,12 @@ class PcMachine:
         if entry is None:  # EFER.SCE clear: #UD
             self._deliver(VECTOR_UD, rip, None)
             return
+        self._tell_truth(Branch(rip, entry.rip, EVENT.kind, 0))
         self.lbr.retire_branch(Branch(rip, entry.rip, EVENT.kind, 0))
+
+    def _tell_truth(self, branch: Branch) -> None:
+        if self.truth is not None and self.lbr.recording:
+            self.truth.branch(branch, self.lbr.lbr_ctl)
 
     def _stop(self, reason: StopReason, detail: str) -> None:
         self.run_state.stop_reason, self.run_state.stop_detail = str(reason), detail

@@ -18,10 +18,13 @@ from vlbr.backends.branches import branch_between, classify
 from vlbr.vcpu import ArchLbrVcpu
 from vlbr.x86.paging import PageFault
 
+from .ground_truth import GroundTruth
+
 
 class BranchRecorder:
-    def __init__(self, uc: Uc, lbr: ArchLbrVcpu, read_code: Callable[[int, int], bytes]):
-        self.uc, self.lbr, self.read_code = uc, lbr, read_code
+    def __init__(self, uc: Uc, lbr: ArchLbrVcpu, read_code: Callable[[int, int], bytes],
+                 truth: GroundTruth | None = None):
+        self.uc, self.lbr, self.read_code, self.truth = uc, lbr, read_code, truth
         self.hook: int | None = None
         self.last_block: tuple[int, int] | None = None
         self.tails: dict[tuple[int, int, int], tuple] = {}  # (CR3, address, size) -> tail
@@ -60,6 +63,8 @@ class BranchRecorder:
         if branch is not None:
             self.branches += 1
             self.lbr.retire_branch(branch)
+            if self.truth is not None:
+                self.truth.branch(branch, self.lbr.lbr_ctl)
 
     def _tail(self, block: tuple[int, int]):
         key = (self.uc.reg_read(X.UC_X86_REG_CR3), *block)
