@@ -285,7 +285,10 @@ class PcMachine:
         self._update_timers()
         self.recorder.interrupted()  # the slice stopped mid-block: no branch to the next one
         if returning is not None and error is None and self.event is None:
-            self._returned(returning)
+            if self.uc.reg_read(X.UC_X86_REG_RIP) == returning:
+                self._returning_at = returning  # a deadline came first: it runs next slice
+            else:
+                self._returned(returning)
         if error is not None and error.errno == UC_ERR_INSN_INVALID:
             self._invalid(self.uc.reg_read(X.UC_X86_REG_RIP))  # XSAVES/XRSTORS/RDPMC or #UD
         elif error is not None:
@@ -360,7 +363,7 @@ class PcMachine:
         msr = self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         self.msrs.write(msr, self._edx_eax())
         if self.truth is not None and (msr == IA32_LBR_DEPTH or decode_record_msr(msr)):
-            self.truth.written(self.lbr.records())  # DEPTH clears them (SDM 18.1.2.1)
+            self.truth.written(self.lbr.records())  # DEPTH zeroes them (intel/lbr.c)
 
     def _rdtsc(self, insn) -> None:
         if self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_TSD:
