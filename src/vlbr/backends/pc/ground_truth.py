@@ -5,8 +5,9 @@ The machine hands it every branch it hands the model while the model records (LB
 not frozen), with the LBR_CTL in force; it keeps those that pass its own reading of the
 filter (OS/USR by the CPL at the target, the branch-type bits; SDM Vol. 3B 18.1.2.3
 "Filtering"). At a PMI it works out the records from that history alone: the newest DEPTH
-branches, or, with CALL_STACK, the stack of calls that returns popped. Records the guest itself writes (LBR_DEPTH clears them, record
-MSRs, XRSTORS of component 15) start a new history from what it wrote."""
+branches, or, with CALL_STACK, the stack of calls that returns popped. Records the guest
+itself writes (LBR_DEPTH clears them, record MSRs, XRSTORS of component 15) start a new
+history from what it wrote."""
 
 from __future__ import annotations
 
