@@ -152,3 +152,44 @@ def branch_between(insn: Instruction, cls: BranchClass | None, to_ip: int, cpl: 
     elif cls.conditional and to_ip == insn.next_ip:
         return None
     return Branch(insn.ip, to_ip, cls.kind, cpl, is_call=cls.is_call, is_return=cls.is_return)
+
+
+RING_CHUNK = 256  # block-ring entries read back at a time when collecting the newest records
+
+
+def decode_tail(code: bytes, address: int):
+    """(last instruction, its BranchClass) of a block whose bytes `code` start at `address`."""
+    insn = None
+    for insn in iced_x86.Decoder(64, code, ip=address):
+        pass
+    return insn, (classify(insn) if insn is not None else None)
+
+
+def paired_branches(blocks: list, prev, branch_to) -> list:
+    """Every branch between consecutive logged blocks (start, size), oldest first; `prev`
+    is the block before the first (or None); branch_to(block, next_start) -> Branch|None."""
+    froms = [prev] + blocks[:-1]
+    return [branch_to(f, b[0]) for f, b in zip(froms, blocks) if f]
+
+
+def newest_branches(blocks, n: int, prev, depth: int, kind_ok, branch_to) -> list:
+    """The newest `depth` branches among `n` logged blocks that pass the type filter,
+    oldest first (older ones would only be shifted out of the LBR); blocks(lo, hi) reads
+    entries lo..hi-1."""
+    found: list = []
+    hi = n
+    while hi > 0 and len(found) < depth:
+        lo = max(0, hi - RING_CHUNK)
+        chunk = blocks(max(0, lo - 1), hi)
+        if lo == 0:
+            chunk = [prev] + chunk
+        for k in range(len(chunk) - 1, 0, -1):
+            frm = chunk[k - 1]
+            branch = None if frm is None else branch_to(frm, chunk[k][0])
+            if branch is not None and kind_ok[branch.kind]:
+                found.append(branch)
+                if len(found) == depth:
+                    break
+        hi = lo
+    found.reverse()
+    return found

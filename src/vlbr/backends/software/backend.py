@@ -40,7 +40,8 @@ from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD,
                                 BackendUnavailable, MachineConfig, RunResult, StopReason,
                                 VcpuStop)
 from vlbr.backends.watch import INTERRUPTED, TIMEOUT, RunWatch
-from vlbr.backends.branches import EVENT, branch_between, classify, taken_after
+from vlbr.backends.branches import (EVENT, branch_between, classify, decode_tail,
+                                    newest_branches, paired_branches, taken_after)
 from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
@@ -63,7 +64,6 @@ QEMU_MSRS = frozenset([0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, MSR_EFER, MSR_STA
 NO_END = 0xFFFF_FFFF_FFFF_FFFF
 RAM_REGION = 256 << 10
 NATIVE_RING = 1 << 21  # blocks one stretch may log natively (the stretch's count is bounded)
-NATIVE_CHUNK = 256  # ring entries read back at a time when collecting the newest records
 _QUIET_STOPS = frozenset([Mnemonic.INT1, Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2])
 
 
@@ -332,9 +332,7 @@ class SoftwareMachine:
         prev, run.last_block = run.last_block, rec.blocks(n - 1, n)[0]
         model = run.model
         if model.filters.call_stack:
-            blocks = rec.blocks(0, n)
-            froms = [prev] + blocks[:-1]
-            branches = [self._branch_to(self._tail(f), b[0]) for f, b in zip(froms, blocks) if f]
+            branches = paired_branches(rec.blocks(0, n), prev, self._block_branch)
         else:
             branches = self._newest_branches(rec, n, prev, model.depth, model.filters.kind_ok)
         for branch in branches:
@@ -344,30 +342,13 @@ class SoftwareMachine:
 
     def _newest_branches(self, rec, n: int, prev, depth: int, kind_ok) -> list:
         """The newest `depth` branches of the ring that pass the type filter, oldest first."""
-        found: list = []
-        hi = n
-        while hi > 0 and len(found) < depth:
-            lo = max(0, hi - NATIVE_CHUNK)
-            blocks = rec.blocks(max(0, lo - 1), hi)
-            if lo == 0:
-                blocks = [prev] + blocks
-            for k in range(len(blocks) - 1, 0, -1):
-                frm = blocks[k - 1]
-                branch = None if frm is None else self._branch_to(self._tail(frm), blocks[k][0])
-                if branch is not None and kind_ok[branch.kind]:
-                    found.append(branch)
-                    if len(found) == depth:
-                        break
-            hi = lo
-        found.reverse()
-        return found
+        return newest_branches(rec.blocks, n, prev, depth, kind_ok, self._block_branch)
+
+    def _block_branch(self, block: tuple[int, int], address: int) -> Branch | None:
+        return self._branch_to(self._tail(block), address)
 
     def _decode_tail(self, address: int, size: int):
-        decoder = iced_x86.Decoder(64, bytes(self.uc.mem_read(address, size)), ip=address)
-        insn = None
-        for insn in decoder:
-            pass
-        return insn, (classify(insn) if insn is not None else None)
+        return decode_tail(bytes(self.uc.mem_read(address, size)), address)
 
     # -- recording on/off -----------------------------------------------------------------
 
