@@ -31,7 +31,7 @@ _SIMPLE = (b"\x0f\x32", b"\x0f\x30", b"\x0f\x01\xd1")  # rdmsr, wrmsr, xsetbv
 # Conditional branches to their own fall-through (Jcc rel8/rel32, LOOPcc, JrCXZ with a zero
 # displacement): only the flags tell whether one was taken, which a logged block address
 # cannot, so the native recorder decides them at a hook.
-_TO_FALLTHROUGH = (*(bytes([op, 0]) for op in range(0x70, 0x80)),
+TO_FALLTHROUGH = (*(bytes([op, 0]) for op in range(0x70, 0x80)),
                    *(bytes([op, 0]) for op in range(0xE0, 0xE4)),
                    *(bytes([0x0F, op, 0, 0, 0, 0]) for op in range(0x80, 0x90)))
 
@@ -39,7 +39,7 @@ _TO_FALLTHROUGH = (*(bytes([op, 0]) for op in range(0x70, 0x80)),
 def _opcode_offsets(data: bytes) -> list[int]:
     """Offsets in data where rdmsr/wrmsr/xsetbv/xsaves/xrstors opcode bytes begin, and
     conditional branches to their own fall-through."""
-    found = pattern_offsets(data, (*_SIMPLE, *_TO_FALLTHROUGH))
+    found = pattern_offsets(data, (*_SIMPLE, *TO_FALLTHROUGH))
     i = data.find(b"\x0f\xc7")
     while i >= 0:
         if i + 2 < len(data):
@@ -77,9 +77,12 @@ def candidate_starts(data: bytes, base: int, offsets: list[int] | None = None) -
 class CodeWatch:
     """Keeps a code hook on every possible start of a routed instruction in executed memory."""
 
-    def __init__(self, uc: Uc, ram_size: int, on_code: Callable, on_change: Callable[[], None]):
-        """uc's RAM must be mapped without UC_PROT_EXEC: pages gain it here, once scanned."""
+    def __init__(self, uc: Uc, ram_size: int, on_code: Callable, on_change: Callable[[], None],
+                 starts: Callable[[bytes, int], set[int]] = candidate_starts):
+        """uc's RAM must be mapped without UC_PROT_EXEC: pages gain it here, once scanned.
+        `starts(data, base)`: the addresses to hook (by default the routed instructions')."""
         self.uc = uc
+        self.starts = starts
         self.ram_size = ram_size
         self.on_code = on_code  # the UC_HOOK_CODE callback for candidate addresses
         self.on_change = on_change  # called when executable bytes change (decode caches)
@@ -104,7 +107,7 @@ class CodeWatch:
         if page in self.executable:
             return True
         lo, hi = max(0, page - EDGE), min(self.ram_size, page + PAGE + EDGE)
-        self._hook_all(candidate_starts(bytes(self.uc.mem_read(lo, hi - lo)), lo))
+        self._hook_all(self.starts(bytes(self.uc.mem_read(lo, hi - lo)), lo))
         self.uc.hook_add(UC_HOOK_MEM_WRITE, self._guest_write, None, lo, hi - 1)
         self.uc.mem_protect(page, PAGE, UC_PROT_ALL)
         self.executable.add(page)
@@ -122,7 +125,7 @@ class CodeWatch:
         window = bytearray(self.uc.mem_read(lo, hi - lo))
         start = address - lo
         window[start:start + len(new)] = new[:hi - address]
-        self._hook_all(candidate_starts(bytes(window), lo))
+        self._hook_all(self.starts(bytes(window), lo))
         self.on_change()
 
     def _guest_write(self, uc, access, address, size, value, user_data) -> None:

@@ -238,15 +238,26 @@ class PrivilegeSwitch:
             raise ValueError(f"CS {cs.selector:#x} is not a 64-bit code segment")
         ctx, address = self._raw()
         base = address + self.regs_offset
-        for seg, cache in ((R_CS, cs), (R_SS, ss)):
-            ctypes.memmove(base + _SEGS_OFFSET + seg * _SEG.size,
-                           _SEG.pack(cache.selector, cache.base, cache.limit, cache.flags), _SEG.size)
+        self._put_segments(base, {R_CS: cs, R_SS: ss})
         hflags, = struct.unpack("<I", ctypes.string_at(base + _HFLAGS_OFFSET, 4))
         hflags = (hflags & ~(HF_CPL_MASK | HF_SS32_MASK)) | cs.dpl
         if ss.flags & DESC_B:
             hflags |= HF_SS32_MASK
         ctypes.memmove(base + _HFLAGS_OFFSET, struct.pack("<I", hflags), 4)
         self.uc.context_restore(ctx)
+
+    def write_segments(self, caches: dict[int, SegmentCache]) -> None:
+        """Set data segment caches (R_DS, R_ES, R_FS, R_GS: selector, base, limit, flags) as
+        they are, without the GDT lookup reg_write would make."""
+        ctx, address = self._raw()
+        self._put_segments(address + self.regs_offset, caches)
+        self.uc.context_restore(ctx)
+
+    @staticmethod
+    def _put_segments(base: int, caches: dict[int, SegmentCache]) -> None:
+        for seg, cache in caches.items():
+            ctypes.memmove(base + _SEGS_OFFSET + seg * _SEG.size,
+                           _SEG.pack(cache.selector, cache.base, cache.limit, cache.flags), _SEG.size)
 
 
 def enter_syscall(uc: Uc, privilege: PrivilegeSwitch, rip: int) -> SyscallEntry | None:
