@@ -56,6 +56,7 @@ class MachineConfig:
     timeout: float = DEFAULT_TIMEOUT  # wall-clock seconds for the whole run
     console_limit: int = CONSOLE_LIMIT  # bytes of console per vCPU
     native_recording: bool = True  # software backend: the native block ring where exact
+    kvm_recording: str = "hybrid"  # kvm backend while LBREn is set: "hybrid" (unicorn) or "step"
 
 
 @dataclass

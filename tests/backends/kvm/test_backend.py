@@ -7,6 +7,7 @@ EFER, the addresses iced-x86's encoder gave the guest's labels, and the Arch LBR
 
 from __future__ import annotations
 
+import pytest
 from kvm_machine import machine_config
 from guest_asm import Asm, R, image
 from iced_x86 import Code, Instruction, MemoryOperand
@@ -372,12 +373,17 @@ def test_bad_machines_are_clear_vlbr_errors(backend):
         backend.run(too_big, config)
 
 
-def test_max_steps_stops_a_spinning_guest(backend):
+@pytest.mark.parametrize("recording", ["step", "hybrid"])
+def test_max_steps_stops_a_spinning_guest(backend, recording):
+    # max_steps counts single-steps and, in hybrid recording, the instructions unicorn ran.
     import dataclasses
     a = Asm().wrmsr(IA32_LBR_CTL, LBR_ALL).label("spin").branch(Code.JMP_REL32_64, "spin")
-    result = backend.run(image(a), dataclasses.replace(machine_config(), max_steps=500))
+    config = dataclasses.replace(machine_config(), max_steps=500, kvm_recording=recording)
+    result = backend.run(image(a), config)
     assert result.exit_status == [None]
-    assert result.stats["out_of_budget"] and result.stats["exits"] == 500
+    assert result.stops[0].reason == "step-budget"
+    assert result.stats["out_of_budget"]
+    assert result.stats["exits"] + result.stats["hybrid_instructions"] == 500
 
 
 def test_filter_denies_exactly_the_models_msrs(backend):

@@ -9,8 +9,9 @@ from vlbr.backends.base import BackendUnavailable, MachineConfig, RunResult, Sto
 from vlbr.backends.kvm.ioctls import Vm
 from vlbr.backends.kvm.machine import create_machine
 from vlbr.backends.kvm.quirks import KvmQuirks, probe_quirks
-from vlbr.backends.kvm.runner import Budget, VcpuRunner
+from vlbr.backends.kvm.runner import RECORDING_MODES, Budget, VcpuRunner
 from vlbr.backends.watch import TIMEOUT, RunWatch
+from vlbr.errors import VlbrError
 from vlbr.host import kvm as k
 from vlbr.host.kvm import Kvm, KvmError
 from vlbr.vcpu.lbr import ArchLbrVcpu
@@ -70,6 +71,9 @@ class KvmBackend:
         return unavailable_features(self.path)
 
     def run(self, image, machine: MachineConfig) -> RunResult:
+        if machine.kvm_recording not in RECORDING_MODES:
+            raise VlbrError(f"kvm_recording {machine.kvm_recording!r}: one of "
+                            f"{', '.join(RECORDING_MODES)}")
         reason = self.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(reason)
@@ -95,7 +99,8 @@ class KvmBackend:
             self._route_msrs(vm, models[0])
         sync = bool(kvm.check_extension(k.KVM_CAP_SYNC_REGS) & k.KVM_SYNC_X86_SREGS)
         runners = [VcpuRunner(vcpu, model, memory, sync, machine.cpuid, sites,
-                              machine.console_limit, quirks) for vcpu, model in zip(vcpus, models)]
+                              machine.console_limit, quirks, machine.kvm_recording)
+                   for vcpu, model in zip(vcpus, models)]
         for model in models:
             model.put()  # every vCPU starts scheduled out, as KVM's vCPU threads would
         budget = Budget(machine.max_steps, machine.max_exits)
@@ -127,8 +132,20 @@ class KvmBackend:
                 "msr_filter": self.msr_filter,
                 "sync_regs": sync,
                 "quirks": ",".join(quirks.active()),
+                **self._recording_stats(runners),
             },
         )
+
+    @staticmethod
+    def _recording_stats(runners: list[VcpuRunner]) -> dict:
+        """How recording ran (runner.recorder), and what the hybrid's unicorn CPU did."""
+        cpus = [r.hybrid_cpu for r in runners if r.hybrid_cpu is not None]
+        fallback = next((r.hybrid_unavailable for r in runners if r.hybrid_unavailable), None)
+        return {"kvm_recording": ",".join(sorted({r.recorder for r in runners})),
+                "hybrid_unavailable": fallback or "",
+                "hybrid_stretches": sum(c.stretches for c in cpus),
+                "hybrid_blocks": sum(c.blocks for c in cpus),
+                "hybrid_instructions": sum(r.hybrid_instructions for r in runners)}
 
     @staticmethod
     def _schedule(runners: list[VcpuRunner], budget: Budget, watch: RunWatch) -> int:

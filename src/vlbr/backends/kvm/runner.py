@@ -4,6 +4,8 @@ While the model is recording, KVM single-steps the guest (KVM_SET_GUEST_DEBUG SI
 every step is classified with backends.branches: the instruction is decoded from guest memory
 before the step and the registers KVM syncs into kvm_run after it tell where it went. With
 recording off, guest debug is off too and the guest runs at full speed until the next exit.
+In recording mode "hybrid" (the default) the stretches between the instructions only KVM may
+run go to unicorn instead (hybrid.py); KVM single-steps just those.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends import branches
 from vlbr.backends.base import (PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE, StopReason,
                                 VcpuStop)
-from vlbr.backends.kvm import usermode
+from vlbr.arch.x86 import EFER_LMA, RFLAGS_TF
+from vlbr.backends.kvm import hybrid, usermode
 from vlbr.backends.kvm.gaps import STEP_CONTROL, VECTOR_GP, KvmGaps
 from vlbr.backends.kvm.ioctls import (InternalError, IoIn, IoOut, MsrRead, MsrWrite, Vcpu,
                                       VcpuExit)
@@ -29,6 +32,8 @@ from vlbr.vcpu.lbr import ArchLbrVcpu, Branch, GeneralProtection
 from vlbr.x86.descriptors import GATE_SIZE, Gate
 
 SYNC = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
+HYBRID, STEP = "hybrid", "step"
+RECORDING_MODES = (HYBRID, STEP)
 
 
 @dataclass
@@ -49,6 +54,13 @@ class Budget:
             self.limit_hit = "max_exits"
         return self.limit_hit is None
 
+    def spend_steps(self, n: int) -> bool:
+        """Account n instructions run on the hybrid's CPU as n single-steps."""
+        self.exits -= n
+        if self.exits <= 0:
+            self.limit_hit = "max_steps"
+        return self.limit_hit is None
+
 
 @dataclass
 class Step:
@@ -63,8 +75,10 @@ class VcpuRunner(KvmGaps):
 
     def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, memory: mmap.mmap, use_sync_regs: bool,
                  table: CpuidTable, sites: PatchedSites = PatchedSites(),
-                 console_limit: int = 1 << 20, quirks: KvmQuirks = KvmQuirks()):
+                 console_limit: int = 1 << 20, quirks: KvmQuirks = KvmQuirks(),
+                 recording: str = HYBRID):
         self.vcpu = vcpu
+        self.recording = recording
         self.quirks = quirks
         self.console_limit = console_limit
         self.table = table
@@ -93,6 +107,9 @@ class VcpuRunner(KvmGaps):
         self.cpuid_exits = 0
         self.excursions = 0  # ring-3 runs on unicorn while recording
         self._user: usermode.UserMode | None = None
+        self.hybrid_cpu: hybrid.HybridCpu | None = None
+        self.hybrid_unavailable: str | None = None  # why recording fell back to step
+        self.hybrid_instructions = 0
 
     # --- the loop -------------------------------------------------------------------------
     @property
@@ -113,12 +130,19 @@ class VcpuRunner(KvmGaps):
         self.run_struct.immediate_exit = 1
         if self._user is not None:
             self._user.uc.emu_stop()
+        if self.hybrid_cpu is not None:
+            self.hybrid_cpu.uc.emu_stop()
 
     def run_slice(self, budget: Budget, stopped=lambda: False) -> int:
         """Run until yield, exit, a budget runs out or `stopped()`; returns the exits used."""
         used = 0
         self._sync_stepping(at_msr_exit=False)
         while not self.exited and not stopped():
+            ran = self._run_hybrid(budget) if self._hybrid_ready() else None
+            if ran is not None:
+                if not ran:
+                    break  # out of budget
+                continue
             used += 1
             if self.stepping and self.sync:
                 self.run_struct.kvm_valid_regs = SYNC
@@ -233,12 +257,65 @@ class VcpuRunner(KvmGaps):
         if not self.exited and self.stepping:
             self._sync_stepping(at_msr_exit=False)
         if self.stepping:
-            self.pending = self.decode(rip)
-            if (self.quirks.user_single_step_fails and self.pending.insn.code == Code.IRETQ
-                    and self._iret_to_user(regs.rsp)):
-                self._ring3()
-            else:
-                self._keep_trap_flag(self.pending.insn, regs)
+            self._next_step(rip, regs)
+
+    def _next_step(self, rip: int, regs) -> None:
+        """Decode what KVM steps next; an IRETQ to ring 3 under quirk user_single_step_fails
+        runs ring 3 on unicorn instead (usermode.py)."""
+        self.pending = self.decode(rip)
+        if (self.quirks.user_single_step_fails and self.pending.insn.code == Code.IRETQ
+                and self._iret_to_user(regs.rsp)):
+            self._ring3()
+        else:
+            self._keep_trap_flag(self.pending.insn, regs)
+
+    # --- hybrid recording (hybrid.py) -----------------------------------------------------
+    @property
+    def recorder(self) -> str:
+        """How this vCPU recorded: "step", "hybrid-native" or "hybrid-python"."""
+        if self.recording != HYBRID or self.hybrid_unavailable is not None:
+            return STEP
+        return f"{HYBRID}-{self.hybrid_cpu.recorder}" if self.hybrid_cpu is not None else HYBRID
+
+    def _hybrid_ready(self) -> bool:
+        """At a step boundary where a stretch may start: recording, nothing the step path
+        still owes KVM (an injected event, a resumed port exit, the guest's TF trap), and the
+        next instruction is one unicorn may run."""
+        if (self.recording != HYBRID or not self.stepping or self.pending is None
+                or self.kicked or self._injected is not None or self._resumed_at is not None
+                or self._guest_tf or hybrid.stops_before(self.pending.insn)):
+            return False
+        return self._start_hybrid() is not None
+
+    def _start_hybrid(self) -> hybrid.HybridCpu | None:
+        if self.hybrid_cpu is None and self.hybrid_unavailable is None:
+            try:
+                self.hybrid_cpu = hybrid.HybridCpu(self.memory, self.model)
+            except Exception as err:  # noqa: BLE001 - no unicorn here: the step path records
+                self.hybrid_unavailable = f"{type(err).__name__}: {err}"
+        return self.hybrid_cpu
+
+    def _run_hybrid(self, budget: Budget) -> bool | None:
+        """One stretch on unicorn, then KVM steps what stopped it; None where the vCPU's
+        mode is not one the stretch runs (compatibility mode, ring 3 KVM cannot step), else
+        whether budget is left."""
+        regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        cpl = sregs.cs.selector & 3
+        if (not sregs.cs.l or not sregs.efer & EFER_LMA or regs.rflags & RFLAGS_TF
+                or cpl == 3 and self.quirks.user_single_step_fails):
+            return None
+        cpu = self.hybrid_cpu
+        cpu.load(self.vcpu, regs, sregs)
+        stop = cpu.run(budget.exits, lambda: self.kicked)
+        cpu.store(self.vcpu, regs)
+        self.hybrid_instructions += stop.instructions
+        self.branches += cpu.retired
+        in_budget = budget.spend_steps(max(stop.instructions, 1))
+        if stop.kind == "before" and in_budget:
+            self._next_step(regs.rip, regs)
+        else:
+            self.pending = self.decode(regs.rip)
+        return in_budget
 
     def _retire(self, step: Step, regs, rip: int, cpl: int, sregs) -> None:
         insn, cls = step.insn, step.cls
