@@ -1,5 +1,6 @@
 """KVM backend costs: a guest with LBREn clear, with vs without vlbr's MSR filter, and the rate
-of recorded branches with LBREn set (single-stepping, KVM_EXIT_DEBUG per instruction).
+of recorded branches with LBREn set, hybrid (unicorn over the KVM memory, the native block
+ring) vs step (KVM_EXIT_DEBUG per instruction), each the median of REPEATS whole runs.
 
 The LBREn-clear guest is a 64-bit counted loop (`dec rcx; jnz`) that never touches an LBR MSR,
 so both runs execute the same instructions natively in KVM; the runs alternate and the median
@@ -19,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from iced_x86 import BlockEncoder, Code, Instruction, Register as R  # noqa: E402
 
+from dataclasses import replace  # noqa: E402
+
 from vlbr.arch.msrs import IA32_LBR_CTL, LbrCtl  # noqa: E402
 from vlbr.backends.base import IMAGE_BASE, MachineConfig  # noqa: E402
 from vlbr.backends.kvm import KvmBackend  # noqa: E402
@@ -28,7 +31,7 @@ from vlbr.policy.emulated import emulated_guest_cpuid  # noqa: E402
 from vlbr.vcpu import LbrConfig  # noqa: E402
 
 LOOP_ITERATIONS = 1_000_000  # ~1 s here: this nested KVM runs guest code at ~570 ns/instruction
-RECORDED_ITERATIONS = 20_000  # two taken branches each (call/ret) plus one Jcc
+RECORDED_ITERATIONS = {"step": 20_000, "hybrid": 2_000_000}  # call, ret and a taken Jcc each
 REPEATS = 5
 LBR_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | 0x7F0000
 
@@ -64,10 +67,10 @@ def plain_loop() -> GuestImage:
                     Instruction.create_branch(Code.JNE_REL32_64, top), *_exit()])
 
 
-def recorded_loop() -> GuestImage:
+def recorded_loop(iterations: int) -> GuestImage:
     top, fn = 1, 2
     return _encode([*_wrmsr(IA32_LBR_CTL, LBR_ALL),
-                    Instruction.create_reg_u64(Code.MOV_R64_IMM64, R.RCX, RECORDED_ITERATIONS),
+                    Instruction.create_reg_u64(Code.MOV_R64_IMM64, R.RCX, iterations),
                     _labelled(Instruction.create_branch(Code.CALL_REL32_64, fn), top),
                     Instruction.create_reg(Code.DEC_RM64, R.RCX),
                     Instruction.create_branch(Code.JNE_REL32_64, top),
@@ -112,15 +115,34 @@ def main() -> int:
     emit("lbren_clear_iterations_per_second", LOOP_ITERATIONS / with_filter, "iterations/s",
          vs="no MSR filter", ratio=without / with_filter)
 
-    result = KvmBackend().run(recorded_loop(), config)
-    assert result.exit_status == [0]
-    stats = result.stats
-    emit("recorded_branches_per_second", stats["branches"] / stats["seconds"], "branches/s",
-         branches=stats["branches"], steps=stats["steps"], sync_regs=stats["sync_regs"])
-    emit("single_steps_per_second", stats["steps"] / stats["seconds"], "steps/s")
-    emit("recording_slowdown", (stats["steps"] / stats["seconds"]) / (LOOP_ITERATIONS * 2 / with_filter),
+    rates, steps = recording_rates(config)
+    emit("recorded_branches_per_second", rates["hybrid"], "branches/s", vs="step",
+         ratio=rates["hybrid"] / rates["step"], step_branches_per_second=round(rates["step"]),
+         goal=5e6, repeats=REPEATS)
+    emit("recorded_branches_per_second_step", rates["step"], "branches/s",
+         single_steps_per_second=round(steps), repeats=REPEATS)
+    emit("recording_slowdown", steps / (LOOP_ITERATIONS * 2 / with_filter),
          "ratio", vs="LBREn clear (native) instructions/s")
     return 0
+
+
+def recording_rates(config: MachineConfig) -> tuple[dict[str, float], float]:
+    """Recorded branches per second of whole runs per recording mode (median), and the
+    single-steps per second of the step runs."""
+    rates, steps = {}, []
+    for mode, iterations in RECORDED_ITERATIONS.items():
+        branches = 3 * iterations - 1  # the last Jcc falls through
+        seconds = []
+        for _ in range(REPEATS):
+            result = KvmBackend().run(recorded_loop(iterations), replace(config, kvm_recording=mode))
+            stats = result.stats
+            assert result.exit_status == [0] and stats["kvm_recording"].startswith(mode), stats
+            assert mode != "step" or stats["branches"] == branches
+            seconds.append(stats["seconds"])
+            if mode == "step":
+                steps.append(stats["steps"] / stats["seconds"])
+        rates[mode] = branches / statistics.median(seconds)
+    return rates, statistics.median(steps)
 
 
 if __name__ == "__main__":
