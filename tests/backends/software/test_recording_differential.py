@@ -47,10 +47,10 @@ def expected_type(insn) -> int:
     return 2 if relative else 1
 
 
-def build(ops, eax) -> Asm:
+def build(ops, eax, ctl: int = RECORD_ALL) -> Asm:
     a = Asm()
     a.raw(Code.MOV_R32_IMM32, R.EAX, eax & 0xFFFFFFFF, kinds="ri")
-    a.wrmsr(IA32_LBR_CTL, RECORD_ALL, label="enable")
+    a.wrmsr(IA32_LBR_CTL, ctl, label="enable")
     a.raw(Code.MOV_R32_IMM32, R.EAX, eax & 0xFFFFFFFF, kinds="ri")
     for k, op in enumerate(ops):
         here = f"L{k}"

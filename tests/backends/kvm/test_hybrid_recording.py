@@ -1,0 +1,187 @@
+"""Hybrid recording (backends/kvm/hybrid.py) against the step path on KVM: the same guest run
+with MachineConfig.kvm_recording "hybrid" and "step" must leave identical records, LER,
+console, exit status and stop, under several LBR_CTL filters and with the records read by
+the guest mid-stretch (RDMSR of a record MSR, XSAVES of component 15)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+from guest_asm import Asm, R, image
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from iced_x86 import Code, Instruction, MemoryOperand
+from kvm_machine import machine_config
+from test_backend import LBR_ALL, _ring3, _syscall_guest
+
+from vlbr.arch.msrs import (IA32_LBR_CTL, IA32_LBR_FROM_IP_BASE, IA32_LBR_INFO_BASE,
+                            IA32_LBR_TO_IP_BASE, IA32_XSS, LbrCtl)
+from vlbr.backends.kvm import KvmBackend
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "software"))  # the random branchy guests
+from test_recording_differential import OPS, build  # noqa: E402
+
+ENABLE = int(LbrCtl.LBREN)
+ALL_TYPES = 0x7F0000
+CTLS = {
+    "os": ENABLE | int(LbrCtl.OS) | ALL_TYPES,
+    "usr": ENABLE | int(LbrCtl.USR) | ALL_TYPES,
+    "both": LBR_ALL,
+    "jcc_only": ENABLE | int(LbrCtl.OS | LbrCtl.USR | LbrCtl.COND),
+    "calls_returns": ENABLE | int(LbrCtl.OS | LbrCtl.USR | LbrCtl.NEAR_REL_CALL
+                                  | LbrCtl.NEAR_IND_CALL | LbrCtl.NEAR_RET),
+    "call_stack": LBR_ALL | int(LbrCtl.CALL_STACK),
+}
+LER_FROM_IP = 0x1DD
+
+
+def run_both(img, **config):
+    """The guest under both recording modes: {mode: RunResult}."""
+    base = dataclasses.replace(machine_config(), **config)
+    return {mode: KvmBackend().run(img, dataclasses.replace(base, kvm_recording=mode))
+            for mode in ("step", "hybrid")}
+
+
+def assert_same(results) -> None:
+    step, hybrid = results["step"], results["hybrid"]
+    assert step.stats["kvm_recording"] == "step"
+    assert hybrid.stats["kvm_recording"].startswith("hybrid"), hybrid.stats
+    assert hybrid.console == step.console
+    assert hybrid.exit_status == step.exit_status
+    assert hybrid.stops == step.stops
+    for s, h in zip(step.vcpus, hybrid.vcpus):
+        assert h.records() == s.records()
+        assert h.rdmsr(LER_FROM_IP, host_initiated=True) == s.rdmsr(LER_FROM_IP, host_initiated=True)
+        assert h.lbr_ctl == s.lbr_ctl
+
+
+def _call_loop(ctl: int, iterations: int = 40) -> Asm:
+    """Calls, returns, an indirect call and a Jcc per iteration, at CPL0."""
+    a = Asm().wrmsr(IA32_LBR_CTL, ctl).mov(R.RCX, iterations)
+    a.label("top").branch(Code.CALL_REL32_64, "fn")
+    a.mov(R.RBX, 0).label("fn_address")
+    a.emit(Instruction.create_reg(Code.CALL_RM64, R.RBX))
+    a.emit(Instruction.create_reg(Code.DEC_RM64, R.RCX)).branch(Code.JNE_REL32_64, "top")
+    a.wrmsr(IA32_LBR_CTL, 0).exit(status=0)
+    a.label("fn").op(Code.RETNQ)
+    return a
+
+
+def call_loop(ctl: int, iterations: int = 40):
+    """_call_loop with RBX holding fn's address (known once the encoder placed it)."""
+    first = image(_call_loop(ctl, iterations))
+    a = _call_loop(ctl, iterations)
+    a.code[next(i for i, insn in enumerate(a.code) if insn.code == Code.MOV_R64_IMM64
+                and insn.op0_register == R.RBX)].set_immediate_u64(1, first.symbols["fn"])
+    return image(a)
+
+
+@pytest.mark.parametrize("name", sorted(CTLS))
+def test_loops_record_the_same_under_each_filter(name):
+    assert_same(run_both(call_loop(CTLS[name])))
+
+
+@pytest.mark.parametrize("name", ["os", "usr", "call_stack"])
+def test_ring3_and_syscall_guests_record_the_same(name):
+    ctl = CTLS[name]
+    assert_same(run_both(_ring3(ctl)))
+    assert_same(run_both(_syscall_guest(ctl)))
+
+
+def test_records_read_mid_stretch_by_rdmsr_are_the_same():
+    # record 0 and 1 (FROM, TO, INFO) read while recording, between two loops, then printed
+    a = Asm().wrmsr(IA32_LBR_CTL, LBR_ALL).mov(R.RCX, 7)
+    a.label("l1").emit(Instruction.create_reg(Code.DEC_RM64, R.RCX)).branch(Code.JNE_REL32_64, "l1")
+    for base in (IA32_LBR_FROM_IP_BASE, IA32_LBR_TO_IP_BASE, IA32_LBR_INFO_BASE):
+        for index in (0, 1):
+            a.rdmsr(base + index).emit(Instruction.create_reg_reg(Code.MOV_R64_RM64, R.R9, R.RAX))
+            a.print_hex(R.R9).print(" ")
+    a.mov(R.RCX, 3).label("l2").emit(Instruction.create_reg(Code.DEC_RM64, R.RCX))
+    a.branch(Code.JNE_REL32_64, "l2")
+    a.wrmsr(IA32_LBR_CTL, 0).exit(status=0)
+    results = run_both(image(a))
+    assert_same(results)
+    assert len(results["hybrid"].console[0].split()) == 6
+    assert results["hybrid"].stats["hybrid_stretches"] > 1
+
+
+def test_xsaves_of_component_15_mid_stretch_is_the_same():
+    # XSAVES of the LBR component while recording; the saved bytes printed: its records
+    area = 0x200000
+    a = Asm().lidt().wrmsr(IA32_XSS, 1 << 15).wrmsr(IA32_LBR_CTL, LBR_ALL).mov(R.RCX, 9)
+    a.label("loop").emit(Instruction.create_reg(Code.DEC_RM64, R.RCX)).branch(Code.JNE_REL32_64, "loop")
+    a.mov(R.RAX, 1 << 15).mov(R.RDX, 0).mov(R.RBX, area)
+    a.emit(Instruction.create_mem(Code.XSAVES64_MEM, MemoryOperand(R.RBX)))
+    a.branch(Code.CALL_REL32_64, "fn")
+    for offset in range(576, 576 + 40 + 24 * 3, 8):  # header of component 15, 3 records
+        a.mov(R.RBX, area + offset)
+        a.emit(Instruction.create_reg_mem(Code.MOV_R64_RM64, R.R9, MemoryOperand(R.RBX)))
+        a.print_hex(R.R9).print(" ")
+    a.wrmsr(IA32_LBR_CTL, 0).exit(status=0)
+    a.label("fn").op(Code.RETNQ)
+    results = run_both(image(a))
+    assert_same(results)
+    assert "0000000000000000 " * 8 not in results["hybrid"].console[0]
+
+
+def test_code_changed_by_kvm_between_stretches_is_retranslated():
+    # Each round records a call through `fn`, whose jmp the guest then retargets with
+    # LBREn clear (KVM runs that store, not unicorn): the next stretch must see the new jmp.
+    def guest(t2: int = 0, fn: int = 0) -> Asm:
+        a = Asm().mov(R.R12, 2)
+        a.label("round").wrmsr(IA32_LBR_CTL, LBR_ALL).branch(Code.CALL_REL32_64, "fn")
+        a.wrmsr(IA32_LBR_CTL, 0)
+        a.mov(R.RBX, fn + 1).mov(R.RAX, (t2 - (fn + 2)) & 0xFF)  # the encoder made it jmp short
+        a.emit(Instruction.create_mem_reg(Code.MOV_RM8_R8, MemoryOperand(R.RBX), R.AL))
+        a.emit(Instruction.create_reg(Code.DEC_RM64, R.R12)).branch(Code.JNE_REL32_64, "round")
+        a.exit(status=0)
+        a.label("fn").branch(Code.JMP_REL32_64, "t1")
+        a.label("t1").op(Code.RETNQ)
+        a.label("t2").op(Code.NOPD).op(Code.RETNQ)
+        return a
+    first = image(guest())
+    img = image(guest(first.symbols["t2"], first.symbols["fn"]))
+    assert img.symbols == first.symbols
+    assert img.data[img.symbols["fn"] - img.load_address] == 0xEB  # jmp rel8
+    results = run_both(img)
+    assert_same(results)
+    tos = {t for _, t, _ in results["hybrid"].vcpus[0].records()}
+    assert img.symbols["t2"] in tos
+
+
+def test_python_block_hook_where_the_native_ring_is_missing(monkeypatch):
+    from vlbr.backends.kvm import hybrid
+    monkeypatch.setattr(hybrid.native, "load", lambda name="block_ring": None)
+    results = run_both(call_loop(CTLS["both"], 10))
+    assert results["hybrid"].stats["kvm_recording"] == "hybrid-python"
+    assert_same(results)
+
+
+def test_step_path_where_the_hybrid_cannot_start(monkeypatch):
+    from vlbr.backends.kvm import hybrid
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no unicorn here")
+    monkeypatch.setattr(hybrid, "HybridCpu", unavailable)
+    img = call_loop(CTLS["both"], 10)
+    config = dataclasses.replace(machine_config(), kvm_recording="hybrid")
+    result = KvmBackend().run(img, config)
+    assert result.stats["kvm_recording"] == "step"
+    assert "no unicorn here" in result.stats["hybrid_unavailable"]
+    assert result.vcpus[0].records() == run_both(img)["step"].vcpus[0].records()
+
+
+def test_unknown_recording_mode_is_an_error():
+    from vlbr.errors import VlbrError
+    config = dataclasses.replace(machine_config(), kvm_recording="fast")
+    with pytest.raises(VlbrError, match="hybrid, step"):
+        KvmBackend().run(image(Asm().exit(status=0)), config)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(OPS, min_size=1, max_size=25), st.integers(-4, 4), st.sampled_from(sorted(CTLS)))
+def test_random_branchy_guests_record_the_same(ops, eax, name):
+    assert_same(run_both(build(ops, eax, CTLS[name]).assemble()))
