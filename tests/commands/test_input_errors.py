@@ -185,3 +185,8 @@ def test_linux_run_of_a_program_gcc_rejects(tmp_path):
     done = subprocess.run([VLBR, "linux", "--run", str(bad)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "broken.c" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_kvm_recording_is_one_error_line():
+    assert_one_line_error(vlbr("run", "hello", "--kvm-recording", "fast"), "--kvm-recording",
+                          "hybrid", "step")

@@ -144,3 +144,14 @@ def test_run_hello_on_a_real_backend(name, tmp_path, monkeypatch):
     image = build_guest("hello")
     want = [(frm, to) for frm, to, _ in reversed(known_loop_branches(image))]
     assert [(r["from"], r["to"]) for r in doc["vcpus"][0]["records"]] == want
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "step"])
+def test_kvm_recording_option_reaches_the_machine(backend, mode):
+    assert invoke("hello", "--kvm-recording", mode, "--json").exit_code == 0
+    assert backend.machines[-1].kvm_recording == mode
+
+
+def test_kvm_recording_defaults_to_hybrid(backend):
+    invoke("hello", "--json")
+    assert backend.machines[-1].kvm_recording == "hybrid"

@@ -18,6 +18,8 @@ PORT_CONSOLE = 0xE9
 PORT_EXIT = 0xF4
 PORT_YIELD = 0xF5
 DEFAULT_TIMEOUT = 30.0
+KVM_HYBRID, KVM_STEP = "hybrid", "step"  # MachineConfig.kvm_recording
+KVM_RECORDING_MODES = (KVM_HYBRID, KVM_STEP)
 CONSOLE_LIMIT = 1 << 20
 
 
@@ -56,7 +58,7 @@ class MachineConfig:
     timeout: float = DEFAULT_TIMEOUT  # wall-clock seconds for the whole run
     console_limit: int = CONSOLE_LIMIT  # bytes of console per vCPU
     native_recording: bool = True  # software backend: the native block ring where exact
-    kvm_recording: str = "hybrid"  # kvm backend while LBREn is set: "hybrid" (unicorn) or "step"
+    kvm_recording: str = KVM_HYBRID  # kvm backend while LBREn is set: unicorn, or KVM_STEP
 
 
 @dataclass

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from vlbr.arch.leaves import arch_lbr_leaf
-from vlbr.backends.base import BackendUnavailable
+from vlbr.backends.base import KVM_HYBRID, KVM_RECORDING_MODES, BackendUnavailable
 from vlbr.guest.build import build_guest
 from vlbr.backends.registry import pick_backend
 from vlbr.guest.conformance import DEFAULT_DEPTH, SUITE_GUESTS, machine_for
@@ -47,11 +47,15 @@ def _cpuid_1c(table) -> dict:
               help="IA32_LBR_CTL the guest uses (its vlbr_lbr_ctl variable), e.g. 0x7f0007")
 @click.option("--vcpus", type=click.IntRange(1, 8), default=None,
               help="vCPUs to run (default: what the suite runs the guest with, else 1)")
+@click.option("--kvm-recording", "kvm_recording", type=click.Choice(KVM_RECORDING_MODES),
+              default=KVM_HYBRID, show_default=True,
+              help="KVM while LBREn is set: hybrid (unicorn between the instructions KVM must "
+                   "run) or step (KVM single-steps every instruction)")
 @timeout_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for tools")
 @svg_option
 def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
-            vcpus: int | None, timeout: float, as_json: bool, svg) -> None:
+            vcpus: int | None, kvm_recording: str, timeout: float, as_json: bool, svg) -> None:
     """Run GUEST: a built-in guest (hello, conformance, smp) or a path to a C file.
 
     A C file is linked with the guest runtime: it includes "runtime.h" and defines
@@ -71,7 +75,8 @@ def command(guest: str, backend_name: str, depth: int, lbr_ctl: str | None,
         raise click.ClickException(f"backend {backend.name} is unavailable: {reason}")
     if vcpus is None:
         vcpus = SUITE_GUESTS.get(guest, 1)
-    machine = machine_for(backend.name, vcpus=vcpus, depth=depth, timeout=timeout)
+    machine = machine_for(backend.name, vcpus=vcpus, depth=depth, timeout=timeout,
+                          kvm_recording=kvm_recording)
     try:
         result = backend.run(image, machine)
     except BackendUnavailable as err:

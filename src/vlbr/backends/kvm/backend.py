@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal
 import threading
 
-from vlbr.backends.base import BackendUnavailable, MachineConfig, RunResult, StopReason, VcpuStop
+from vlbr.backends.base import (KVM_RECORDING_MODES, BackendUnavailable, MachineConfig,
+                                RunResult, StopReason, VcpuStop)
 from vlbr.backends.kvm.ioctls import Vm
 from vlbr.backends.kvm.machine import create_machine
 from vlbr.backends.kvm.quirks import KvmQuirks, probe_quirks
-from vlbr.backends.kvm.runner import RECORDING_MODES, Budget, VcpuRunner
+from vlbr.backends.kvm.runner import Budget, VcpuRunner
 from vlbr.backends.watch import TIMEOUT, RunWatch
 from vlbr.errors import VlbrError
 from vlbr.host import kvm as k
@@ -71,9 +72,9 @@ class KvmBackend:
         return unavailable_features(self.path)
 
     def run(self, image, machine: MachineConfig) -> RunResult:
-        if machine.kvm_recording not in RECORDING_MODES:
+        if machine.kvm_recording not in KVM_RECORDING_MODES:
             raise VlbrError(f"kvm_recording {machine.kvm_recording!r}: one of "
-                            f"{', '.join(RECORDING_MODES)}")
+                            f"{', '.join(KVM_RECORDING_MODES)}")
         reason = self.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(reason)

@@ -17,8 +17,8 @@ from iced_x86 import Code, Instruction
 
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.backends import branches
-from vlbr.backends.base import (PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE, StopReason,
-                                VcpuStop)
+from vlbr.backends.base import (KVM_HYBRID as HYBRID, KVM_STEP as STEP, PORT_CONSOLE,
+                                PORT_EXIT, PORT_YIELD, RAM_SIZE, StopReason, VcpuStop)
 from vlbr.arch.x86 import EFER_LMA, RFLAGS_TF
 from vlbr.backends.kvm import hybrid, usermode
 from vlbr.backends.kvm.gaps import STEP_CONTROL, VECTOR_GP, KvmGaps
@@ -32,8 +32,6 @@ from vlbr.vcpu.lbr import ArchLbrVcpu, Branch, GeneralProtection
 from vlbr.x86.descriptors import GATE_SIZE, Gate
 
 SYNC = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
-HYBRID, STEP = "hybrid", "step"
-RECORDING_MODES = (HYBRID, STEP)
 
 
 @dataclass
