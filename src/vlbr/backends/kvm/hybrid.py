@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -162,6 +163,100 @@ class NativeBlockLog:
         self.recorder.reset()
 
 
+class CodeStops:
+    """A CodeWatch (software/codewatch.py) of `stop_starts` over KVM's memory, kept current
+    across the stores KVM, or vlbr for it, makes while unicorn is not running."""
+
+    def __init__(self, uc: Uc, memory, on_candidate, on_change):
+        self.uc, self.memory, self.on_change = uc, memory, on_change
+        self.watch = CodeWatch(uc, RAM_SIZE, on_candidate, on_change, starts=stop_starts)
+        self.snapshots: dict[int, bytes] = {}  # executable page -> its bytes as scanned
+
+    def refresh(self) -> None:
+        """Rescan executable pages whose bytes changed and drop their translations."""
+        for page, seen in self.snapshots.items():
+            now = bytes(self.memory[page:page + PAGE])
+            if now != seen:  # as a store made for the guest: rescanned, translations dropped
+                self.watch.host_write(page, now)
+                self.snapshots[page] = now
+
+    def fetch_fault(self) -> int | None:
+        return self.watch.take_fetch_fault()
+
+    def executable(self, address: int) -> bool:
+        """Scan the page at address and let it run; False outside guest RAM."""
+        if not self.watch.make_executable(address):
+            return False
+        page = address & ~(PAGE - 1)
+        self.snapshots.setdefault(page, bytes(self.memory[page:page + PAGE]))
+        return True
+
+
+class BranchLog:
+    """The blocks one unicorn CPU ran (the native ring, else a Python hook) and the branches
+    between them (backends.branches, as the software backend drains its ring)."""
+
+    def __init__(self, uc: Uc, memory, ring: int = RING):
+        self.memory = memory
+        lib = native.load()
+        self.log = NativeBlockLog(lib, uc, ring) if lib is not None else PythonBlockLog(uc, ring)
+        self.recorder = "native" if lib is not None else "python"
+        self.tails: dict[tuple[int, int], tuple] = {}
+        self.cpl = 0
+        self.blocks = self.retired = 0
+
+    @property
+    def count(self) -> int:
+        return self.log.count
+
+    def room(self) -> int:
+        """Instructions unicorn may run before the ring could fill (a block each, at most,
+        plus the next block it logs before a count stop)."""
+        return self.log.capacity - self.log.count - 2
+
+    def drain(self, model, prev=None):
+        """The logged blocks' branches into the model, `prev` the block before the first;
+        returns the last block, which has not ended (a stop, a fault, or the count, which
+        logs the next block before it stops)."""
+        log = self.log
+        n = log.count
+        if not n:
+            return prev
+        self.blocks += n
+        if model.filters.call_stack:
+            found = branches.paired_branches(log.blocks(0, n), prev, self._branch)
+        else:
+            found = branches.newest_branches(log.blocks, n, prev, model.depth,
+                                             model.filters.kind_ok, self._branch)
+        last = log.blocks(n - 1, n)[0]
+        log.reset()
+        for branch in found:
+            if branch is not None:
+                self.retired += 1
+                model.retire_branch(branch)
+        return last
+
+    def code_changed(self) -> None:
+        self.tails.clear()
+
+    def _branch(self, block: tuple[int, int], address: int) -> Branch | None:
+        tail = self.tails.get(block)
+        if tail is None:
+            start, size = block
+            tail = self.tails[block] = branches.decode_tail(
+                bytes(self.memory[start:start + size]), start)
+        return branches.branch_between(*tail, address, self.cpl)
+
+
+def shared_memory_cpu(memory) -> Uc:
+    """A unicorn x86-64 CPU over KVM's memory slot, nothing executable until scanned."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_READ | UC_PROT_WRITE, address)
+    return uc
+
+
 @dataclass
 class HybridStop:
     """How a stretch ended: "before" an instruction for KVM (or an exception at it), "budget"
@@ -177,24 +272,20 @@ class HybridCpu:
 
     def __init__(self, memory, model, ring: int = RING):
         self.memory, self.model = memory, model
-        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
-        address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
-        uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_READ | UC_PROT_WRITE, address)  # X once scanned
+        self.uc = uc = shared_memory_cpu(memory)
         self.privilege = privilege_switch(uc)
-        self.watch = CodeWatch(uc, RAM_SIZE, self._on_candidate, self._code_changed,
-                               starts=stop_starts)
-        lib = native.load()
-        self.log = NativeBlockLog(lib, uc, ring) if lib is not None else PythonBlockLog(uc, ring)
-        self.recorder = "native" if lib is not None else "python"
+        self.branches = BranchLog(uc, memory, ring)
+        self.code = CodeStops(uc, memory, self._on_candidate, self._code_changed)
+        self.recorder = self.branches.recorder
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        self.snapshots: dict[int, bytes] = {}  # executable page -> its bytes as scanned
-        self.tails: dict[tuple[int, int], tuple] = {}
         self.decoded: dict[int, tuple[bytes, bool]] = {}
         self.stopped_at: int | None = None
         self.legacy = None  # the x87/SSE state unicorn holds, as loaded
-        self.cpl = 0
-        self.stretches = self.blocks = self.retired = 0
+        self.stretches = self.retired = 0
+
+    @property
+    def blocks(self) -> int:
+        return self.branches.blocks
 
     # --- hooks ----------------------------------------------------------------------------
     def _on_candidate(self, uc, address, size, user_data) -> None:
@@ -217,7 +308,8 @@ class HybridCpu:
         uc.emu_stop()
 
     def _code_changed(self) -> None:
-        self.tails.clear()
+        self.branches.code_changed()
+        self.decoded.clear()
 
     # --- state in and out -----------------------------------------------------------------
     def load(self, vcpu, regs, sregs) -> None:
@@ -232,7 +324,7 @@ class HybridCpu:
         self.privilege.write_segments({R_DS: segment_cache(sregs.ds), R_ES: segment_cache(sregs.es),
                                        R_FS: segment_cache(sregs.fs), R_GS: segment_cache(sregs.gs)})
         self.privilege.load(segment_cache(sregs.cs), segment_cache(sregs.ss))
-        self.cpl = sregs.cs.selector & 3
+        self.branches.cpl = sregs.cs.selector & 3
         for name, reg in GPRS:
             uc.reg_write(reg, getattr(regs, name))
         uc.reg_write(X.UC_X86_REG_RSP, regs.rsp)
@@ -252,97 +344,52 @@ class HybridCpu:
         regs.rflags = uc.reg_read(X.UC_X86_REG_RFLAGS)
         regs.rip = uc.reg_read(X.UC_X86_REG_RIP)
         vcpu.set_regs(regs)
-        legacy = UnicornLegacy(uc).read_legacy()
+        # QEMU's MXCSR_MASK is its own, not state (fpu.py): keep KVM's
+        legacy = dataclasses.replace(UnicornLegacy(uc).read_legacy(),
+                                     mxcsr_mask=self.legacy.mxcsr_mask)
         if legacy != self.legacy:
             KvmLegacy(vcpu).write_legacy(legacy, XFEATURES_LEGACY)
             self.legacy = legacy
-
-    # --- code KVM may have changed --------------------------------------------------------
-    def _refresh_code(self) -> None:
-        """Executable pages KVM (or vlbr on its behalf) wrote since the last stretch: rescan
-        them and drop their translations."""
-        for page, seen in self.snapshots.items():
-            now = bytes(self.memory[page:page + PAGE])
-            if now != seen:  # as a store made for the guest: rescanned, translations dropped
-                self.watch.host_write(page, now)
-                self.snapshots[page] = now
-                self.decoded.clear()
-
-    def _executable(self, address: int) -> bool:
-        if not self.watch.make_executable(address):
-            return False
-        page = address & ~(PAGE - 1)
-        self.snapshots.setdefault(page, bytes(self.memory[page:page + PAGE]))
-        return True
 
     # --- one stretch ----------------------------------------------------------------------
     def run(self, limit: int, kicked) -> HybridStop:
         """Run from the loaded state for at most `limit` instructions, retiring branches into
         the model; the registers stay in unicorn for store()."""
-        uc, log = self.uc, self.log
+        uc, log = self.uc, self.branches
         self.stretches += 1
-        self.retired = 0  # branches retired into the model by this stretch
-        self._refresh_code()
+        retired_before = log.retired
+        self.code.refresh()
         spent = 0
-        log.reset()
         while True:
             self.stopped_at = None
-            count = min(limit - spent, log.capacity - log.count - 2)
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            count = min(limit - spent, log.room())
             before = log.count
             try:
-                uc.emu_start(rip, NO_END, count=count)
+                uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP), NO_END, count=count)
                 error = None
             except UcError as err:
                 error = err
-            fault = self.watch.take_fetch_fault()
+            fault = self.code.fetch_fault()
             if error is not None and error.errno == UC_ERR_FETCH_PROT and fault is not None:
                 self.privilege.exception_delivered()
                 spent += log.count - before
-                if self._executable(fault) and spent < limit:
+                if self.code.executable(fault) and spent < limit:
                     continue  # the ring goes on: its last block branched to `fault`
-                return self._end("before", fault, spent)
+                return self._end("before", fault, spent, retired_before)
+            here = uc.reg_read(X.UC_X86_REG_RIP) if self.stopped_at is None else self.stopped_at
+            ran = spent + log.count - before
             if self.stopped_at is not None or error is not None or kicked():
                 self.privilege.exception_delivered()
-                here = uc.reg_read(X.UC_X86_REG_RIP) if self.stopped_at is None else self.stopped_at
-                return self._end("kicked" if kicked() else "before", here,
-                                 spent + log.count - before)
-            here = uc.reg_read(X.UC_X86_REG_RIP)
+                return self._end("kicked" if kicked() else "before", here, ran, retired_before)
             if self.stops_at(here):  # unicorn ended quietly at an invalid opcode
-                return self._end("before", here, spent + log.count - before)
+                return self._end("before", here, ran, retired_before)
             spent += count
-            self._drain()
+            log.drain(self.model)  # its last block starts the next piece again
             if spent >= limit:
-                return self._end("budget", here, spent)
+                return self._end("budget", here, spent, retired_before)
 
-    def _end(self, kind: str, rip: int, spent: int) -> HybridStop:
+    def _end(self, kind: str, rip: int, spent: int, retired_before: int) -> HybridStop:
         self.uc.reg_write(X.UC_X86_REG_RIP, rip)
-        self._drain()
+        self.branches.drain(self.model)
+        self.retired = self.branches.retired - retired_before
         return HybridStop(kind, rip, spent)
-
-    # --- the ring into the model ----------------------------------------------------------
-    def _drain(self) -> None:
-        """The logged blocks' branches into the model; the last block never ended (its tail
-        did not run: a stop, a fault, or the count, which logs the next block first)."""
-        log, model = self.log, self.model
-        n = log.count
-        self.blocks += n
-        if n > 1:
-            if model.filters.call_stack:
-                found = branches.paired_branches(log.blocks(0, n), None, self._branch)
-            else:
-                found = branches.newest_branches(log.blocks, n, None, model.depth,
-                                                 model.filters.kind_ok, self._branch)
-            for branch in found:
-                if branch is not None:
-                    self.retired += 1
-                    model.retire_branch(branch)
-        log.reset()
-
-    def _branch(self, block: tuple[int, int], address: int) -> Branch | None:
-        tail = self.tails.get(block)
-        if tail is None:
-            start, size = block
-            tail = self.tails[block] = branches.decode_tail(
-                bytes(self.memory[start:start + size]), start)
-        return branches.branch_between(*tail, address, self.cpl)
