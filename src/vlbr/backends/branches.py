@@ -137,6 +137,14 @@ def taken_after(insn: Instruction, rflags: int, rcx: int) -> bool:
     return condition_holds(insn.condition_code, rflags)
 
 
+def taken_before(insn: Instruction, rflags: int, rcx: int) -> bool:
+    """taken_after from the registers *before* the conditional runs (LOOP* has yet to
+    decrement its count; the others change neither)."""
+    if insn.mnemonic in (Mnemonic.LOOP, Mnemonic.LOOPE, Mnemonic.LOOPNE):
+        rcx -= 1
+    return taken_after(insn, rflags, rcx)
+
+
 def branch_between(insn: Instruction, cls: BranchClass | None, to_ip: int, cpl: int,
                    flags: tuple[int, int] | None = None):
     """The taken branch a block's last instruction made to the next block at `to_ip`, or None

@@ -185,3 +185,37 @@ def test_unknown_recording_mode_is_an_error():
 @given(st.lists(OPS, min_size=1, max_size=25), st.integers(-4, 4), st.sampled_from(sorted(CTLS)))
 def test_random_branchy_guests_record_the_same(ops, eax, name):
     assert_same(run_both(build(ops, eax, CTLS[name]).assemble()))
+
+
+def _ring3_branchy(ctl: int, ending: Code):
+    """Ring 3 (on unicorn under quirk user_single_step_fails): calls, returns, an indirect
+    jump, Jcc to their own fall-through taken and not, a CPUID, then `ending` leaves ring 3
+    (INT 0x80 back to the kernel, or UD2's #UD to its fault handler)."""
+    from guest_asm import ring3_image
+    kernel = Asm().wrmsr(IA32_LBR_CTL, ctl)
+    user = Asm().mov(R.R8, 4).mov(R.RCX, 4).label("u_top").branch(Code.CALL_REL32_64, "u_fn")
+    user.emit(Instruction.create_reg_reg(Code.TEST_RM64_R64, R.RCX, R.RCX))
+    user.branch(Code.JE_REL8_64, "u_next").label("u_next")  # to itself +2: not taken
+    user.emit(Instruction.create_reg_reg(Code.XOR_R32_RM32, R.EAX, R.EAX))
+    user.branch(Code.JE_REL8_64, "u_after").label("u_after")  # taken (ZF set)
+    user.mov(R.RAX, 0).mov(R.RCX, 0).op(Code.CPUID).mov(R.RCX, 1)
+    user.emit(Instruction.create_reg(Code.DEC_RM64, R.R8)).branch(Code.JNE_REL32_64, "u_top")
+    user.emit(Instruction.create_u32(Code.INT_IMM8, 0x80) if ending == Code.INT_IMM8
+              else Instruction.create(ending))
+    user.label("u_fn").op(Code.RETNQ)
+    back = Asm().wrmsr(IA32_LBR_CTL, 0).exit(status=0x80)
+    fault = Asm().wrmsr(IA32_LBR_CTL, 0).exit(status=0xBAD)
+    return ring3_image(kernel, user, back, fault)
+
+
+@pytest.mark.parametrize("ending", [Code.INT_IMM8, Code.UD2])
+@pytest.mark.parametrize("name", ["usr", "both", "call_stack"])
+def test_ring3_excursions_record_the_same(name, ending):
+    img = _ring3_branchy(CTLS[name], ending)
+    results = run_both(img)
+    assert_same(results)
+    after = img.symbols["u_after"]
+    taken_to_itself = [r for r in results["hybrid"].vcpus[0].records() if r[:2] == (after - 2, after)]
+    assert taken_to_itself or name == "call_stack"
+    assert results["hybrid"].stats["ring3_excursions"] == 1
+    assert results["hybrid"].exit_status == [0x80 if ending == Code.INT_IMM8 else 0xBAD]

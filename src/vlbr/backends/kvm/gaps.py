@@ -17,7 +17,7 @@ from vlbr.arch.x86 import (MSR_FMASK, MSR_LSTAR, MSR_STAR, RFLAGS_TF, VECTOR_DB,
                            VECTOR_GP)
 from vlbr.arch.msrs import IA32_XSS
 from vlbr.backends import branches
-from vlbr.backends.base import RAM_SIZE, StopReason
+from vlbr.backends.base import KVM_HYBRID, RAM_SIZE, StopReason
 from vlbr.backends.kvm import cpuid, usermode, xsaves
 from vlbr.x86.events import DeliveryFailed
 from vlbr.x86.syscall import syscall_entry
@@ -98,7 +98,7 @@ class KvmGaps:
         regs = self.vcpu.get_regs()
         frame = struct.unpack_from("<5Q", self.memory, regs.rsp)
         if self._user is None:
-            self._user = usermode.UserMode(self)
+            self._user = usermode.UserMode(self, fast=self.recording == KVM_HYBRID)
         user = self._user
         leave = user.enter(iret.ip, regs, frame)
         self.excursions += 1

@@ -30,7 +30,7 @@ from vlbr.arch.x86 import MSR_EFER, RFLAGS_TF, XFEATURES_LEGACY
 from vlbr.backends import branches, layout
 from vlbr.backends.base import IMAGE_BASE, RAM_SIZE
 from vlbr.backends.image import GuestImage
-from vlbr.backends.kvm.usermode import GPRS
+from vlbr.backends.kvm.usermode import GPRS, MOV_CR_DR
 from vlbr.backends.kvm.xsaves import KvmLegacy
 from vlbr.backends.software import native
 from vlbr.backends.software.backend import enter_long_mode, load_guest
@@ -56,7 +56,6 @@ STOP_MNEMONICS = frozenset(getattr(Mnemonic, name) for name in """
     XSAVEOPT XSAVEOPT64 XSAVEC XSAVEC64 XSAVES XSAVES64 XRSTORS XRSTORS64 WRFSBASE WRGSBASE
     LAR LSL VMREAD VMWRITE RDRAND RDSEED UD0 UD1 UD2""".split())
 MOV_TO_SREG = frozenset([Code.MOV_SREG_R32M16, Code.MOV_SREG_R64M16, Code.MOV_SREG_RM16])
-MOV_CR_DR = frozenset([Code.MOV_R64_CR, Code.MOV_CR_R64, Code.MOV_R64_DR, Code.MOV_DR_R64])
 
 # Opcode bytes where a stop may begin (prefixes are added by candidate_starts); data that only
 # looks like one costs a decode when it runs as an instruction, never a stop.

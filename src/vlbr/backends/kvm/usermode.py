@@ -15,9 +15,10 @@ import ctypes
 from dataclasses import dataclass
 
 from iced_x86 import Code, Mnemonic
-from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID,
-                     UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_HOOK_CODE, UC_HOOK_INSN,
-                     UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
+from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED,
+                     UC_ERR_INSN_INVALID, UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED,
+                     UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED, UC_MODE_64,
+                     UC_PROT_ALL, Uc, UcError)
 from unicorn import x86_const as X
 
 from vlbr.arch.msrs import BranchType
@@ -47,7 +48,9 @@ PRIVILEGED = {Mnemonic.HLT, Mnemonic.CLI, Mnemonic.STI, Mnemonic.RDMSR, Mnemonic
               Mnemonic.SWAPGS, Mnemonic.SYSRET, Mnemonic.SYSRETQ, Mnemonic.SYSEXIT,
               Mnemonic.SYSEXITQ, Mnemonic.RDPMC, Mnemonic.MONITOR, Mnemonic.MWAIT}
 MOV_CR_DR = {Code.MOV_R64_CR, Code.MOV_CR_R64, Code.MOV_R64_DR, Code.MOV_DR_R64}
+QUIET_STOPS = {Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2}  # #UD, but no unicorn error
 MAX_INSTRUCTIONS = 20_000_000
+NO_END = (1 << 64) - 1
 
 
 @dataclass
@@ -67,13 +70,24 @@ class Leave:
 class UserMode:
     """One unicorn CPU sharing a runner's guest RAM; `enter()` runs one ring-3 excursion."""
 
-    def __init__(self, runner):
+    def __init__(self, runner, fast: bool = False):
+        """fast: branches from the block log, code hooks only where ring 3 is acted on
+        (hybrid.py), instead of a hook on every instruction."""
         self.runner = runner
-        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
-        address = ctypes.addressof(ctypes.c_char.from_buffer(runner.memory))
-        uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_ALL, address)
-        uc.hook_add(UC_HOOK_CODE, self._on_code)
+        self.fast = fast
+        if fast:
+            from vlbr.backends.kvm import hybrid  # not at the top: hybrid imports this module
+            self.uc = uc = hybrid.shared_memory_cpu(runner.memory)
+            self.branches = hybrid.BranchLog(uc, runner.memory)
+            self.branches.cpl = 3
+            self.code = hybrid.CodeStops(uc, runner.memory, self._on_candidate,
+                                         self.branches.code_changed)
+        else:
+            self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+            uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
+            address = ctypes.addressof(ctypes.c_char.from_buffer(runner.memory))
+            uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_ALL, address)
+            uc.hook_add(UC_HOOK_CODE, self._on_code)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
@@ -82,6 +96,7 @@ class UserMode:
         self.unmapped: int | None = None
         self.leave: Leave | None = None
         self.prev = None
+        self.last = None  # fast: the block the next drain pairs first
         self.current = 0
         self.count = 0
         self.instructions = 0
@@ -93,22 +108,66 @@ class UserMode:
         self.user_cs, self.user_ss = cs, ss
         self.runner.model.retire_branch(Branch(iret_ip, rip, BranchType.OTHER, cs & 3))
         uc = self.uc
-        uc.ctl_flush_tb()  # KVM may have changed code since the last excursion
         for name, reg in GPRS:
             uc.reg_write(reg, getattr(regs, name))
         uc.reg_write(X.UC_X86_REG_RSP, rsp)
         uc.reg_write(X.UC_X86_REG_RFLAGS, (rflags & ~RFLAGS_TF) | 2)
         self.leave, self.prev, self.count, self.unmapped = None, None, 0, None
         self.current = rip
-        try:
-            uc.emu_start(rip, (1 << 64) - 1, count=MAX_INSTRUCTIONS)
-        except UcError as err:
-            self._fault(err)
+        if self.fast:
+            self._run_fast(rip)
+        else:
+            uc.ctl_flush_tb()  # KVM may have changed code since the last excursion
+            try:
+                uc.emu_start(rip, NO_END, count=MAX_INSTRUCTIONS)
+            except UcError as err:
+                self._fault(err)
         if self.leave is None:
             self.leave = Leave("fail", detail=f"ring 3 stopped at {self.current:#x} after "
                                f"{self.count} instructions without leaving ring 3")
         self.instructions += self.count
         return self.leave
+
+    def _run_fast(self, rip: int) -> None:
+        """Ring 3 in pieces of at most the block log's room; a fetch from a page not yet
+        scanned scans it and goes on (hybrid.CodeStops)."""
+        uc, log = self.uc, self.branches
+        self.code.refresh()
+        left, self.last = MAX_INSTRUCTIONS, None
+        while self.leave is None and left > 0:
+            count = min(left, log.room())
+            before = log.count
+            try:
+                uc.emu_start(rip, NO_END, count=count)
+                error = None
+            except UcError as err:
+                error = err
+            self.count += log.count - before
+            fault = self.code.fetch_fault()
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            if error is not None and error.errno == UC_ERR_FETCH_PROT and fault is not None:
+                if self.code.executable(fault):
+                    left, rip = left - (log.count - before), fault
+                    continue  # the log goes on: its last block branched to `fault`
+                self.unmapped = rip = fault
+                error = UcError(UC_ERR_FETCH_UNMAPPED)
+            if error is None and self.leave is None and self._quiet_stop(rip):
+                error = UcError(UC_ERR_INSN_INVALID)  # with a block hook QEMU stops silently
+            if error is not None:
+                self.current = rip  # the instruction unicorn could not run
+                self._fault(error)
+            if self.leave is not None or self.runner.kicked:
+                break
+            left -= count
+            log.drain(self.runner.model, self.last)  # a count stop: its last block restarts
+            self.last = None
+        log.drain(self.runner.model, self.last)
+        self.runner.branches += log.retired
+        log.retired = 0
+
+    def _quiet_stop(self, rip: int) -> bool:
+        insn = self.runner.decode(rip).insn
+        return insn.code == Code.INVALID or insn.mnemonic in QUIET_STOPS
 
     def _stop(self, leave: Leave) -> None:
         if self.leave is None:
@@ -125,9 +184,32 @@ class UserMode:
         if prev is not None:
             self._retire(prev, address)
         self.current = address
+        step = self._act(address)
+        if step is not None and step.cls is not None and not step.cls.interrupt:
+            self.prev = step
+
+    def _on_candidate(self, uc, address, size, user_data) -> None:
+        """fast: where an instruction ring 3 acts on may start (hybrid.stop_starts)."""
+        if self.leave is not None:
+            uc.emu_stop()
+            return
+        self.current = address  # INT n, INT3, INTO and SYSCALL hooks read it
+        step = self._act(address)
+        if step is None or step.cls is None or not step.cls.conditional:
+            return
+        insn = step.insn
+        if insn.near_branch_target == insn.next_ip:  # only the flags tell: decide it now
+            self.last = self.branches.drain(self.runner.model, self.last)
+            if branches.taken_before(insn, uc.reg_read(X.UC_X86_REG_RFLAGS),
+                                     uc.reg_read(X.UC_X86_REG_RCX)):
+                self._retire_branch(insn, step.cls, insn.next_ip)
+
+    def _act(self, address: int):
+        """What ring 3 cannot run as it is: CPUID at a patched site, a patched INT n /
+        SYSCALL, #GP for a privileged instruction, #DB for INT1; else the decoded step."""
         if address in self.runner.cpuid_sites:
             self._cpuid(address)
-            return
+            return None
         original = self.runner.trap_sites.get(address)
         if original is not None:  # a patched INT n / SYSCALL (backends.kvm.traps)
             if original.code == Code.SYSCALL:
@@ -135,17 +217,16 @@ class UserMode:
             else:
                 self._stop(Leave("event", original.immediate8, address, original.next_ip,
                                  software=True))
-            return
+            return None
         step = self.runner.decode(address)
         insn = step.insn
         if insn.mnemonic in PRIVILEGED or insn.code in MOV_CR_DR:
             self._stop(Leave("event", VECTOR_GP, address, address, 0))
-            return
+            return None
         if insn.code == Code.INT1:
             self._stop(Leave("event", VECTOR_DB, address, insn.next_ip, software=True))
-            return
-        if step.cls is not None and not step.cls.interrupt:
-            self.prev = step
+            return None
+        return step
 
     def _retire(self, step, address: int) -> None:
         insn, cls = step.insn, step.cls
@@ -153,6 +234,9 @@ class UserMode:
             if insn.near_branch_target != insn.next_ip or not branches.taken_after(
                     insn, self.uc.reg_read(X.UC_X86_REG_RFLAGS), self.uc.reg_read(X.UC_X86_REG_RCX)):
                 return
+        self._retire_branch(insn, cls, address)
+
+    def _retire_branch(self, insn, cls, address: int) -> None:
         self.runner.branches += 1
         self.runner.model.retire_branch(Branch(insn.ip, address, cls.kind, 3,
                                                is_call=cls.is_call, is_return=cls.is_return))
@@ -174,6 +258,8 @@ class UserMode:
         soft = (insn.mnemonic == Mnemonic.INT and insn.immediate8 == intno
                 or insn.mnemonic == Mnemonic.INT3 and intno == 3
                 or insn.mnemonic == Mnemonic.INTO and intno == 4)
+        if self.fast and not soft:  # no hook saw the faulting instruction: RIP is it
+            self.current = uc.reg_read(X.UC_X86_REG_RIP)
         if soft:
             self._stop(Leave("event", intno, insn.ip, insn.next_ip, software=True))
         else:
