@@ -32,6 +32,7 @@ from vlbr.vcpu import LbrConfig  # noqa: E402
 
 LOOP_ITERATIONS = 1_000_000  # ~1 s here: this nested KVM runs guest code at ~570 ns/instruction
 RECORDED_ITERATIONS = {"step": 20_000, "hybrid": 2_000_000}  # call, ret and a taken Jcc each
+RING3_ITERATIONS = {"step": 200_000, "hybrid": 2_000_000}  # ring 3: unicorn either way (quirk)
 REPEATS = 5
 LBR_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | 0x7F0000
 
@@ -78,6 +79,32 @@ def recorded_loop(iterations: int) -> GuestImage:
                     _labelled(Instruction.create(Code.RETNQ), fn)])
 
 
+USER_CODE = IMAGE_BASE + 0x1000
+USER_STACK = 0x600000
+USER_CS, USER_SS = 0x23, 0x1B  # the Guest ABI's ring-3 selectors
+
+
+def ring3_loop(iterations: int) -> GuestImage:
+    """recorded_loop's loop at CPL3: the kernel IRETQs to it, it exits through the port."""
+    kernel = _wrmsr(IA32_LBR_CTL, LBR_ALL)
+    for value in (USER_SS, USER_STACK, 0x2, USER_CS, USER_CODE):  # the IRETQ frame
+        kernel += [Instruction.create_reg_u64(Code.MOV_R64_IMM64, R.RAX, value),
+                   Instruction.create_reg(Code.PUSH_R64, R.RAX)]
+    kernel.append(Instruction.create(Code.IRETQ))
+    top, fn = 1, 2
+    user = [Instruction.create_reg_u64(Code.MOV_R64_IMM64, R.RCX, iterations),
+            _labelled(Instruction.create_branch(Code.CALL_REL32_64, fn), top),
+            Instruction.create_reg(Code.DEC_RM64, R.RCX),
+            Instruction.create_branch(Code.JNE_REL32_64, top), *_exit(),
+            _labelled(Instruction.create(Code.RETNQ), fn)]
+    data = bytearray(_encode(kernel).data)
+    data += bytes(USER_CODE - IMAGE_BASE - len(data))
+    encoder = BlockEncoder(64)
+    encoder.add_many(user)
+    data += encoder.encode(USER_CODE)
+    return GuestImage(bytes(data), IMAGE_BASE, IMAGE_BASE, {}, "bench_ring3")
+
+
 def machine() -> MachineConfig:
     with Kvm() as kvm:
         table = emulated_guest_cpuid(kvm.supported_cpuid(), depth=32)
@@ -121,20 +148,26 @@ def main() -> int:
          goal=5e6, repeats=REPEATS)
     emit("recorded_branches_per_second_step", rates["step"], "branches/s",
          single_steps_per_second=round(steps), repeats=REPEATS)
+    rates, _ = recording_rates(config, ring3_loop, RING3_ITERATIONS)
+    emit("recorded_branches_per_second_ring3", rates["hybrid"], "branches/s", vs="step",
+         ratio=rates["hybrid"] / rates["step"], step_branches_per_second=round(rates["step"]),
+         repeats=REPEATS)
     emit("recording_slowdown", steps / (LOOP_ITERATIONS * 2 / with_filter),
          "ratio", vs="LBREn clear (native) instructions/s")
     return 0
 
 
-def recording_rates(config: MachineConfig) -> tuple[dict[str, float], float]:
+def recording_rates(config: MachineConfig, guest=None, counts=None
+                    ) -> tuple[dict[str, float], float]:
     """Recorded branches per second of whole runs per recording mode (median), and the
     single-steps per second of the step runs."""
     rates, steps = {}, []
-    for mode, iterations in RECORDED_ITERATIONS.items():
+    for mode, iterations in (counts or RECORDED_ITERATIONS).items():
         branches = 3 * iterations - 1  # the last Jcc falls through
         seconds = []
         for _ in range(REPEATS):
-            result = KvmBackend().run(recorded_loop(iterations), replace(config, kvm_recording=mode))
+            image = (guest or recorded_loop)(iterations)
+            result = KvmBackend().run(image, replace(config, kvm_recording=mode))
             stats = result.stats
             assert result.exit_status == [0] and stats["kvm_recording"].startswith(mode), stats
             assert mode != "step" or stats["branches"] == branches

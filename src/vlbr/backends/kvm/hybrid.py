@@ -320,8 +320,8 @@ class HybridCpu:
         uc.reg_write(X.UC_X86_REG_CR4, sregs.cr4)
         uc.msr_write(MSR_EFER, sregs.efer)
         uc.reg_write(X.UC_X86_REG_CR0, sregs.cr0)
-        self.privilege.write_segments({R_DS: segment_cache(sregs.ds), R_ES: segment_cache(sregs.es),
-                                       R_FS: segment_cache(sregs.fs), R_GS: segment_cache(sregs.gs)})
+        self.privilege.write_segments({seg: segment_cache(getattr(sregs, name)) for seg, name
+                                       in ((R_DS, "ds"), (R_ES, "es"), (R_FS, "fs"), (R_GS, "gs"))})
         self.privilege.load(segment_cache(sregs.cs), segment_cache(sregs.ss))
         self.branches.cpl = sregs.cs.selector & 3
         for name, reg in GPRS:
