@@ -221,3 +221,27 @@ def test_ring3_excursions_record_the_same(name, ending):
     assert any(r[:2] == (after - 2, after) for r in records) or name == "call_stack"
     assert results["hybrid"].stats["ring3_excursions"] == 1
     assert results["hybrid"].exit_status == [0x80 if ending == Code.INT_IMM8 else 0xBAD]
+
+
+def _cross_page(ctl: int, iterations: int = 30):
+    """Calls to a function on another page (its first fetch faults in unicorn, which scans
+    that page and goes on mid-stretch), a Jcc back over the page edge, and a near return."""
+    far = 0x102000  # image()'s handler slot 16: the page after next
+    a = Asm().wrmsr(IA32_LBR_CTL, ctl).mov(R.RCX, iterations).mov(R.RBX, far)
+    a.label("top").emit(Instruction.create_reg(Code.CALL_RM64, R.RBX))
+    a.emit(Instruction.create_reg(Code.DEC_RM64, R.RCX)).branch(Code.JNE_REL32_64, "top")
+    a.wrmsr(IA32_LBR_CTL, 0).exit(status=0)
+    fn = Asm().emit(Instruction.create_reg(Code.INC_RM64, R.RDX)).op(Code.RETNQ)
+    return image(a, {16: fn})
+
+
+@pytest.mark.parametrize("ring", [16, 64])
+def test_many_pieces_per_stretch_record_the_same(monkeypatch, ring):
+    # A tiny block ring ends pieces every few instructions: at count stops, at page scans
+    # (fetch faults) and, in ring 3, around the Jcc decided from the flags.
+    from vlbr.backends.kvm import hybrid
+    monkeypatch.setattr(hybrid, "RING", ring)
+    for img in (_cross_page(CTLS["both"], 3), _cross_page(CTLS["both"]),
+                _cross_page(CTLS["call_stack"]),
+                call_loop(CTLS["both"], 25), _ring3_branchy(CTLS["both"], Code.INT_IMM8)):
+        assert_same(run_both(img))

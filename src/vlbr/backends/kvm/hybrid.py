@@ -195,8 +195,9 @@ class BranchLog:
     """The blocks one unicorn CPU ran (the native ring, else a Python hook) and the branches
     between them (backends.branches, as the software backend drains its ring)."""
 
-    def __init__(self, uc: Uc, memory, ring: int = RING):
+    def __init__(self, uc: Uc, memory, ring: int | None = None):
         self.memory = memory
+        ring = ring or RING  # read at run time: tests shrink it to cross many pieces
         lib = native.load()
         self.log = NativeBlockLog(lib, uc, ring) if lib is not None else PythonBlockLog(uc, ring)
         self.recorder = "native" if lib is not None else "python"
@@ -207,6 +208,11 @@ class BranchLog:
     @property
     def count(self) -> int:
         return self.log.count
+
+    @property
+    def seen(self) -> int:
+        """Blocks logged so far, drained or not."""
+        return self.blocks + self.log.count
 
     def room(self) -> int:
         """Instructions unicorn may run before the ring could fill (a block each, at most,
@@ -269,7 +275,7 @@ class HybridStop:
 class HybridCpu:
     """One unicorn CPU over a runner's guest RAM; run() is one recording stretch."""
 
-    def __init__(self, memory, model, ring: int = RING):
+    def __init__(self, memory, model, ring: int | None = None):
         self.memory, self.model = memory, model
         self.uc = uc = shared_memory_cpu(memory)
         self.privilege = privilege_switch(uc)
@@ -280,7 +286,7 @@ class HybridCpu:
         self.decoded: dict[int, tuple[bytes, bool]] = {}
         self.stopped_at: int | None = None
         self.legacy = None  # the x87/SSE state unicorn holds, as loaded
-        self.stretches = self.retired = 0
+        self.stretches = self.retired = self.retired_before = 0
 
     @property
     def blocks(self) -> int:
@@ -356,13 +362,13 @@ class HybridCpu:
         the model; the registers stay in unicorn for store()."""
         uc, log = self.uc, self.branches
         self.stretches += 1
-        retired_before = log.retired
+        self.retired_before = log.retired
         self.code.refresh()
-        spent = 0
+        spent, prev = 0, None  # prev: the block the next drain pairs first
         while True:
             self.stopped_at = None
             count = min(limit - spent, log.room())
-            before = log.count
+            before = log.seen
             try:
                 uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP), NO_END, count=count)
                 error = None
@@ -371,24 +377,26 @@ class HybridCpu:
             fault = self.code.fetch_fault()
             if error is not None and error.errno == UC_ERR_FETCH_PROT and fault is not None:
                 self.privilege.exception_delivered()
-                spent += log.count - before
+                spent += log.seen - before
+                prev = log.drain(self.model, prev)  # its last block branched to `fault`
                 if self.code.executable(fault) and spent < limit:
-                    continue  # the ring goes on: its last block branched to `fault`
-                return self._end("before", fault, spent, retired_before)
+                    continue
+                return self._end("before", fault, spent, prev)
             here = uc.reg_read(X.UC_X86_REG_RIP) if self.stopped_at is None else self.stopped_at
-            ran = spent + log.count - before
+            ran = spent + log.seen - before
             if self.stopped_at is not None or error is not None or kicked():
                 self.privilege.exception_delivered()
-                return self._end("kicked" if kicked() else "before", here, ran, retired_before)
+                return self._end("kicked" if kicked() else "before", here, ran, prev)
             if self.stops_at(here):  # unicorn ended quietly at an invalid opcode
-                return self._end("before", here, ran, retired_before)
+                return self._end("before", here, ran, prev)
             spent += count
-            log.drain(self.model)  # its last block starts the next piece again
+            log.drain(self.model, prev)  # a count stop: its last block starts the next piece
+            prev = None
             if spent >= limit:
-                return self._end("budget", here, spent, retired_before)
+                return self._end("budget", here, spent, None)
 
-    def _end(self, kind: str, rip: int, spent: int, retired_before: int) -> HybridStop:
+    def _end(self, kind: str, rip: int, spent: int, prev) -> HybridStop:
         self.uc.reg_write(X.UC_X86_REG_RIP, rip)
-        self.branches.drain(self.model)
-        self.retired = self.branches.retired - retired_before
+        self.branches.drain(self.model, prev)
+        self.retired = self.branches.retired - self.retired_before
         return HybridStop(kind, rip, spent)

@@ -133,22 +133,22 @@ class UserMode:
         scanned scans it and goes on (hybrid.CodeStops)."""
         uc, log = self.uc, self.branches
         self.code.refresh()
-        left, self.last = MAX_INSTRUCTIONS, None
+        left, self.last, first = MAX_INSTRUCTIONS, None, log.seen
         while self.leave is None and left > 0:
             count = min(left, log.room())
-            before = log.count
+            before = log.seen
             try:
                 uc.emu_start(rip, NO_END, count=count)
                 error = None
             except UcError as err:
                 error = err
-            self.count += log.count - before
             fault = self.code.fetch_fault()
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             if error is not None and error.errno == UC_ERR_FETCH_PROT and fault is not None:
+                self.last = log.drain(self.runner.model, self.last)  # it branched to `fault`
                 if self.code.executable(fault):
-                    left, rip = left - (log.count - before), fault
-                    continue  # the log goes on: its last block branched to `fault`
+                    left, rip = left - (log.seen - before), fault
+                    continue
                 self.unmapped = rip = fault
                 error = UcError(UC_ERR_FETCH_UNMAPPED)
             if error is None and self.leave is None and self._quiet_stop(rip):
@@ -162,6 +162,7 @@ class UserMode:
             log.drain(self.runner.model, self.last)  # a count stop: its last block restarts
             self.last = None
         log.drain(self.runner.model, self.last)
+        self.count = log.seen - first
         self.runner.branches += log.retired
         log.retired = 0
 
