@@ -120,6 +120,7 @@ class KvmBackend:
                 "backend": self.name,
                 "exits": sum(r.exits for r in runners),
                 "steps": sum(r.steps for r in runners),
+                # step: every taken branch; hybrid: those its drains retired (the newest)
                 "branches": sum(r.branches for r in runners),
                 "msr_exits": sum(r.msr_exits for r in runners),
                 "emulated": sum(r.emulated for r in runners),
