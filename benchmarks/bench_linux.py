@@ -17,11 +17,9 @@ Run: .venv/bin/python benchmarks/bench_linux.py [--timeout S] [--qemu-timeout S]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import selectors
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from figures import emit as emit_line, median_run
 from vlbr.guest.linux import INIT_LINE
 
 WORKLOAD_LINE = b"vlbr-bench-workload: first line"
@@ -171,21 +170,12 @@ def prepare_guest(where: Path) -> Guest:
 
 # -- the figures ----------------------------------------------------------------------------
 def emit(figure: str, value, unit: str, **extra) -> None:
-    line = {"bench": "linux", "figure": figure, "value": value, "unit": unit, **extra}
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in line.items()}),
-          flush=True)
+    emit_line("linux", figure, value, unit, **extra)
 
 
 def median_boot(run: Callable[[], Boot], repeat: int) -> Boot:
-    """The run with the median time to the line (any run that missed it is returned at once)."""
-    boots = []
-    for _ in range(repeat):
-        boot = run()
-        if boot.seconds is None:
-            return boot
-        boots.append(boot)
-    middle = statistics.median_low(b.seconds for b in boots)
-    return next(b for b in boots if b.seconds == middle)
+    """The boot with the median time to the line (any boot that missed it is returned at once)."""
+    return median_run(run, repeat, lambda boot: boot.seconds)
 
 
 def report(vlbr: Boot, qemu: Boot | str, kernel: str, repeat: int) -> None:
