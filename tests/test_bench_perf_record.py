@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
-from benchmark_module import benchmark_module
+from benchmark_module import BENCHMARKS, benchmark_module
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,19 @@ def test_the_workload_runs_every_mode_between_marks_and_fails_with_a_command(ben
     spans = marks.spans()
     assert list(spans) == list(bench.MODES) and done.returncode == 1
     assert spans["plain"].status == 0 and spans["perf"].status != 0
+
+
+def test_the_benchmark_runs_perf_in_a_real_guest(bench):
+    """One real boot (about a minute): every figure has a value, and -b recorded the loop."""
+    iterations = 100_000
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_perf_record.py"),
+                           "--iterations", str(iterations)], capture_output=True, text=True,
+                          timeout=900)
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    if len(out) == 1 and "skipped" in out[0]:
+        pytest.skip(f"no guest here: {out[0]['skipped']}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(out) == 6 and all(d["value"] for d in out)
+    by_mode = {d["mode"]: d for d in out if d["figure"] == "perf_record_workload_seconds"}
+    assert by_mode["plain"]["branches_recorded"] == by_mode["perf"]["branches_recorded"] == 0
+    assert by_mode["perf-b"]["branches_recorded"] >= iterations  # the loop's back edges
