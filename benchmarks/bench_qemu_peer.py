@@ -139,12 +139,14 @@ def run(args) -> int:
     qemu_rate = branches(args.qemu_iterations) / qemu
     emit("qemu_tcg_branches_per_second", round(qemu_rate), "branches/s",
          iterations=args.qemu_iterations, seconds=qemu, repeat=args.repeat)
-    peers = (("unhooked_unicorn", lambda: unhooked_unicorn(*loop_guest(args.iterations, 0))),
-             ("software_lbren_clear", lambda: software_seconds(args.iterations, 0)),
-             ("software_recording_native", lambda: software_seconds(args.iterations, RECORD_ALL)))
+    loop = args.iterations
+    peers = (("unhooked_unicorn_vs_qemu_tcg", lambda: unhooked_unicorn(*loop_guest(loop, 0))),
+             ("software_lbren_clear_vs_qemu_tcg", lambda: software_seconds(loop, 0)),
+             ("software_recording_native_vs_qemu_tcg",
+              lambda: software_seconds(loop, RECORD_ALL)))
     for figure, seconds_of in peers:
         rate = branches(args.iterations) / min(seconds_of() for _ in range(args.repeat))
-        emit(f"{figure}_vs_qemu_tcg", rate / qemu_rate, "ratio", vs="qemu_tcg",
+        emit(figure, rate / qemu_rate, "ratio", vs="qemu_tcg",
              branches_per_second=round(rate), iterations=args.iterations)
     return 0
 
