@@ -16,7 +16,6 @@ Run: .venv/bin/python benchmarks/bench_linux.py [--timeout S] [--qemu-timeout S]
 
 from __future__ import annotations
 
-import argparse
 import os
 import selectors
 import shutil
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from figures import emit as emit_line, median_run
+from figures import emit as emit_line, options, median_run, options
 from vlbr.guest.linux import INIT_LINE
 
 WORKLOAD_LINE = b"vlbr-bench-workload: first line"
@@ -220,16 +219,10 @@ def _qemu_runner(binary: str, timeout: float) -> Callable[[Guest], Boot]:
 
 
 def parse(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                        help="vlbr's wall-clock limit per boot (default: %(default)s)")
-    parser.add_argument("--qemu-timeout", type=float, default=120.0, metavar="S",
-                        help="QEMU's wall-clock limit per boot (default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N",
-                        help="boots per runner; the median is reported (default: %(default)s)")
-    parser.add_argument("--no-install", dest="install", action="store_false",
-                        help="do not apt-get install qemu-system-x86 when it is missing")
-    return parser.parse_args(argv)
+    return options(__doc__, argv, install=True,
+                   timeout=(300.0, "vlbr's wall-clock limit per boot"),
+                   qemu_timeout=(120.0, "QEMU's wall-clock limit per boot"),
+                   repeat=(1, "boots per runner; the median is reported"))
 
 
 if __name__ == "__main__":

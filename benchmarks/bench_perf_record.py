@@ -16,7 +16,6 @@ Run: .venv/bin/python benchmarks/bench_perf_record.py [--iterations N] [--timeou
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from figures import emit as emit_line
+from figures import emit as emit_line, options
 
 PERIOD = 100_000  # instructions:u between samples, as in tests/backends/pc/programs
 RECORD = f"/usr/bin/perf record -q -e instructions:u -c {PERIOD}"
@@ -202,12 +201,9 @@ def run(args, prepare=None, boot=None) -> int:
 
 
 def parse(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=2_000_000, metavar="N",
-                        help="the loop's iterations in each mode (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=900.0, metavar="S",
-                        help="wall-clock limit of the boot (default: %(default)s)")
-    return parser.parse_args(argv)
+    return options(__doc__, argv,
+                   iterations=(2_000_000, "the loop's iterations in each mode"),
+                   timeout=(900.0, "wall-clock limit of the boot"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Run: .venv/bin/python benchmarks/bench_qemu_peer.py [--iterations N] [--qemu-ite
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import statistics
@@ -26,7 +25,7 @@ from pathlib import Path
 from bench_linux import Unavailable, qemu_binary
 from bench_software import (BRANCHES_PER_ITERATION, RECORD_ALL, backend, guest_table,
                             loop_guest, unhooked_unicorn)
-from figures import emit as emit_line
+from figures import emit as emit_line, options
 
 from vlbr.arch import x86
 from vlbr.backends import layout
@@ -152,16 +151,10 @@ def run(args) -> int:
 
 
 def parse(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=2_000_000, metavar="N",
-                        help="the software backend's loop iterations (default: %(default)s)")
-    parser.add_argument("--qemu-iterations", type=int, default=50_000_000, metavar="N",
-                        help="QEMU's loop iterations (default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=3, metavar="N",
-                        help="runs per figure (default: %(default)s)")
-    parser.add_argument("--no-install", dest="install", action="store_false",
-                        help="do not apt-get install qemu-system-x86 when it is missing")
-    return parser.parse_args(argv)
+    return options(__doc__, argv, install=True,
+                   iterations=(2_000_000, "the software backend's loop iterations"),
+                   qemu_iterations=(50_000_000, "QEMU's loop iterations"),
+                   repeat=(3, "runs per figure"))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ Run: .venv/bin/python benchmarks/bench_recording_scaling.py [--iterations N] [--
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from bench_software import BRANCHES_PER_ITERATION, RECORD_ALL, backend, loop_guest
-from figures import emit as emit_line
+from figures import emit as emit_line, options
 
 from vlbr.backends.base import MachineConfig
 
@@ -53,12 +52,9 @@ def run(args) -> int:
 
 
 def parse(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=2_000_000, metavar="N",
-                        help="the native path's loop iterations (default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=3, metavar="N",
-                        help="runs per figure, the best kept (default: %(default)s)")
-    return parser.parse_args(argv)
+    return options(__doc__, argv,
+                   iterations=(2_000_000, "the native path's loop iterations"),
+                   repeat=(3, "runs per figure, the best kept"))
 
 
 if __name__ == "__main__":
