@@ -35,7 +35,6 @@ WORKLOAD_C = ('#include <stdio.h>\n'
               f'int main(void) {{ puts("{WORKLOAD_LINE.decode()}"); return 0; }}\n')
 QEMU = "qemu-system-x86_64"
 QEMU_PACKAGE = "qemu-system-x86"
-APT_TIMEOUT = 600
 FIGURE = "linux_boot_to_workload_seconds"
 
 
@@ -122,28 +121,15 @@ def first_line_seconds(argv: list[str], timeout: float) -> Boot:
 
 def qemu_binary(install: bool) -> str:
     """QEMU's path, installing Debian's package first when it is missing."""
+    from vlbr.guest.debian import PackageUnavailable, apt_install
     found = shutil.which(QEMU)
     if found or not install:
         return found or _raise(f"{QEMU} is not installed (and --no-install)")
     try:
-        _apt(["apt-get", "install", "-y", "-qq", QEMU_PACKAGE])
-    except Unavailable:
-        _apt(["apt-get", "update", "-qq"])  # a fresh machine has no package lists
-        _apt(["apt-get", "install", "-y", "-qq", QEMU_PACKAGE])
+        apt_install(QEMU_PACKAGE)
+    except PackageUnavailable as err:
+        _raise(f"{QEMU} is not installed and cannot be: {err}")
     return shutil.which(QEMU) or _raise(f"{QEMU_PACKAGE} installed no {QEMU}")
-
-
-def _apt(args: list[str]) -> None:
-    if shutil.which(args[0]) is None:
-        _raise(f"{QEMU} is not installed and there is no {args[0]}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        _raise(f"{' '.join(args)} took over {APT_TIMEOUT} s")
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        _raise(f"{' '.join(args)} failed: {last}")
 
 
 def _raise(reason: str):
