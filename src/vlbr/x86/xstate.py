@@ -1,5 +1,6 @@
-"""XSAVES / XRSTORS (compacted form) of x87, SSE and Arch LBR state, written once against a
-small CPU-state protocol (SDM Vol. 1 13.11, 13.12; Vol. 2 XSAVES, XRSTORS).
+"""XSAVES / XRSTORS (compacted form) of x87, SSE and Arch LBR state, and XSAVE / XRSTOR
+(standard form; XRSTOR's compacted form too) of x87 and SSE, written once against a small
+CPU-state protocol (SDM Vol. 1 13.7, 13.8, 13.11, 13.12; Vol. 2 XSAVE, XRSTOR, XSAVES, XRSTORS).
 
 Components 0 and 1 live in the legacy region (legacy_xstate), component 15 is the vCPU
 model's (vcpu.xsaves); the area checks and the header are vcpu.xsaves's helpers, so every
@@ -9,11 +10,17 @@ XSAVES never uses the modified optimization (SDM 13.11 allows saving instead).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
-from vlbr.arch.x86 import XFEATURE_SSE, XFEATURE_X87, XFEATURES_LEGACY
-from vlbr.arch.xsave import LEGACY_AREA_SIZE, XSS_ARCH_LBR
-from vlbr.vcpu.xsaves import read_xstate_bv, requested, restore_header, save_layout, write_header
+from vlbr.arch.leaves import xsave_extended
+from vlbr.arch.x86 import (CPUID_D1_EAX_XSAVEC, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87,
+                           XFEATURES_LEGACY)
+from vlbr.arch.xsave import (EXTENDED_AREA_START, HEADER_OFFSET, LEGACY_AREA_SIZE, XSS_ARCH_LBR,
+                             XsaveHeader)
+from vlbr.vcpu.faults import GeneralProtection
+from vlbr.vcpu.xsaves import (check_area, read_xstate_bv, requested, restore_header, save_layout,
+                              write_header)
 
 from .legacy_xstate import LegacyState, store_components
 
@@ -86,3 +93,47 @@ def xrstors(cpu: LegacyCpu, lbr, table, area: bytearray, offset: int, rfbm: int,
         lbr.xrstors(area, offset, rfbm, xcr0, xss)
     if legacy:
         cpu.write_legacy(new, legacy)
+
+
+def xsave(cpu: LegacyCpu, area: bytearray, offset: int, rfbm: int, xcr0: int,
+          wide: bool = True) -> None:
+    """XSAVE, the standard form (SDM Vol. 1 13.7): the x87 and SSE state RFBM = EDX:EAX & XCR0
+    asks for (MXCSR with SSE) into the legacy region; XSTATE_BV[i] = XINUSE[i] for each
+    requested i, every other header bit and byte as it was. Raises GeneralProtection
+    (nothing written) or UnmodelledXstate."""
+    mask = rfbm & xcr0
+    _modelled(mask, None)
+    check_area(area, offset, EXTENDED_AREA_START)
+    legacy = cpu.read_legacy()
+    store_components(area, offset, legacy, mask, wide)
+    xstate_bv = read_xstate_bv(area, offset) & ~mask | legacy.xinuse & mask
+    area[offset + HEADER_OFFSET: offset + HEADER_OFFSET + 8] = xstate_bv.to_bytes(8, "little")
+
+
+def xrstor(cpu: LegacyCpu, table, area: bytearray, offset: int, rfbm: int, xcr0: int,
+           wide: bool = True) -> None:
+    """XRSTOR (SDM Vol. 1 13.8): the standard form, or the compacted one when XCOMP_BV[63] is
+    set (XRSTORS's rules without supervisor state). Raises GeneralProtection (no state
+    changed) or UnmodelledXstate."""
+    check_area(area, offset, EXTENDED_AREA_START)
+    header = XsaveHeader.unpack(bytes(area[offset: offset + EXTENDED_AREA_START]))
+    if header.compacted:
+        if not xsave_extended(table).flags & CPUID_D1_EAX_XSAVEC:
+            raise GeneralProtection("XRSTOR: XCOMP_BV[63] set without XSAVEC (CPUID.(0xD,1))")
+        xrstors(cpu, None, table, area, offset, rfbm, xcr0, 0, wide)
+        return
+    mask = rfbm & xcr0
+    _modelled(mask, None)
+    if header.xstate_bv & ~xcr0:
+        raise GeneralProtection(f"XRSTOR: XSTATE_BV {header.xstate_bv:#x} names components "
+                                f"outside XCR0 {xcr0:#x}")
+    if header.xcomp_bv or any(header.reserved[:8]):
+        raise GeneralProtection("XRSTOR: XSAVE header bytes 23:8 are not zero (standard form)")
+    current = cpu.read_legacy()
+    new = restored_legacy(current, area, offset, header.xstate_bv, mask & XFEATURES_LEGACY, wide)
+    if mask & (XFEATURE_SSE | XFEATURE_AVX):  # the standard form loads MXCSR from memory
+        saved = LegacyState.unpack(bytes(area[offset: offset + LEGACY_AREA_SIZE]), wide)
+        saved.check_mxcsr(current.mxcsr_bits)
+        new = replace(new, mxcsr=saved.mxcsr)
+    if mask & XFEATURES_LEGACY:
+        cpu.write_legacy(new, mask & XFEATURES_LEGACY)
