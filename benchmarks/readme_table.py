@@ -36,11 +36,12 @@ class Figures:
         raise Missing(skipped[0] if skipped else f"no {bench} {figure} line")
 
 
-def si(value: float, unit: str = "") -> str:
+def si(value: float) -> str:
+    """3 significant digits and a G/M/k prefix: 67123 -> '67.1 k'."""
     for scale, prefix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
         if abs(value) >= scale:
-            return f"{value / scale:.3g}{prefix}{unit}"
-    return f"{value:.3g}{' ' if unit else ''}{unit}"
+            return f"{value / scale:.3g}{prefix}"
+    return f"{value:.3g}"
 
 
 def ratio(value: float) -> str:
@@ -63,7 +64,7 @@ def _kvm_filter(f: Figures) -> str:
 
 
 def _kvm_recording(f: Figures) -> str:
-    return f"{si(f('kvm', 'recorded_branches_per_second')['value'], 'branches/s')}"
+    return f"{si(f('kvm', 'recorded_branches_per_second')['value'])} branches/s"
 
 
 def _software_recording(f: Figures) -> str:
@@ -92,7 +93,7 @@ def _qemu_peer(f: Figures) -> str:
     qemu = f("qemu_peer", "qemu_tcg_branches_per_second")["value"]
     clear = f("qemu_peer", "software_lbren_clear_vs_qemu_tcg")["value"]
     native = f("qemu_peer", "software_recording_native_vs_qemu_tcg")["value"]
-    return f"{si(qemu, 'branches/s')}; software backend {ratio(clear)}x / {ratio(native)}x of it"
+    return f"{si(qemu)} branches/s; software backend {ratio(clear)}x / {ratio(native)}x of it"
 
 
 def _linux_boot(f: Figures) -> str:

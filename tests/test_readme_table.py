@@ -40,7 +40,7 @@ def test_a_row_renders_its_figures_and_a_missing_one_says_why(readme_table):
         {"bench": "software", "skipped": "no unicorn"},
     ]
     rows = dict(re.findall(r"^\| (.+?) \| (.+) \|$", readme_table.table(lines), re.M))
-    assert rows["KVM recording (single-step)"] == "67.1 kbranches/s"
+    assert rows["KVM recording (single-step)"] == "67.1 k branches/s"
     boot = [v for k, v in rows.items() if k.startswith("Linux boot")][0]
     assert boot == "not measured (qemu-system-x86 cannot be installed)"
     clear = [v for k, v in rows.items() if k.startswith("software backend, LBREn clear")][0]
