@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 from bench_linux import Unavailable, qemu_binary
-from bench_software import (BRANCHES_PER_ITERATION, RECORD_ALL, backend, guest_table,
-                            loop_guest, unhooked_unicorn)
+from bench_software import (BRANCHES_PER_ITERATION, RECORD_ALL, backend, loop_guest,
+                            unhooked_unicorn)
 from figures import emit as emit_line, options
 
 from vlbr.arch import x86
 from vlbr.backends import layout
-from vlbr.backends.base import IMAGE_BASE, PORT_EXIT, MachineConfig
+from vlbr.backends.base import IMAGE_BASE, PORT_EXIT
 
 STUB = Path(__file__).with_name("multiboot_loop.S")
 STUB_ADDRESS = 0x200000  # above the guest image, inside the ABI's identity map
@@ -106,11 +106,9 @@ def qemu_loop_seconds(binary: str, where: Path, iterations: int, repeat: int) ->
     return statistics.median(pairs)
 
 
-def software_seconds(iterations: int, lbr_ctl: int, native: bool = True) -> float:
-    table = guest_table()
-    from vlbr.vcpu import LbrConfig
-    machine = MachineConfig(table, LbrConfig.from_cpuid(table), 1, 50 * iterations,
-                            native_recording=native)
+def software_seconds(iterations: int, lbr_ctl: int) -> float:
+    from vlbr.backends.registry import machine_for
+    machine = machine_for("software", max_steps=50 * iterations)
     image, _ = loop_guest(iterations, lbr_ctl)
     return backend(image, machine)[0]
 

@@ -21,10 +21,9 @@ PYTHON_SHARE = 10  # the Python hook runs 1/10 of the loop: it is ~50x slower
 
 
 def seconds(iterations: int, depth: int, native: bool, repeat: int) -> float:
-    from vlbr.host import live_host_cpus
-    from vlbr.policy import emulated_guest_cpuid
+    from vlbr.backends.registry import guest_cpuid
     from vlbr.vcpu import LbrConfig
-    table = emulated_guest_cpuid(live_host_cpus()[0].table, depth)
+    table = guest_cpuid("software", depth)
     machine = MachineConfig(table, LbrConfig.from_cpuid(table), 1, 50 * iterations,
                             native_recording=native)
     image, _ = loop_guest(iterations, RECORD_ALL)
