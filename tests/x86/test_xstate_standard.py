@@ -34,7 +34,7 @@ def xstate_bv(a) -> int:
 
 def test_xsave_writes_every_requested_component_even_in_init_state(table):
     a = area()
-    xsave(Cpu(LegacyState()), a, 0, 0b11, XCR0)
+    xsave(Cpu(LegacyState()), table, a, 0, 0b11, XCR0)
     assert a[:416] == LegacyState().pack()[:416]  # written, not skipped as XSAVES would
     assert xstate_bv(a) == 0  # nothing in use
 
@@ -42,7 +42,7 @@ def test_xsave_writes_every_requested_component_even_in_init_state(table):
 def test_xsave_keeps_the_header_bits_it_was_not_asked_for(table):
     a = area()
     a[512:528] = struct.pack("<QQ", 0b01, 0x1234)  # an x87 bit from before; XCOMP_BV
-    xsave(Cpu(BUSY), a, 0, 0b10, XCR0)  # SSE only
+    xsave(Cpu(BUSY), table, a, 0, 0b10, XCR0)  # SSE only
     assert xstate_bv(a) == 0b11 and struct.unpack_from("<Q", a, 520)[0] == 0x1234
     assert a[32:160] == bytes([FILL]) * 128  # x87 registers not touched
 
@@ -51,7 +51,7 @@ def test_xsave_misaligned_is_gp_and_writes_nothing(table):
     a = area()
     before = bytes(a)
     with pytest.raises(GeneralProtection, match="aligned"):
-        xsave(Cpu(BUSY), a, 16, 0b11, XCR0)
+        xsave(Cpu(BUSY), table, a, 16, 0b11, XCR0)
     assert bytes(a) == before
 
 
@@ -62,7 +62,7 @@ def test_xsave_misaligned_is_gp_and_writes_nothing(table):
 ])
 def test_xrstor_standard_header_gp_before_any_change(table, offset, value, why):
     a = area()
-    xsave(Cpu(LegacyState()), a, 0, 0b11, XCR0)
+    xsave(Cpu(LegacyState()), table, a, 0, 0b11, XCR0)
     a[offset:offset + 8] = value.to_bytes(8, "little")
     cpu = Cpu(BUSY)
     with pytest.raises(GeneralProtection, match=why):
@@ -72,7 +72,7 @@ def test_xrstor_standard_header_gp_before_any_change(table, offset, value, why):
 
 def test_xrstor_standard_form_loads_mxcsr_even_when_sse_is_initialized(table):
     a = area()
-    xsave(Cpu(replace(BUSY, mxcsr=0x1FA0)), a, 0, 0b11, XCR0)
+    xsave(Cpu(replace(BUSY, mxcsr=0x1FA0)), table, a, 0, 0b11, XCR0)
     a[512:520] = bytes(8)  # XSTATE_BV: both components to their initial configuration
     cpu = Cpu(BUSY)
     xrstor(cpu, table, a, 0, 0b11, XCR0)
@@ -81,7 +81,7 @@ def test_xrstor_standard_form_loads_mxcsr_even_when_sse_is_initialized(table):
 
 def test_xrstor_mxcsr_with_reserved_bits_is_gp(table):
     a = area()
-    xsave(Cpu(BUSY), a, 0, 0b11, XCR0)
+    xsave(Cpu(BUSY), table, a, 0, 0b11, XCR0)
     a[24:28] = (0x10000).to_bytes(4, "little")
     with pytest.raises(GeneralProtection, match="MXCSR"):
         xrstor(Cpu(BUSY), table, a, 0, 0b10, XCR0)
@@ -108,7 +108,7 @@ def test_xrstor_compacted_form_needs_xsavec(table, enumerated):
 
 def test_avx_is_named_as_not_modelled(table):
     with pytest.raises(UnmodelledXstate, match="0x4"):
-        xsave(Cpu(), area(), 0, 0b111, 0b111)
+        xsave(Cpu(), table, area(), 0, 0b111, 0b111)
 
 
 @settings(max_examples=60)
@@ -116,7 +116,7 @@ def test_avx_is_named_as_not_modelled(table):
        wide=st.booleans())
 def test_any_state_round_trips_through_the_standard_form(table, saved, other, rfbm, wide):
     a = area()
-    xsave(Cpu(saved), a, 0, rfbm, XCR0, wide)
+    xsave(Cpu(saved), table, a, 0, rfbm, XCR0, wide)
     assert xstate_bv(a) == saved.xinuse & rfbm
     cpu = Cpu(other)
     xrstor(cpu, table, a, 0, rfbm, XCR0, wide)

@@ -5,10 +5,10 @@ This KVM reports no XSAVES (KVM_GET_SUPPORTED_CPUID (0xD,1):EAX = 0) and a guest
 in KVM_EXIT_INTERNAL_ERROR (suberror 1, emulation failure); so does a supervisor XSAVE or
 XRSTOR (kvm_pvm). vlbr's guest CPUID enumerates XSAVES for Arch LBR's supervisor component 15,
 so the VMM completes these instructions with vlbr.x86.xstate (the software backend's XSAVES
-too): x87/SSE (components 0 and 1) through KvmLegacy over the vCPU's own XSAVE image
-(KVM_GET_XSAVE / KVM_SET_XSAVE; the legacy region is the same in the standard and compacted
-formats) and component 15 by the vCPU model. Other components are not emulated:
-NotEmulated, and the runner stops the vCPU with that reason.
+too): x87/SSE and the user components (AVX, ...) through KvmLegacy over the vCPU's own XSAVE
+image (KVM_GET_XSAVE / KVM_SET_XSAVE, standard format), component 15 by the vCPU model.
+Components beyond the 4 KiB image (AMX) are not emulated: NotEmulated, and the runner stops
+the vCPU with that reason.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from iced_x86 import Code, Instruction, Register
 
 from vlbr.arch.x86 import CR4_OSXSAVE, VECTOR_GP, VECTOR_UD, XFEATURES_LEGACY
 from vlbr.arch.msrs import IA32_XSS
-from vlbr.arch.xsave import HEADER_OFFSET, LEGACY_AREA_SIZE
+from vlbr.arch.leaves import xsave_component, xsave_main
+from vlbr.arch.xsave import HEADER_OFFSET, LEGACY_AREA_SIZE, XsaveLayout
 from vlbr.backends.base import RAM_SIZE
 from vlbr.vcpu.lbr import GeneralProtection, InvalidOpcode
 from vlbr.vcpu.xsaves import read_xstate_bv
@@ -57,12 +58,17 @@ def effective_address(insn: Instruction, regs, sregs) -> int:
 
 
 class KvmLegacy:
-    """vlbr.x86.xstate.LegacyCpu over the vCPU's XSAVE image (KVM_GET_XSAVE / KVM_SET_XSAVE:
-    standard format, legacy region in the 64-bit form). A component whose XSTATE_BV bit is
-    clear there is in its initial configuration, whatever its bytes say."""
+    """vlbr.x86.xstate.ExtendedCpu over the vCPU's XSAVE image (KVM_GET_XSAVE / KVM_SET_XSAVE:
+    standard format, legacy region in the 64-bit form): x87, SSE and every user component
+    the guest CPUID enumerates within the image (AVX, AVX-512's three), at its CPUID offset.
+    A component whose XSTATE_BV bit is clear there is in its initial configuration."""
 
-    def __init__(self, vcpu):
+    def __init__(self, vcpu, table):
         self.vcpu = vcpu
+        self.layout = XsaveLayout.for_mask(table, _user_components(table), compacted=False)
+        image = len(vcpu.get_xsave())
+        self.extended = sum(1 << i for i, o in self.layout.offsets.items()
+                            if o + self.layout.sizes[i] <= image)
 
     def read_legacy(self) -> LegacyState:
         image = self.vcpu.get_xsave()
@@ -73,9 +79,32 @@ class KvmLegacy:
     def write_legacy(self, state: LegacyState, components: int) -> None:
         image = self.vcpu.get_xsave()
         store_components(image, 0, state, components)
-        bv = read_xstate_bv(image, 0) | components
+        self._put(image, components, components)
+
+    def read_component(self, index: int) -> bytes | None:
+        image = self.vcpu.get_xsave()
+        if not read_xstate_bv(image, 0) >> index & 1:
+            return None
+        start = self.layout.offset_of(index)
+        return bytes(image[start: start + self.layout.sizes[index]])
+
+    def write_component(self, index: int, data: bytes | None) -> None:
+        image = self.vcpu.get_xsave()
+        start = self.layout.offset_of(index)
+        image[start: start + self.layout.sizes[index]] = data or bytes(self.layout.sizes[index])
+        self._put(image, 1 << index, 0 if data is None else 1 << index)
+
+    def _put(self, image: bytearray, components: int, in_use: int) -> None:
+        bv = read_xstate_bv(image, 0) & ~components | in_use
         image[HEADER_OFFSET:HEADER_OFFSET + 8] = bv.to_bytes(8, "little")
         self.vcpu.set_xsave(bytes(image))
+
+
+def _user_components(table) -> int:
+    """XCR0's components from 2 up that CPUID.(0xD,0) supports and CPUID.(0xD,i) describes."""
+    main = xsave_main(table)
+    return sum(1 << i for i in range(2, 64)
+               if main.xcr0_supported >> i & 1 and xsave_component(table, i) is not None)
 
 
 def emulate(insn: Instruction, vcpu, model, memory, regs, cpl: int) -> int | None:
@@ -88,7 +117,8 @@ def emulate(insn: Instruction, vcpu, model, memory, regs, cpl: int) -> int | Non
         if not 0 <= base < RAM_SIZE:
             raise GeneralProtection(f"XSAVE area {address:#x} outside RAM")  # no #PF model
         area = bytearray(memory[base:min(base + WINDOW, RAM_SIZE)])
-        _run(insn, KvmLegacy(vcpu), model, vcpu.get_xcrs().get(0, XFEATURES_LEGACY), area,
+        _run(insn, KvmLegacy(vcpu, model.config.table), model,
+             vcpu.get_xcrs().get(0, XFEATURES_LEGACY), area,
              address - base, (regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF))
         memory[base:base + len(area)] = bytes(area)
     except UnmodelledXstate as err:
@@ -116,7 +146,7 @@ def _run(insn: Instruction, legacy: KvmLegacy, model, xcr0: int, area: bytearray
          rfbm: int) -> None:
     wide, table = insn.code in WIDE, model.config.table
     if insn.code in STANDARD_SAVES:
-        xsave(legacy, area, offset, rfbm, xcr0, wide)
+        xsave(legacy, table, area, offset, rfbm, xcr0, wide)
     elif insn.code in STANDARD_RESTORES:
         xrstor(legacy, table, area, offset, rfbm, xcr0, wide)
     else:
