@@ -30,8 +30,13 @@ test: $(STAMP) system-deps
 linux: $(STAMP) system-deps
 	$(VENV)/bin/vlbr linux
 
+# Every benchmark's JSON lines, kept in build/bench.jsonl, then README's table made from them.
 bench: $(STAMP) system-deps
-	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	mkdir -p build && : > build/bench.jsonl
+	for b in benchmarks/bench_*.py; do echo "== $$b" >&2; \
+	  $(PY) $$b > build/bench.out || exit 1; cat build/bench.out >> build/bench.jsonl; \
+	  cat build/bench.out; done
+	$(PY) benchmarks/readme_table.py build/bench.jsonl
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis

@@ -16,12 +16,9 @@ Run: .venv/bin/python benchmarks/bench_linux.py [--timeout S] [--qemu-timeout S]
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import selectors
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from figures import emit as emit_line, options, median_run, options
 from vlbr.guest.linux import INIT_LINE
 
 WORKLOAD_LINE = b"vlbr-bench-workload: first line"
@@ -37,7 +35,6 @@ WORKLOAD_C = ('#include <stdio.h>\n'
               f'int main(void) {{ puts("{WORKLOAD_LINE.decode()}"); return 0; }}\n')
 QEMU = "qemu-system-x86_64"
 QEMU_PACKAGE = "qemu-system-x86"
-APT_TIMEOUT = 600
 FIGURE = "linux_boot_to_workload_seconds"
 
 
@@ -124,28 +121,15 @@ def first_line_seconds(argv: list[str], timeout: float) -> Boot:
 
 def qemu_binary(install: bool) -> str:
     """QEMU's path, installing Debian's package first when it is missing."""
+    from vlbr.guest.debian import PackageUnavailable, apt_install
     found = shutil.which(QEMU)
     if found or not install:
         return found or _raise(f"{QEMU} is not installed (and --no-install)")
     try:
-        _apt(["apt-get", "install", "-y", "-qq", QEMU_PACKAGE])
-    except Unavailable:
-        _apt(["apt-get", "update", "-qq"])  # a fresh machine has no package lists
-        _apt(["apt-get", "install", "-y", "-qq", QEMU_PACKAGE])
+        apt_install(QEMU_PACKAGE)
+    except PackageUnavailable as err:
+        _raise(f"{QEMU} is not installed and cannot be: {err}")
     return shutil.which(QEMU) or _raise(f"{QEMU_PACKAGE} installed no {QEMU}")
-
-
-def _apt(args: list[str]) -> None:
-    if shutil.which(args[0]) is None:
-        _raise(f"{QEMU} is not installed and there is no {args[0]}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        _raise(f"{' '.join(args)} took over {APT_TIMEOUT} s")
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        _raise(f"{' '.join(args)} failed: {last}")
 
 
 def _raise(reason: str):
@@ -171,21 +155,12 @@ def prepare_guest(where: Path) -> Guest:
 
 # -- the figures ----------------------------------------------------------------------------
 def emit(figure: str, value, unit: str, **extra) -> None:
-    line = {"bench": "linux", "figure": figure, "value": value, "unit": unit, **extra}
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in line.items()}),
-          flush=True)
+    emit_line("linux", figure, value, unit, **extra)
 
 
 def median_boot(run: Callable[[], Boot], repeat: int) -> Boot:
-    """The run with the median time to the line (any run that missed it is returned at once)."""
-    boots = []
-    for _ in range(repeat):
-        boot = run()
-        if boot.seconds is None:
-            return boot
-        boots.append(boot)
-    middle = statistics.median_low(b.seconds for b in boots)
-    return next(b for b in boots if b.seconds == middle)
+    """The boot with the median time to the line (any boot that missed it is returned at once)."""
+    return median_run(run, repeat, lambda boot: boot.seconds)
 
 
 def report(vlbr: Boot, qemu: Boot | str, kernel: str, repeat: int) -> None:
@@ -230,16 +205,10 @@ def _qemu_runner(binary: str, timeout: float) -> Callable[[Guest], Boot]:
 
 
 def parse(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                        help="vlbr's wall-clock limit per boot (default: %(default)s)")
-    parser.add_argument("--qemu-timeout", type=float, default=120.0, metavar="S",
-                        help="QEMU's wall-clock limit per boot (default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N",
-                        help="boots per runner; the median is reported (default: %(default)s)")
-    parser.add_argument("--no-install", dest="install", action="store_false",
-                        help="do not apt-get install qemu-system-x86 when it is missing")
-    return parser.parse_args(argv)
+    return options(__doc__, argv, install=True,
+                   timeout=(300.0, "vlbr's wall-clock limit per boot"),
+                   qemu_timeout=(120.0, "QEMU's wall-clock limit per boot"),
+                   repeat=(1, "boots per runner; the median is reported"))
 
 
 if __name__ == "__main__":

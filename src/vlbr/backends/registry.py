@@ -52,7 +52,7 @@ def make_backend(name: str) -> Backend:
 
 def guest_cpuid(backend_name: str, depth: int | None = DEFAULT_DEPTH) -> CpuidTable:
     """The guest CPUID for a backend: vlbr's emulated Arch LBR over KVM's supported CPUID
-    (kvm) or over the live host's table (software)."""
+    (kvm) or over the live host's table limited to what unicorn runs (software)."""
     from vlbr.policy import emulated_guest_cpuid
     if backend_name == "kvm":
         from vlbr.host.kvm import Kvm
@@ -62,8 +62,9 @@ def guest_cpuid(backend_name: str, depth: int | None = DEFAULT_DEPTH) -> CpuidTa
         finally:
             kvm.close()
     else:
+        from vlbr.backends.software.cpu_features import unicorn_limited
         from vlbr.host import live_host_cpus
-        base = live_host_cpus()[0].table
+        base = unicorn_limited(live_host_cpus()[0].table)
     return emulated_guest_cpuid(base, depth)
 
 

@@ -24,11 +24,13 @@ def cache_dir() -> Path:
     return Path(base) / "vlbr" / "debian"
 
 
-def _run(args: list[str], where: Path | None = None) -> str:
+def run_tool(args: list[str], where: Path | None = None) -> str:
+    """A package tool's output; PackageUnavailable names the command when it fails."""
     if shutil.which(args[0]) is None:
         raise PackageUnavailable(f"{args[0]} is not installed")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        done = subprocess.run(args, cwd=where, capture_output=True, text=True,
+        done = subprocess.run(args, cwd=where, capture_output=True, text=True, env=env,
                               timeout=APT_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise PackageUnavailable(f"{' '.join(args)} took over {APT_TIMEOUT} s") from None
@@ -38,13 +40,22 @@ def _run(args: list[str], where: Path | None = None) -> str:
     return done.stdout
 
 
+def apt(args: list[str], where: Path | None = None) -> str:
+    """An apt command; on a fresh machine the package lists come first (apt-get update)."""
+    try:
+        return run_tool(args, where)
+    except PackageUnavailable:
+        run_tool(["apt-get", "update", "-qq"])
+        return run_tool(args, where)
+
+
+def apt_install(package: str) -> None:
+    apt(["apt-get", "install", "-y", "-qq", package])
+
+
 def resolve(package: str) -> str:
     """The versioned package a metapackage stands for (itself when it is not one)."""
-    try:
-        listing = _run(["apt-cache", "depends", package])
-    except PackageUnavailable:
-        _run(["apt-get", "update", "-qq"])
-        listing = _run(["apt-cache", "depends", package])
+    listing = apt(["apt-cache", "depends", package])
     for line in listing.splitlines():
         if line.strip().startswith("Depends:"):
             return line.strip().removeprefix("Depends:").strip()
@@ -52,12 +63,7 @@ def resolve(package: str) -> str:
 
 
 def _download(package: str, where: Path) -> None:
-    """apt-get download; on a fresh machine the package lists come first."""
-    try:
-        _run(["apt-get", "download", package], where)
-    except PackageUnavailable:
-        _run(["apt-get", "update", "-qq"])
-        _run(["apt-get", "download", package], where)
+    apt(["apt-get", "download", package], where)
 
 
 def unpacked(package: str) -> Path:
@@ -74,7 +80,7 @@ def unpacked(package: str) -> Path:
         debs = sorted(where.glob(f"{package}_*.deb"))
     if not debs:
         raise PackageUnavailable(f"apt-get download {package} left no .deb in {where}")
-    _run(["dpkg-deb", "-x", str(debs[-1]), str(target)], where)
+    run_tool(["dpkg-deb", "-x", str(debs[-1]), str(target)], where)
     (target / ".unpacked").touch()
     return target
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .debian import PackageUnavailable, _run
+from .debian import PackageUnavailable, apt_install, run_tool
 
 PERF = Path("/usr/bin/perf")
 PACKAGE = "linux-perf"
@@ -24,11 +24,7 @@ def host_perf() -> Path:
     if "install ok installed" not in installed.stdout:
         print(f"vlbr: installing {PACKAGE} with apt-get (its libraries go into the guest)",
               flush=True, file=sys.stderr)
-        try:
-            _run(["apt-get", "install", "-y", "-qq", PACKAGE])
-        except PackageUnavailable:
-            _run(["apt-get", "update", "-qq"])
-            _run(["apt-get", "install", "-y", "-qq", PACKAGE])
+        apt_install(PACKAGE)
     if not PERF.exists():
         raise PackageUnavailable(f"{PACKAGE} is installed but {PERF} is missing")
     return PERF
@@ -38,7 +34,7 @@ def ldd_closure(binary: Path) -> list[Path]:
     """The shared objects the dynamic loader maps for `binary`, the loader included."""
     if shutil.which("ldd") is None:
         raise PackageUnavailable("ldd is not installed")
-    listing = _run(["ldd", str(binary)])
+    listing = run_tool(["ldd", str(binary)])
     found = []
     for line in listing.splitlines():
         match = _LIBRARY.search(line)

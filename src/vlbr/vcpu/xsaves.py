@@ -44,7 +44,7 @@ def _layout(table, mask: int) -> XsaveLayout:
         raise GeneralProtection(f"XSAVE component not enumerated: {exc}") from None
 
 
-def _check_area(area: bytearray, offset: int, need: int) -> None:
+def check_area(area: bytearray, offset: int, need: int) -> None:
     if offset < 0 or offset % ALIGN:
         raise GeneralProtection(f"XSAVE area at offset {offset} is not 64-byte aligned")
     if len(area) < offset + need:
@@ -62,7 +62,7 @@ def save_layout(table, area: bytearray, offset: int, mask: int) -> XsaveLayout:
     if offset < 0 or offset % ALIGN:
         raise GeneralProtection(f"XSAVE area at offset {offset} is not 64-byte aligned")
     layout = _layout(table, mask)
-    _check_area(area, offset, layout.size)
+    check_area(area, offset, layout.size)
     return layout
 
 
@@ -79,7 +79,7 @@ def write_header(area: bytearray, offset: int, xstate_bv: int, mask: int) -> Non
 def restore_header(table, area: bytearray, offset: int, xcr0: int,
                    xss: int) -> tuple[XsaveHeader, XsaveLayout]:
     """XRSTORS's #GP checks on the header and the area; the header and XCOMP_BV's layout."""
-    _check_area(area, offset, EXTENDED_AREA_START)
+    check_area(area, offset, EXTENDED_AREA_START)
     header = XsaveHeader.unpack(bytes(area[offset: offset + EXTENDED_AREA_START]))
     if not header.compacted:
         raise GeneralProtection("XRSTORS: XCOMP_BV[63] is clear (standard format)")
@@ -93,7 +93,7 @@ def restore_header(table, area: bytearray, offset: int, xcr0: int,
     if any(header.reserved):
         raise GeneralProtection("XRSTORS: XSAVE header bytes 63:16 are not zero")
     layout = _layout(table, comp_bv)
-    _check_area(area, offset, layout.size)
+    check_area(area, offset, layout.size)
     return header, layout
 
 

@@ -111,6 +111,21 @@ int guest_main(int cpu, int ncpus)
     wrmsr(MSR_XSS, 1ull << 15);
     TRY("xrstors64 [%[a]]", [a] "r"(area), "a"(0x8000), "d"(0));  /* XCOMP_BV[63] clear */
     report("xrstors_standard_header_gp");
+    /* XRSTOR's standard form (SDM vol. 1 13.8.1): #GP(0) on XSTATE_BV outside XCR0 (3 at
+       entry), on any of header bytes 23:8 set, and XSAVE on an area not 64-byte aligned. */
+    area[512] = 0x4;
+    TRY("xrstor64 [%[a]]", [a] "r"(area), "a"(3), "d"(0));
+    report("xrstor_xstate_bv_outside_xcr0_gp");
+    area[512] = 0x3;
+    area[520] = 0x1;                            /* XCOMP_BV bit 0, bit 63 clear */
+    TRY("xrstor64 [%[a]]", [a] "r"(area), "a"(3), "d"(0));
+    report("xrstor_xcomp_bv_gp");
+    area[520] = 0;
+    area[530] = 0x1;                            /* header byte 18 */
+    TRY("xrstor64 [%[a]]", [a] "r"(area), "a"(3), "d"(0));
+    report("xrstor_reserved_header_gp");
+    TRY("xsave64 [%[a]]", [a] "r"(area + 16), "a"(3), "d"(0));
+    report("xsave_misaligned_gp");
     syscall_case();
     return 0;
 }

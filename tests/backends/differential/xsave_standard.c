@@ -16,14 +16,26 @@ int guest_main(int cpu, int ncpus)
     u32 saved_mxcsr = *(u32 *)(area + 24);
     int xmm_ok = *(u64 *)(area + 160) == pattern[0] && *(u64 *)(area + 168) == pattern[1];
     u64 xstate_bv = *(u64 *)(area + 512);
-    /* -mgeneral-regs-only: the compiler never uses XMM registers, so none is clobbered. */
-    __asm__ volatile("pxor xmm0, xmm0");
+    /* -mgeneral-regs-only: the compiler never uses XMM registers, so none is clobbered.
+       movdqa, not pxor: the KVM here emulates supervisor code, and its emulator has no pxor. */
+    static const u64 zero[2] __attribute__((aligned(16)));
+    __asm__ volatile("movdqa xmm0, %0" :: "m"(zero));
     __asm__ volatile("xrstor64 [%0]" :: "r"(area), "a"(3), "d"(0) : "memory");
     u64 back[2] __attribute__((aligned(16)));
     __asm__ volatile("movdqa %0, xmm0" : "=m"(back));
     rt_printf("xsave_standard fcw %x mxcsr %x xmm0_saved %d sse_in_use %d restored %d\n", fcw,
               saved_mxcsr, xmm_ok, (int)((xstate_bv >> 1) & 1),
               back[0] == pattern[0] && back[1] == pattern[1]);
+    /* XSTATE_BV[1] clear: the standard form initializes XMM0 yet loads MXCSR from the area
+       (RFBM[1] set; SDM vol. 1 13.8.1), unlike the compacted form (1F80H). */
+    *(u64 *)(area + 512) = 0;
+    *(u32 *)(area + 24) = 0x1fa0;
+    __asm__ volatile("xrstor64 [%0]" :: "r"(area), "a"(2), "d"(0) : "memory");
+    static u8 again[4096] __attribute__((aligned(64)));  /* no stmxcsr: KVM's emulator lacks it */
+    __asm__ volatile("movdqa %0, xmm0" : "=m"(back));
+    __asm__ volatile("xsave64 [%0]" :: "r"(again), "a"(2), "d"(0) : "memory");
+    rt_printf("xrstor_sse_init xmm0_zero %d mxcsr %x\n", back[0] == 0 && back[1] == 0,
+              *(u32 *)(again + 24));
     return 0;
 }
 

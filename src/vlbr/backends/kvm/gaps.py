@@ -183,7 +183,8 @@ class KvmGaps:
 
     def _emulate(self, failure) -> bool:
         """Complete what KVM here fails to emulate (KVM_EXIT_INTERNAL_ERROR, suberror 1):
-        ICEBP (INT1) and XSAVES/XRSTORS; False leaves the exit to stop the vCPU."""
+        ICEBP (INT1), INT n and the XSAVE family's saves and restores (backends.kvm.xsaves);
+        False leaves the exit to stop the vCPU."""
         if failure.suberror != KVM_INTERNAL_ERROR_EMULATION:
             return False
         regs = self.vcpu.get_regs()

@@ -388,9 +388,8 @@ class PcMachine:
     def _returned(self, at: int) -> None:
         """The IRET/SYSRET at `at` retired: a far branch (type OTHER), its CPL the target's.
         The slice that ran it ended at the target, so the block hook could not pair them."""
-        branch = Branch(at, self.uc.reg_read(X.UC_X86_REG_RIP), FAR.kind, self._cpl())
-        self._tell_truth(branch)
-        self.lbr.retire_branch(branch)
+        to = self.uc.reg_read(X.UC_X86_REG_RIP)
+        self.recorder.retire(Branch(at, to, FAR.kind, self._cpl()))
 
     def _xsetbv(self, insn) -> None:
         """Note XCR0 (unicorn cannot read it back) and let QEMU perform XSETBV."""
@@ -536,20 +535,14 @@ class PcMachine:
         except DeliveryFailed as err:
             self._stop(StopReason.SHUTDOWN, f"vector {vector} at {rip:#x}: {err}")
             return
-        self._tell_truth(Branch(rip, handler, BranchType.OTHER, cpl))
-        self.lbr.exception(rip, handler, cpl)  # an Arch LBR record of type OTHER, and LER
+        self.recorder.exception(Branch(rip, handler, BranchType.OTHER, cpl))
 
     def _syscall(self, rip: int) -> None:
         entry = enter_syscall(self.uc, self.privilege, rip)
         if entry is None:  # EFER.SCE clear: #UD
             self._deliver(VECTOR_UD, rip, None)
             return
-        self._tell_truth(Branch(rip, entry.rip, EVENT.kind, 0))
-        self.lbr.retire_branch(Branch(rip, entry.rip, EVENT.kind, 0))
-
-    def _tell_truth(self, branch: Branch) -> None:
-        if self.truth is not None and self.lbr.recording:
-            self.truth.branch(branch, self.lbr.lbr_ctl)
+        self.recorder.retire(Branch(rip, entry.rip, EVENT.kind, 0))
 
     def _stop(self, reason: StopReason, detail: str) -> None:
         self.run_state.stop_reason, self.run_state.stop_detail = str(reason), detail

@@ -16,6 +16,7 @@ from unicorn import x86_const as X
 
 from vlbr.backends.branches import branch_between, classify
 from vlbr.vcpu import ArchLbrVcpu
+from vlbr.vcpu.lbr import Branch
 from vlbr.x86.paging import PageFault
 
 from .ground_truth import GroundTruth
@@ -61,8 +62,21 @@ class BranchRecorder:
         flags = (uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX))
         branch = branch_between(*tail, address, cpl, flags)
         if branch is not None:
+            self.retire(branch)
+
+    def retire(self, branch: Branch) -> None:
+        """A taken branch: the block hook's, or one the machine performed (SYSCALL, IRET)."""
+        self.lbr.retire_branch(branch)
+        self._noted(branch)
+
+    def exception(self, branch: Branch) -> None:
+        """An event delivered from branch.from_ip to its handler: a record of type OTHER, LER."""
+        self.lbr.exception(branch.from_ip, branch.to_ip, branch.cpl)
+        self._noted(branch)
+
+    def _noted(self, branch: Branch) -> None:
+        if self.lbr.recording:
             self.branches += 1
-            self.lbr.retire_branch(branch)
             if self.truth is not None:
                 self.truth.branch(branch, self.lbr.lbr_ctl)
 
