@@ -64,7 +64,16 @@ def _kvm_filter(f: Figures) -> str:
 
 
 def _kvm_recording(f: Figures) -> str:
-    return f"{si(f('kvm', 'recorded_branches_per_second')['value'])} branches/s"
+    hybrid = f("kvm", "recorded_branches_per_second")
+    step = f("kvm", "recorded_branches_per_second_step")
+    return (f"{si(hybrid['value'])} / {si(step['value'])} branches/s "
+            f"(ratio {ratio(hybrid['ratio'])})")
+
+
+def _kvm_ring3(f: Figures) -> str:
+    line = f("kvm", "recorded_branches_per_second_ring3")
+    return (f"{si(line['value'])} / {si(line['step_branches_per_second'])} branches/s "
+            f"(ratio {ratio(line['ratio'])})")
 
 
 def _software_recording(f: Figures) -> str:
@@ -123,7 +132,10 @@ ROWS: list[tuple[str, Callable[[Figures], str]]] = [
     ("corpus read, per dump", _corpus),
     ("vCPU model, per-branch / batch (1 M branches, filters on)", _model),
     ("KVM guest, LBREn clear, with vs without vlbr's MSR filter", _kvm_filter),
-    ("KVM recording (single-step)", _kvm_recording),
+    ("KVM recording at CPL0, hybrid / step (call-ret-Jcc loop, median of 5 whole runs each)",
+     _kvm_recording),
+    ("KVM recording in ring 3, hybrid block ring / per-instruction hook (same loop)",
+     _kvm_ring3),
     ("software backend recording, native block ring / Python hook (2 M iterations)",
      _software_recording),
     ("software backend, LBREn clear vs unhooked unicorn (2 M iterations)", _software_clear),

@@ -286,6 +286,7 @@ class HybridCpu:
         self.decoded: dict[int, tuple[bytes, bool]] = {}
         self.stopped_at: int | None = None
         self.legacy = None  # the x87/SSE state unicorn holds, as loaded
+        self.kvm_legacy: KvmLegacy | None = None
         self.stretches = self.retired = self.retired_before = 0
 
     @property
@@ -335,7 +336,9 @@ class HybridCpu:
         uc.reg_write(X.UC_X86_REG_RSP, regs.rsp)
         uc.reg_write(X.UC_X86_REG_RFLAGS, regs.rflags & ~RFLAGS_TF)
         uc.reg_write(X.UC_X86_REG_RIP, regs.rip)
-        legacy = KvmLegacy(vcpu).read_legacy()
+        if self.kvm_legacy is None:  # its layout comes from the guest CPUID, once
+            self.kvm_legacy = KvmLegacy(vcpu, self.model.config.table)
+        legacy = self.kvm_legacy.read_legacy()
         if legacy != self.legacy:
             UnicornLegacy(uc).write_legacy(legacy, XFEATURES_LEGACY)
             self.legacy = legacy
@@ -353,7 +356,7 @@ class HybridCpu:
         legacy = dataclasses.replace(UnicornLegacy(uc).read_legacy(),
                                      mxcsr_mask=self.legacy.mxcsr_mask)
         if legacy != self.legacy:
-            KvmLegacy(vcpu).write_legacy(legacy, XFEATURES_LEGACY)
+            self.kvm_legacy.write_legacy(legacy, XFEATURES_LEGACY)
             self.legacy = legacy
 
     # --- one stretch ----------------------------------------------------------------------
