@@ -245,3 +245,61 @@ def test_many_pieces_per_stretch_record_the_same(monkeypatch, ring):
                 _cross_page(CTLS["call_stack"]),
                 call_loop(CTLS["both"], 25), _ring3_branchy(CTLS["both"], Code.INT_IMM8)):
         assert_same(run_both(img))
+
+
+def test_a_fault_unicorn_raises_is_run_by_kvm():
+    # The loop's page is unmapped behind unicorn's back (a PDE cleared, CR3 reloaded by
+    # KVM): unicorn faults on the load, KVM runs it and delivers the #PF, which the step path
+    # records; the stretch must not start again at the faulting instruction.
+    pde = 0x3000 + 8 * 2  # Guest ABI: PD at 0x3000, 2 MiB pages; entry 2 maps 0x400000
+    handler = Asm().emit(Instruction.create_reg_reg(Code.MOV_R64_CR, R.RAX, R.CR2))
+    handler.emit(Instruction.create_reg_reg(Code.MOV_R64_RM64, R.R9, R.RAX)).print_hex(R.R9)
+    handler.wrmsr(IA32_LBR_CTL, 0).exit(status=14)
+    a = Asm().lidt().wrmsr(IA32_LBR_CTL, LBR_ALL).mov(R.RCX, 5)
+    a.label("l").emit(Instruction.create_reg(Code.DEC_RM64, R.RCX)).branch(Code.JNE_REL32_64, "l")
+    a.mov(R.RBX, pde).mov(R.RAX, 0)
+    a.emit(Instruction.create_mem_reg(Code.MOV_RM64_R64, MemoryOperand(R.RBX), R.RAX))
+    a.emit(Instruction.create_reg_reg(Code.MOV_R64_CR, R.RAX, R.CR3))
+    a.emit(Instruction.create_reg_reg(Code.MOV_CR_R64, R.CR3, R.RAX))
+    a.mov(R.RBX, 0x400000).label("load")
+    a.emit(Instruction.create_reg_mem(Code.MOV_R64_RM64, R.RAX, MemoryOperand(R.RBX)))
+    a.exit(status=0)
+    results = run_both(image(a, {14: handler}))
+    assert_same(results)
+    assert results["hybrid"].exit_status == [14]
+    assert int(results["hybrid"].console[0], 16) == 0x400000
+
+
+VEX_GUEST = r'''#include "runtime.h"
+static void xsetbv0(u64 v)
+{
+    __asm__ volatile("xsetbv" :: "c"(0), "a"((u32)v), "d"((u32)(v >> 32)));
+}
+int guest_main(int cpu, int ncpus) {
+    u32 acc = 1, v = 0;
+    if (!(cpuid(0xD, 0).eax & 4)) { rt_printf("no avx\n"); return 0; }
+    xsetbv0(7);
+    wrmsr(0x14ce, 0x7f0007);
+    for (int i = 0; i < 20; i++) {
+        __asm__ volatile("vmovd xmm2, %1\n vpaddd xmm3, xmm2, xmm2\n vmovd %0, xmm3"
+                         : "=r"(v) : "r"(acc));
+        if (v & 4) acc += v; else acc ^= 0x1234;
+    }
+    wrmsr(0x14ce, 0);
+    xsetbv0(3);
+    rt_printf("acc %x\n", acc);
+    return 0;
+}
+'''
+
+
+def test_vex_instructions_are_left_to_kvm(tmp_path):
+    # AVX state beyond XMM lives in KVM's XSAVE image only: VEX-encoded instructions stop a
+    # stretch, so both modes end the same way (here KVM cannot single-step them at all).
+    import shutil
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    from vlbr.guest.build import build_guest
+    source = tmp_path / "vex_recording.c"
+    source.write_text(VEX_GUEST)
+    assert_same(run_both(build_guest(source)))

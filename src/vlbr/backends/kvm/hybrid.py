@@ -21,7 +21,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
-from iced_x86 import Code, Instruction, Mnemonic, Register
+from iced_x86 import Code, EncodingKind, Instruction, Mnemonic, Register
 from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_HOOK_BLOCK, UC_HOOK_INTR, UC_MODE_64,
                      UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
@@ -60,7 +60,8 @@ MOV_TO_SREG = frozenset([Code.MOV_SREG_R32M16, Code.MOV_SREG_R64M16, Code.MOV_SR
 # Opcode bytes where a stop may begin (prefixes are added by candidate_starts); data that only
 # looks like one costs a decode when it runs as an instruction, never a stop.
 _ONE_BYTE = bytes([0xF4, 0xCC, 0xCD, 0xCE, 0xF1, 0xCF, 0xFA, 0xFB, 0x9D, 0x8E, 0xCA, 0xCB,
-                   0x6C, 0x6D, 0x6E, 0x6F, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF])
+                   0x6C, 0x6D, 0x6E, 0x6F, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF,
+                   0xC4, 0xC5, 0x62])  # the last three: VEX and EVEX in 64-bit mode
 _TWO_BYTE = bytes([0x00, 0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0B, 0x20, 0x21,
                    0x22, 0x23, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x37, 0x78, 0x79, 0xA1,
                    0xA2, 0xA9, 0xAE, 0xB2, 0xB4, 0xB5, 0xB9, 0xC7, 0xFF])
@@ -72,6 +73,8 @@ FAR_INDIRECT = 0xFF  # FF /3 call far, FF /5 jmp far
 def stops_before(insn: Instruction) -> bool:
     """True for an instruction the hybrid hands to KVM instead of running it on unicorn."""
     if insn.code == Code.INVALID or insn.mnemonic in STOP_MNEMONICS:
+        return True
+    if insn.encoding != EncodingKind.LEGACY:  # AVX state beyond XMM is KVM's alone
         return True
     if insn.code in MOV_TO_SREG or insn.code in MOV_CR_DR:
         return True

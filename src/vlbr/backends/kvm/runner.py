@@ -108,6 +108,7 @@ class VcpuRunner(KvmGaps):
         self.hybrid_cpu: hybrid.HybridCpu | None = None
         self.hybrid_unavailable: str | None = None  # why recording fell back to step
         self.hybrid_instructions = 0
+        self._kvm_owes_step = False  # a stretch stopped before an instruction: KVM runs it
 
     # --- the loop -------------------------------------------------------------------------
     @property
@@ -145,6 +146,7 @@ class VcpuRunner(KvmGaps):
             if self.stepping and self.sync:
                 self.run_struct.kvm_valid_regs = SYNC
             exit_ = self.vcpu.run()
+            self._kvm_owes_step = False
             in_budget = budget.spend(step=exit_.reason == k.KVM_EXIT_DEBUG and self.stepping)
             if self._handle(exit_) or not in_budget:
                 break  # yield, or out of budget
@@ -281,7 +283,8 @@ class VcpuRunner(KvmGaps):
         next instruction is one unicorn may run."""
         if (self.recording != HYBRID or not self.stepping or self.pending is None
                 or self.kicked or self._injected is not None or self._resumed_at is not None
-                or self._guest_tf or hybrid.stops_before(self.pending.insn)):
+                or self._guest_tf or self._kvm_owes_step
+                or hybrid.stops_before(self.pending.insn)):
             return False
         return self._start_hybrid() is not None
 
@@ -310,6 +313,7 @@ class VcpuRunner(KvmGaps):
         self.branches += cpu.retired
         in_budget = budget.spend_steps(max(stop.instructions, 1))
         if stop.kind == "before" and in_budget:
+            self._kvm_owes_step = True  # also where unicorn faulted on what KVM may run
             self._next_step(regs.rip, regs)
         else:
             self.pending = self.decode(regs.rip)
