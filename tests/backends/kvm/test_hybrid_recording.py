@@ -303,3 +303,49 @@ def test_vex_instructions_are_left_to_kvm(tmp_path):
     source = tmp_path / "vex_recording.c"
     source.write_text(VEX_GUEST)
     assert_same(run_both(build_guest(source)))
+
+
+SSE_GUEST = r'''#include "runtime.h"
+static u8 area[4096] __attribute__((aligned(64)));
+int guest_main(int cpu, int ncpus) {
+    u32 acc = 7, *xmm2 = (u32 *)(area + 160 + 2 * 16);   /* the legacy region's XMM2 */
+    *(u16 *)area = 0x37f;                               /* FCW, MXCSR: valid */
+    *(u32 *)(area + 24) = 0x1f80;
+    *(u64 *)(area + 512) = 3;                           /* XSTATE_BV: x87 | SSE */
+    *(u64 *)(area + 520) = (1ull << 63) | 3;            /* compacted */
+    for (int i = 0; i < 4; i++) xmm2[i] = 0x11111111u * (i + 1);
+    u32 restored = xrstors_safe(area, 3);               /* vlbr's, into KVM's image */
+    wrmsr(0x14ce, 0x7f0007);
+    for (int i = 0; i < 8; i++) {                       /* XMM2's top half survives */
+        __asm__ volatile("movd xmm1, %0\n pshufd xmm1, xmm1, 0x1b\n paddd xmm2, xmm1\n"
+                         "pslldq xmm2, 1" :: "r"(acc + i));
+        if (acc & 1) acc = acc * 3 + 1; else acc >>= 1;
+    }
+    wrmsr(0x14ce, 0);
+    for (int i = 0; i < 4096; i++) area[i] = 0;
+    u32 saved = xsaves_safe(area, 3);                   /* from KVM's image again */
+    rt_printf("%x %x %x %x %x %x %x\n", restored, saved, acc, xmm2[0], xmm2[1], xmm2[2], xmm2[3]);
+    return 0;
+}
+'''
+
+
+def test_sse_state_goes_both_ways_like_the_software_cpu(tmp_path):
+    # x87/SSE state moves KVM -> unicorn -> KVM around each stretch: XMM2 set by an XRSTORS
+    # (vlbr's, into KVM's XSAVE image), changed by SSE code on unicorn, read back by an
+    # XSAVES. This KVM runs no SSE instruction itself, so the reference is the software CPU.
+    import shutil
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    from test_guests import _software
+
+    from vlbr.guest.build import build_guest
+    from vlbr.guest.conformance import machine_for
+    source = tmp_path / "sse_recording.c"
+    source.write_text(SSE_GUEST)
+    img = build_guest(source)
+    kvm = KvmBackend().run(img, dataclasses.replace(machine_for("kvm"), kvm_recording="hybrid"))
+    software = _software().run(img, machine_for("software"))
+    assert kvm.stops[0].reason == software.stops[0].reason == "exit"
+    assert kvm.console == software.console
+    assert kvm.vcpus[0].records() == software.vcpus[0].records()
