@@ -197,9 +197,9 @@ def xrstor(cpu: LegacyCpu, table, area: bytearray, offset: int, rfbm: int, xcr0:
         saved.check_mxcsr(current.mxcsr_bits)
         new = replace(new, mxcsr=saved.mxcsr)
     extended = _extended_from(cpu, area, offset, layout, mask, header.xstate_bv)
-    if mask & (XFEATURES_LEGACY | XFEATURE_AVX):
-        cpu.write_legacy(new, mask & XFEATURES_LEGACY | (XFEATURE_SSE if mask & XFEATURE_AVX
-                                                          else 0))
+    loaded = mask & XFEATURES_LEGACY | (XFEATURE_SSE if mask & XFEATURE_AVX else 0)  # MXCSR
+    if loaded:
+        cpu.write_legacy(new, loaded)
     _load_extended(cpu, extended)
 
 

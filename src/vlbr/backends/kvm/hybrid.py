@@ -31,7 +31,7 @@ from vlbr.backends import branches, layout
 from vlbr.backends.base import IMAGE_BASE, RAM_SIZE
 from vlbr.backends.image import GuestImage
 from vlbr.backends.kvm.usermode import GPRS, MOV_CR_DR
-from vlbr.backends.kvm.xsaves import KvmLegacy
+from vlbr.backends.kvm.xsaves import KvmXstate
 from vlbr.backends.software import native
 from vlbr.backends.software.backend import enter_long_mode, load_guest
 from vlbr.backends.software.codewatch import (PAGE, TO_FALLTHROUGH, CodeWatch,
@@ -289,7 +289,7 @@ class HybridCpu:
         self.decoded: dict[int, tuple[bytes, bool]] = {}
         self.stopped_at: int | None = None
         self.legacy = None  # the x87/SSE state unicorn holds, as loaded
-        self.kvm_legacy: KvmLegacy | None = None
+        self.kvm_xstate: KvmXstate | None = None
         self.stretches = self.retired = self.retired_before = 0
 
     @property
@@ -339,9 +339,9 @@ class HybridCpu:
         uc.reg_write(X.UC_X86_REG_RSP, regs.rsp)
         uc.reg_write(X.UC_X86_REG_RFLAGS, regs.rflags & ~RFLAGS_TF)
         uc.reg_write(X.UC_X86_REG_RIP, regs.rip)
-        if self.kvm_legacy is None:  # its layout comes from the guest CPUID, once
-            self.kvm_legacy = KvmLegacy(vcpu, self.model.config.table)
-        legacy = self.kvm_legacy.read_legacy()
+        if self.kvm_xstate is None:  # its layout comes from the guest CPUID, once
+            self.kvm_xstate = KvmXstate(vcpu, self.model.config.table)
+        legacy = self.kvm_xstate.read_legacy()
         if legacy != self.legacy:
             UnicornLegacy(uc).write_legacy(legacy, XFEATURES_LEGACY)
             self.legacy = legacy
@@ -359,7 +359,7 @@ class HybridCpu:
         legacy = dataclasses.replace(UnicornLegacy(uc).read_legacy(),
                                      mxcsr_mask=self.legacy.mxcsr_mask)
         if legacy != self.legacy:
-            self.kvm_legacy.write_legacy(legacy, XFEATURES_LEGACY)
+            self.kvm_xstate.write_legacy(legacy, XFEATURES_LEGACY)
             self.legacy = legacy
 
     # --- one stretch ----------------------------------------------------------------------

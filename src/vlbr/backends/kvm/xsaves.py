@@ -5,7 +5,7 @@ This KVM reports no XSAVES (KVM_GET_SUPPORTED_CPUID (0xD,1):EAX = 0) and a guest
 in KVM_EXIT_INTERNAL_ERROR (suberror 1, emulation failure); so does a supervisor XSAVE or
 XRSTOR (kvm_pvm). vlbr's guest CPUID enumerates XSAVES for Arch LBR's supervisor component 15,
 so the VMM completes these instructions with vlbr.x86.xstate (the software backend's XSAVES
-too): x87/SSE and the user components (AVX, ...) through KvmLegacy over the vCPU's own XSAVE
+too): x87/SSE and the user components (AVX, ...) through KvmXstate over the vCPU's own XSAVE
 image (KVM_GET_XSAVE / KVM_SET_XSAVE, standard format), component 15 by the vCPU model.
 Components beyond the 4 KiB image (AMX) are not emulated: NotEmulated, and the runner stops
 the vCPU with that reason.
@@ -57,7 +57,7 @@ def effective_address(insn: Instruction, regs, sregs) -> int:
         raise NotEmulated(str(err)) from None
 
 
-class KvmLegacy:
+class KvmXstate:
     """vlbr.x86.xstate.ExtendedCpu over the vCPU's XSAVE image (KVM_GET_XSAVE / KVM_SET_XSAVE:
     standard format, legacy region in the 64-bit form): x87, SSE and every user component
     the guest CPUID enumerates within the image (AVX, AVX-512's three), at its CPUID offset.
@@ -117,7 +117,7 @@ def emulate(insn: Instruction, vcpu, model, memory, regs, cpl: int) -> int | Non
         if not 0 <= base < RAM_SIZE:
             raise GeneralProtection(f"XSAVE area {address:#x} outside RAM")  # no #PF model
         area = bytearray(memory[base:min(base + WINDOW, RAM_SIZE)])
-        _run(insn, KvmLegacy(vcpu, model.config.table), model,
+        _run(insn, KvmXstate(vcpu, model.config.table), model,
              vcpu.get_xcrs().get(0, XFEATURES_LEGACY), area,
              address - base, (regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF))
         memory[base:base + len(area)] = bytes(area)
@@ -142,13 +142,13 @@ def _check_may_run(insn: Instruction, model, sregs, cpl: int) -> None:
             raise GeneralProtection("XSAVES/XRSTORS at CPL > 0")
 
 
-def _run(insn: Instruction, legacy: KvmLegacy, model, xcr0: int, area: bytearray, offset: int,
+def _run(insn: Instruction, state: KvmXstate, model, xcr0: int, area: bytearray, offset: int,
          rfbm: int) -> None:
     wide, table = insn.code in WIDE, model.config.table
     if insn.code in STANDARD_SAVES:
-        xsave(legacy, table, area, offset, rfbm, xcr0, wide)
+        xsave(state, table, area, offset, rfbm, xcr0, wide)
     elif insn.code in STANDARD_RESTORES:
-        xrstor(legacy, table, area, offset, rfbm, xcr0, wide)
+        xrstor(state, table, area, offset, rfbm, xcr0, wide)
     else:
         op = xsaves if insn.code in SAVES else xrstors
-        op(legacy, model, table, area, offset, rfbm, xcr0, model.rdmsr(IA32_XSS), wide=wide)
+        op(state, model, table, area, offset, rfbm, xcr0, model.rdmsr(IA32_XSS), wide=wide)

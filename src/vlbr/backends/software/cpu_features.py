@@ -28,10 +28,11 @@ XSAVE_COMPONENTS = 64
 
 
 @functools.cache
-def unicorn_cpuid(leaf: int, subleaf: int = 0) -> Registers:
-    """What CPUID returns on unicorn's CPU model."""
+def unicorn_cpuid(leaf: int, subleaf: int = 0, model: int | None = CPU_MODEL) -> Registers:
+    """What CPUID returns on a unicorn CPU model (None: unicorn's default, the PC machine's)."""
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    uc.ctl_set_cpu_model(CPU_MODEL)
+    if model is not None:
+        uc.ctl_set_cpu_model(model)
     uc.mem_map(SCRATCH, 0x1000)
     uc.mem_write(SCRATCH, CPUID)
     uc.reg_write(X.UC_X86_REG_RAX, leaf)
