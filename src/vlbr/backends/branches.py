@@ -137,6 +137,11 @@ def taken_after(insn: Instruction, rflags: int, rcx: int) -> bool:
     return condition_holds(insn.condition_code, rflags)
 
 
+def needs_flags(insn: Instruction, cls: BranchClass) -> bool:
+    """A conditional whose target is its own fall-through: only RFLAGS/RCX tell if it went."""
+    return cls.conditional and insn.near_branch_target == insn.next_ip
+
+
 def branch_between(insn: Instruction, cls: BranchClass | None, to_ip: int, cpl: int,
                    flags: tuple[int, int] | None = None):
     """The taken branch a block's last instruction made to the next block at `to_ip`, or None
@@ -146,7 +151,7 @@ def branch_between(insn: Instruction, cls: BranchClass | None, to_ip: int, cpl: 
     from vlbr.vcpu import Branch
     if cls is None or cls.interrupt:
         return None
-    if cls.conditional and insn.near_branch_target == insn.next_ip:
+    if needs_flags(insn, cls):
         if flags is None or not taken_after(insn, *flags):
             return None
     elif cls.conditional and to_ip == insn.next_ip:

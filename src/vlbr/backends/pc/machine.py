@@ -275,6 +275,7 @@ class PcMachine:
         returning, self._returning_at = self._returning_at, None
         budget = 1 if returning is not None else SLICE
         self.clock.arm(min(self._deadline(cpl), self.clock.now + budget))
+        self.recorder.starting(cpl)
         error = None
         try:
             self.uc.emu_start(rip, -1)  # no timeout: unicorn would start a thread per call
@@ -284,6 +285,10 @@ class PcMachine:
         self._count(cpl)
         self._update_timers()
         self.recorder.interrupted()  # the slice stopped mid-block: no branch to the next one
+        if returning is None and self._cpl() != cpl:  # what the PMU and recorder rely on
+            self._stop(StopReason.ERROR, f"CPL changed inside the slice from {rip:#x} "
+                       f"(to {self.uc.reg_read(X.UC_X86_REG_RIP):#x})")
+            return
         if returning is not None and error is None and self.event is None:
             if self.uc.reg_read(X.UC_X86_REG_RIP) == returning:
                 self._returning_at = returning  # a deadline came first: it runs next slice

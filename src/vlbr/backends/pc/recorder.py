@@ -14,7 +14,7 @@ import iced_x86
 from unicorn import UC_HOOK_BLOCK, Uc, UcError
 from unicorn import x86_const as X
 
-from vlbr.backends.branches import branch_between, classify
+from vlbr.backends.branches import branch_between, classify, needs_flags
 from vlbr.vcpu import ArchLbrVcpu
 from vlbr.vcpu.lbr import Branch
 from vlbr.x86.paging import PageFault
@@ -30,6 +30,7 @@ class BranchRecorder:
         self.last_block: tuple[int, int] | None = None
         self.tails: dict[tuple[int, int, int], tuple] = {}  # (CR3, address, size) -> tail
         self.branches = 0  # branches retired into the model, for reports
+        self.cpl = 0  # the running slice's
 
     def sync(self) -> None:
         """Install or remove the block hook to follow the model's LBREn and filters."""
@@ -45,6 +46,11 @@ class BranchRecorder:
         self.last_block = None
         self.tails.clear()  # another task's code may sit at the same addresses now
 
+    def starting(self, cpl: int) -> None:
+        """A slice starts at `cpl`: the machine ends a slice wherever CPL could change (an
+        event, SYSCALL, IRET/SYSRET run alone), so every branch of it is taken at that CPL."""
+        self.cpl = cpl
+
     def interrupted(self) -> None:
         self.last_block = None
 
@@ -56,11 +62,12 @@ class BranchRecorder:
         if prev is None:
             return
         tail = self._tail(prev)
-        if tail is None:
+        if tail is None or tail[1] is None:
             return
-        cpl = uc.reg_read(X.UC_X86_REG_CS) & 3  # the CPL at the target
-        flags = (uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX))
-        branch = branch_between(*tail, address, cpl, flags)
+        flags = None  # a register read costs more than the rest of the hook: only if needed
+        if needs_flags(*tail):
+            flags = (uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX))
+        branch = branch_between(*tail, address, self.cpl, flags)
         if branch is not None:
             self.retire(branch)
 
