@@ -275,7 +275,7 @@ class PcMachine:
         returning, self._returning_at = self._returning_at, None
         budget = 1 if returning is not None else SLICE
         self.clock.arm(min(self._deadline(cpl), self.clock.now + budget))
-        self.recorder.starting(cpl)
+        self.recorder.starting(cpl, self.uc.reg_read(X.UC_X86_REG_CR3))
         error = None
         try:
             self.uc.emu_start(rip, -1)  # no timeout: unicorn would start a thread per call

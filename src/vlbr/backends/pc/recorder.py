@@ -28,9 +28,11 @@ class BranchRecorder:
         self.uc, self.lbr, self.read_code, self.truth = uc, lbr, read_code, truth
         self.hook: int | None = None
         self.last_block: tuple[int, int] | None = None
-        self.tails: dict[tuple[int, int, int], tuple] = {}  # (CR3, address, size) -> tail
+        # (CR3, address, size) -> tail
+        self.tails: dict[tuple[int, int, int], tuple] = {}
         self.branches = 0  # branches retired into the model, for reports
-        self.cpl = 0  # the running slice's
+        self.cpl = self.cr3 = 0  # the running slice's
+        self.ignored = False  # the running slice's branches cannot change the records
 
     def sync(self) -> None:
         """Install or remove the block hook to follow the model's LBREn and filters."""
@@ -46,10 +48,15 @@ class BranchRecorder:
         self.last_block = None
         self.tails.clear()  # another task's code may sit at the same addresses now
 
-    def starting(self, cpl: int) -> None:
+    def starting(self, cpl: int, cr3: int) -> None:
         """A slice starts at `cpl`: the machine ends a slice wherever CPL could change (an
-        event, SYSCALL, IRET/SYSRET run alone), so every branch of it is taken at that CPL."""
-        self.cpl = cpl
+        event, SYSCALL, IRET/SYSRET run alone) or LBR_CTL could (WRMSR, XRSTORS), so every
+        branch of it is taken at that CPL, under one filter; and a user slice cannot write
+        CR3 (MOV CR3 #GPs at CPL 3). A slice at a CPL LBR_CTL does not record is not
+        classified at all (its branches carry no cycles to count), unless the ground truth
+        wants every branch."""
+        self.cpl, self.cr3 = cpl, cr3
+        self.ignored = self.truth is None and not self.lbr.filters.cpl_ok[cpl]
 
     def interrupted(self) -> None:
         self.last_block = None
@@ -59,7 +66,7 @@ class BranchRecorder:
 
     def _on_block(self, uc, address, size, user_data) -> None:
         prev, self.last_block = self.last_block, (address, size)
-        if prev is None:
+        if prev is None or self.ignored:
             return
         tail = self._tail(prev)
         if tail is None or tail[1] is None:
@@ -88,7 +95,8 @@ class BranchRecorder:
                 self.truth.branch(branch, self.lbr.lbr_ctl)
 
     def _tail(self, block: tuple[int, int]):
-        key = (self.uc.reg_read(X.UC_X86_REG_CR3), *block)
+        cr3 = self.cr3 if self.cpl == 3 else self.uc.reg_read(X.UC_X86_REG_CR3)
+        key = (cr3, *block)
         tail = self.tails.get(key)
         if tail is None:
             try:
