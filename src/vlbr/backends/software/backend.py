@@ -8,14 +8,21 @@ follow each switch). What unicorn cannot do the backend does itself:
   XSAVE sizes for the current XCR0/XSS).
 - exceptions, INT n, INT1 and SYSCALL: delivered by us through the guest IDT / LSTAR
   (interrupts.py, privilege.py); recorded as OTHER branches (exceptions also set LER).
-- budgets: unicorn cannot say how many instructions ran before a hook stopped it, so
-  max_steps bounds each uninterrupted stretch (emu_start count) and max_exits the number of
-  stretches (a stretch ends at every emulated instruction, exception, page scan or vCPU
-  switch); the timeout is a watchdog thread's emu_stop (backends.watch). Reaching one ends
-  the run with stats["stopped"] = "max_steps" (or the watch's reason) and each vCPU's stop.
+- budgets: max_steps bounds each uninterrupted stretch and max_exits the number of stretches
+  (a stretch ends at every emulated instruction, exception, page scan or vCPU switch); the
+  timeout is a watchdog thread's emu_stop (backends.watch). A block hook counts a stretch's
+  block bytes and stops it before a block once they reach max_steps * MAX_INSN: at least
+  max_steps instructions ran (none is longer), at most about 15 times as many. unicorn's
+  emu_start count costs a hook per instruction, so it counts only where no block hook runs
+  (no native library and LBREn clear). Reaching a budget ends the run with
+  stats["stopped"] = "max_steps" (or the watch's reason) and each vCPU's stop.
+- port stops: QEMU notices an emu_stop only before a block or after a code hook, so
+  CodeWatch puts a no-op code hook after every OUT: a stopping port write (exit, yield,
+  console limit) ends the stretch right after the OUT.
 - branches: while the model records, a UC_HOOK_BLOCK looks at the last instruction of the
-  block that just ran (branches.py); a conditional is recorded only when taken. No hook is
-  installed while LBREn is clear.
+  block that just ran (branches.py); a conditional is recorded only when taken. The native
+  hook (native/block_ring.c) stays installed for the run: it logs blocks only while the
+  model records with every CPL, else it only counts the budget.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOO
                      UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
-from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MSR_EFER, MSR_FMASK, MSR_LSTAR,
-                           MSR_STAR, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
+from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MAX_INSN, MSR_EFER, MSR_FMASK,
+                           MSR_LSTAR, MSR_STAR, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
                            VECTOR_GP, VECTOR_UD, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87,
                            XFEATURES_LEGACY)
 from vlbr.arch.msrs import IA32_XSS
@@ -62,7 +69,7 @@ QEMU_MSRS = frozenset([0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, MSR_EFER, MSR_STA
                        0xC0000083, MSR_FMASK, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103])
 NO_END = 0xFFFF_FFFF_FFFF_FFFF
 RAM_REGION = 256 << 10
-NATIVE_RING = 1 << 21  # blocks one stretch may log natively (the stretch's count is bounded)
+NATIVE_RING = 1 << 18  # blocks logged natively before the ring is drained mid-stretch
 NATIVE_CHUNK = 256  # ring entries read back at a time when collecting the newest records
 _QUIET_STOPS = frozenset([Mnemonic.INT1, Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2])
 
@@ -89,7 +96,7 @@ class VcpuRun:
 class _Stop:
     """Why emu_start returned, set by a hook before it called emu_stop()."""
 
-    NONE, EMULATE, EXIT, YIELD, SYSCALL, INTERRUPT, CONSOLE_FULL = range(7)
+    NONE, EMULATE, EXIT, YIELD, SYSCALL, INTERRUPT, CONSOLE_FULL, BUDGET = range(8)
 
 
 def enter_long_mode(uc: Uc, e: layout.VcpuEntry) -> None:
@@ -189,6 +196,8 @@ class SoftwareMachine:
             enter_long_mode(uc, layout.entry_state(run.index, machine.vcpus, image.entry))
             run.context = uc.context_save()
         self.privilege = PrivilegeSwitch(uc)
+        lib = native.load() if machine.native_recording else None
+        self.native = None if lib is None else native.NativeBlockRecorder(lib, uc, NATIVE_RING)
         uc.mem_protect(0, RAM_SIZE, UC_PROT_READ | UC_PROT_WRITE)  # CodeWatch makes pages X
         uc.ctl_flush_tb()
         self.watch = CodeWatch(uc, RAM_SIZE, self._on_candidate, self._code_changed)
@@ -200,9 +209,7 @@ class SoftwareMachine:
         self.cr2: int | None = None  # the guest's CR2 as a stopping hook saw it
         self.block_hook: str | None = None  # "native", "python" or None (not recording)
         self.python_hook = None
-        lib = native.load() if machine.native_recording else None
-        self.native = None if lib is None else native.NativeBlockRecorder(
-            lib, uc, min(machine.max_steps, NATIVE_RING) + 1)
+        self.spent = self.budget = 0  # block bytes of this stretch, for the Python hook alone
         self.cpl = 0  # CPL of the current vCPU, refreshed per emu_start and on far branches
         self.tails: dict[tuple[int, int], tuple] = {}
         self.stats = {"backend": "software", "stretches": 0, "turns": 0, "branches_seen": 0, "emulated": 0,
@@ -283,6 +290,11 @@ class SoftwareMachine:
 
     def _on_block(self, uc, address, size, user_data) -> None:
         """Record the branch that ended the previous block, if it was taken."""
+        if self.native is None:  # else the native hook counts the budget (and stops first)
+            if self.spent >= self.budget:
+                self._halt(_Stop.BUDGET)
+                return
+            self.spent += size
         run = self.current
         prev, run.last_block = run.last_block, (address, size)
         if prev is None:
@@ -322,10 +334,7 @@ class SoftwareMachine:
         if self.block_hook != "native":
             return
         rec, run = self.native, self.current
-        try:
-            n = rec.reset()
-        except RuntimeError as exc:
-            raise SoftwareBackendError(str(exc)) from None
+        n = rec.reset()
         if not n:
             return
         self.stats["native_blocks"] = self.stats.get("native_blocks", 0) + n
@@ -372,8 +381,8 @@ class SoftwareMachine:
     # -- recording on/off -----------------------------------------------------------------
 
     def _sync_recording(self) -> None:
-        """Install a block hook only while the current vCPU's model records: the native ring
-        where it is exact (every CPL recorded: the ring holds no CPL), else the Python one."""
+        """Record blocks only while the current vCPU's model records: in the native ring where
+        it is exact (every CPL recorded: the ring holds no CPL), else with a Python hook."""
         model = self.current.model
         want = None
         if model.recording:
@@ -381,18 +390,20 @@ class SoftwareMachine:
             want = "native" if native_ok else "python"
         if want != self.block_hook:
             self._drain()
-            if self.block_hook == "python":
-                self.uc.hook_del(self.python_hook)
-            elif self.block_hook == "native":
-                self.native.remove()
-            if want == "python":
-                self.python_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
-            elif want == "native":
-                self.native.install()
+            if self.native is not None:
+                self.native.record = want == "native"
+            if "python" in (want, self.block_hook):
+                self._swap_python_hook(want == "python")
             self.block_hook = want
-            self.uc.ctl_flush_tb()  # blocks translated before carry no (or the old) hook call
         if want is None:
             self.current.last_block = None
+
+    def _swap_python_hook(self, on: bool) -> None:
+        if on:
+            self.python_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        else:
+            self.uc.hook_del(self.python_hook)
+        self.uc.ctl_flush_tb()  # blocks translated before carry no (or the old) hook call
 
     # -- emulation of what the hooks stopped on --------------------------------------------
 
@@ -593,13 +604,7 @@ class SoftwareMachine:
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
             self.stats["stretches"] += 1
             self.cr2, cr2 = None, uc.reg_read(X.UC_X86_REG_CR2)
-            # The native ring holds one block per instruction at most: bound the stretch.
-            chunked = self.block_hook == "native" and budget >= self.native.capacity
-            try:
-                uc.emu_start(rip, NO_END, count=self.native.capacity - 1 if chunked else budget)
-                error = None
-            except UcError as exc:
-                error = exc
+            error = self._stretch(rip, budget)
             # Every stop leaves unicorn's CR2 at -2: put back what the guest had (a hook
             # saw it, with a #PF's new address), else what it had when the stretch began.
             uc.reg_write(X.UC_X86_REG_CR2, cr2 if self.cr2 is None else self.cr2)
@@ -609,10 +614,37 @@ class SoftwareMachine:
             except DeliveryFailed as exc:
                 self._end(run, StopReason.SHUTDOWN, f"vCPU {run.index} shut down: {exc}")
                 return "shutdown"
-            if outcome == "max_steps" and chunked:
-                continue  # only the native ring's chunk ended: the stretch goes on
             if outcome is not None:
                 return outcome
+
+    def _stretch(self, rip: int, steps: int) -> UcError | None:
+        """emu_start until a hook stops the CPU or `steps` run out (see the module doc); a
+        full native ring is drained and the stretch goes on."""
+        budget = steps * MAX_INSN
+        ring, count = self.native, 0
+        if ring is not None:
+            ring.arm(budget)
+        elif self.block_hook == "python":
+            self.spent, self.budget = 0, budget
+        else:
+            count = steps
+        while True:
+            try:
+                self.uc.emu_start(rip, NO_END, count=count)
+            except UcError as exc:
+                return exc
+            if ring is None or ring.stopped == native.RingStop.RUNNING or self.stop != _Stop.NONE:
+                return None
+            self.cr2 = ring.cr2
+            if ring.stopped == native.RingStop.BUDGET_SPENT:
+                self.stop = _Stop.BUDGET
+                return None
+            if self.run_watch.reason is not None:
+                return None
+            self._drain()
+            self.uc.reg_write(X.UC_X86_REG_CR2, self.cr2)
+            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+            ring.resume()
 
     def _handle_stop(self, error: UcError | None) -> str | None:
         run, uc, stop, arg = self.current, self.uc, self.stop, self.stop_arg
@@ -635,6 +667,8 @@ class SoftwareMachine:
                 f"{error} (not delivered as a guest exception: the software backend cannot "
                 f"say which one the CPU would raise)"))
             return "error"
+        if stop == _Stop.BUDGET:
+            return "max_steps"
         if stop == _Stop.NONE:
             if self.run_watch.reason is not None:  # stopped from outside
                 return self.run_watch.reason
