@@ -10,9 +10,10 @@ follow each switch). What unicorn cannot do the backend does itself:
   (interrupts.py, privilege.py); recorded as OTHER branches (exceptions also set LER).
 - budgets: max_steps bounds each uninterrupted stretch and max_exits the number of stretches
   (a stretch ends at every emulated instruction, exception, page scan or vCPU switch); the
-  timeout is a watchdog thread's emu_stop (backends.watch). A block hook counts a stretch's
-  block bytes and stops it before a block once they reach max_steps * MAX_INSN: at least
-  max_steps instructions ran (none is longer), at most about 15 times as many. unicorn's
+  timeout is a watchdog thread's emu_stop (backends.watch). A block hook (the recording
+  one, else the native one) counts a stretch's block bytes and stops it before a block once
+  they reach max_steps * MAX_INSN, after recording the branch into it: at least max_steps
+  instructions ran (none is longer), at most about 15 times as many. unicorn's
   emu_start count costs a hook per instruction, so it counts only where no block hook runs
   (no native library and LBREn clear). Reaching a budget ends the run with
   stats["stopped"] = "max_steps" (or the watch's reason) and each vCPU's stop.
@@ -209,7 +210,7 @@ class SoftwareMachine:
         self.cr2: int | None = None  # the guest's CR2 as a stopping hook saw it
         self.block_hook: str | None = None  # "native", "python" or None (not recording)
         self.python_hook = None
-        self.spent = self.budget = 0  # block bytes of this stretch, for the Python hook alone
+        self.spent = self.budget = 0  # the stretch's block bytes, while the Python hook counts
         self.cpl = 0  # CPL of the current vCPU, refreshed per emu_start and on far branches
         self.tails: dict[tuple[int, int], tuple] = {}
         self.stats = {"backend": "software", "stretches": 0, "turns": 0, "branches_seen": 0, "emulated": 0,
@@ -289,12 +290,14 @@ class SoftwareMachine:
         self._halt(_Stop.INTERRUPT, (intno, uc.reg_read(X.UC_X86_REG_RIP), error_code, software))
 
     def _on_block(self, uc, address, size, user_data) -> None:
-        """Record the branch that ended the previous block, if it was taken."""
-        if self.native is None:  # else the native hook counts the budget (and stops first)
-            if self.spent >= self.budget:
-                self._halt(_Stop.BUDGET)
-                return
-            self.spent += size
+        """Record the branch that ended the previous block, if it was taken; then stop before
+        this block if the stretch's budget is spent (the branch into it did retire)."""
+        self._retire_into(uc, address, size)
+        if self.spent >= self.budget:
+            self._halt(_Stop.BUDGET)
+        self.spent += size
+
+    def _retire_into(self, uc, address: int, size: int) -> None:
         run = self.current
         prev, run.last_block = run.last_block, (address, size)
         if prev is None:
@@ -622,11 +625,11 @@ class SoftwareMachine:
         full native ring is drained and the stretch goes on."""
         budget = steps * MAX_INSN
         ring, count = self.native, 0
+        if self.block_hook == "python":  # it counts: the native hook would stop before it ran
+            self.spent, self.budget, budget = 0, budget, native.MAX_U64
         if ring is not None:
             ring.arm(budget)
-        elif self.block_hook == "python":
-            self.spent, self.budget = 0, budget
-        else:
+        elif self.block_hook is None:
             count = steps
         while True:
             try:

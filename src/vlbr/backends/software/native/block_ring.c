@@ -1,9 +1,10 @@
 /* vlbr's native UC_HOOK_BLOCK callback for the software backend. It bounds each stretch by
    the bytes of the blocks it ran (the step budget: unicorn's emu_start count would add a
    per-instruction hook) and, while recording, appends each block (start, size) to a ring the
-   Python side drains. Both stops come before the block runs: the block is neither logged
-   nor counted, and runs when unicorn resumes there. A stop leaves unicorn's CR2 at -2, so
-   the hook keeps the guest's. Plain C, no Python headers: loaded with ctypes, passed to
+   Python side drains. Both stops come before the block runs (it runs when unicorn resumes
+   there); a full ring stops before logging the block, a spent budget after, as the branch
+   into the block did retire. A stop leaves unicorn's CR2 at -2, so the hook keeps the
+   guest's. Plain C, no Python headers: loaded with ctypes, passed to
    uc_hook_add as a function pointer, so no Python runs per block. */
 #include <stdint.h>
 
@@ -34,18 +35,18 @@ static void stop(struct vlbr_block_ring *r, void *uc, uint64_t why)
 void vlbr_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
 {
     struct vlbr_block_ring *r = user_data;
-    if (r->bytes >= r->budget) {
-        stop(r, uc, BUDGET_SPENT);
-        return;
-    }
     if (r->record) {
         if (r->count == r->capacity) {
             stop(r, uc, RING_FULL);
             return;
         }
-        r->address[r->count] = address;
+        r->address[r->count] = address;  /* even if it does not run: the branch to it did */
         r->size[r->count] = size;
         r->count++;
+    }
+    if (r->bytes >= r->budget) {
+        stop(r, uc, BUDGET_SPENT);
+        return;
     }
     r->bytes += size;
 }
