@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import iced_x86
+import numpy as np
 from iced_x86 import Mnemonic, OpKind
 from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
                      UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, UC_PROT_READ,
@@ -62,6 +63,7 @@ from .codewatch import CodeWatch
 from .fpu import UnicornLegacy, uc_xrstors, uc_xsaves
 from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, enter_syscall
+from .ring_branches import ring_branches
 from .uc_operands import operand_address
 
 # MSRs QEMU implements and the Guest ABI lets a guest use; any other non-LBR MSR #GPs, as
@@ -232,7 +234,7 @@ class SoftwareMachine:
         if address == self.skip_once:
             self.skip_once = None
             return
-        insn = iced_x86.Decoder(64, bytes(uc.mem_read(address, 15)), ip=address).decode()
+        insn = iced_x86.Decoder(64, bytes(uc.mem_read(address, MAX_INSN)), ip=address).decode()
         if insn.near_branch_target == insn.next_ip and self.block_hook == "native":
             self._to_fallthrough(insn)
             return
@@ -343,16 +345,21 @@ class SoftwareMachine:
         self.stats["native_blocks"] = self.stats.get("native_blocks", 0) + n
         prev, run.last_block = run.last_block, rec.blocks(n - 1, n)[0]
         model = run.model
-        if model.filters.call_stack:
-            blocks = rec.blocks(0, n)
-            froms = [prev] + blocks[:-1]
-            branches = [self._branch_to(self._tail(f), b[0]) for f, b in zip(froms, blocks) if f]
-        else:
-            branches = self._newest_branches(rec, n, prev, model.depth, model.filters.kind_ok)
+        if model.filters.call_stack:  # every branch counts: the pops may expose old pushes
+            self._retire_all(rec.addresses[:n], rec.sizes[:n], prev)
+            return
+        branches = self._newest_branches(rec, n, prev, model.depth, model.filters.kind_ok)
         for branch in branches:
             if branch is not None:
                 self.stats["branches_seen"] += 1  # natively: only those that reach a record
                 model.retire_branch(branch)
+
+    def _retire_all(self, addresses, sizes, prev) -> None:
+        found = ring_branches(self._tail, addresses, sizes, prev)
+        self.stats["branches_seen"] += len(found.from_ips)
+        self.current.model.record_batch(found.from_ips, found.to_ips, found.kinds,
+                                        np.full(len(found.from_ips), self.cpl),
+                                        is_return=found.is_return)
 
     def _newest_branches(self, rec, n: int, prev, depth: int, kind_ok) -> list:
         """The newest `depth` branches of the ring that pass the type filter, oldest first."""
@@ -411,7 +418,7 @@ class SoftwareMachine:
     # -- emulation of what the hooks stopped on --------------------------------------------
 
     def _decode(self, address: int):
-        return iced_x86.Decoder(64, bytes(self.uc.mem_read(address, 15)), ip=address).decode()
+        return iced_x86.Decoder(64, bytes(self.uc.mem_read(address, MAX_INSN)), ip=address).decode()
 
     def _xss(self) -> int:
         try:
@@ -566,7 +573,7 @@ class SoftwareMachine:
 
     def _invalid(self, rip: int) -> None:
         """UC_ERR_INSN_INVALID: QEMU's #UD, or INT1 (icebp) which QEMU routes to its debugger."""
-        insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip, 15)), ip=rip).decode()
+        insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip, MAX_INSN)), ip=rip).decode()
         if insn.mnemonic == Mnemonic.INT1:
             self._debug_trap(insn.next_ip)
             return
