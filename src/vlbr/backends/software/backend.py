@@ -630,31 +630,40 @@ class SoftwareMachine:
     def _stretch(self, rip: int, steps: int) -> UcError | None:
         """emu_start until a hook stops the CPU or `steps` run out (see the module doc); a
         full native ring is drained and the stretch goes on."""
-        budget = steps * MAX_INSN
-        ring, count = self.native, 0
-        if self.block_hook == "python":  # it counts: the native hook would stop before it ran
-            self.spent, self.budget, budget = 0, budget, native.MAX_U64
-        if ring is not None:
-            ring.arm(budget)
-        elif self.block_hook is None:
-            count = steps
+        count = self._arm_budget(steps)
         while True:
             try:
                 self.uc.emu_start(rip, NO_END, count=count)
             except UcError as exc:
                 return exc
-            if ring is None or ring.stopped == native.RingStop.RUNNING or self.stop != _Stop.NONE:
-                return None
-            self.cr2 = ring.cr2
-            if ring.stopped == native.RingStop.BUDGET_SPENT:
-                self.stop = _Stop.BUDGET
-                return None
-            if self.run_watch.reason is not None:
+            if not self._only_the_ring_filled():
                 return None
             self._drain()
             self.uc.reg_write(X.UC_X86_REG_CR2, self.cr2)
             rip = self.uc.reg_read(X.UC_X86_REG_RIP)
-            ring.resume()
+            self.native.resume()
+
+    def _arm_budget(self, steps: int) -> int:
+        """Arm the hook that counts this stretch's budget; returns emu_start's count (0: none)."""
+        budget = steps * MAX_INSN
+        if self.block_hook == "python":  # it counts: the native hook would stop before it ran
+            self.spent, self.budget, budget = 0, budget, native.MAX_U64
+        if self.native is not None:
+            self.native.arm(budget)
+            return 0
+        return steps if self.block_hook is None else 0
+
+    def _only_the_ring_filled(self) -> bool:
+        """After emu_start returned: notes a native stop (its CR2, a spent budget); True when
+        nothing but the ring filling up stopped the CPU."""
+        ring = self.native
+        if ring is None or ring.stopped == native.RingStop.RUNNING or self.stop != _Stop.NONE:
+            return False
+        self.cr2 = ring.cr2
+        if ring.stopped == native.RingStop.BUDGET_SPENT:
+            self.stop = _Stop.BUDGET
+            return False
+        return self.run_watch.reason is None
 
     def _handle_stop(self, error: UcError | None) -> str | None:
         run, uc, stop, arg = self.current, self.uc, self.stop, self.stop_arg

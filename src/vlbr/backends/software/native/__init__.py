@@ -1,8 +1,8 @@
 """The native unicorn hooks, each plain C built with the system gcc at first use into the
-cache and loaded with ctypes: block_ring.c (the software backend's recorder) and
-insn_clock.c (the PC machine's instruction clock). `load(name)` is None where gcc or the
-build is missing: callers then use their pure-Python hook, which is also the tests'
-reference."""
+cache and loaded with ctypes: block_ring.c (the software backend's block recorder and step
+budget) and insn_clock.c (the PC machine's instruction clock). `load(name)` is None where
+gcc or the build is missing: callers then use their pure-Python hook, which is also the
+tests' reference."""
 
 from __future__ import annotations
 
