@@ -25,8 +25,8 @@ def tail_of(ends: dict):
         start, size = block
         end = ends[block]
         ip, next_ip = start + size - 2, start + size
-        insn = SimpleNamespace(ip=ip, next_ip=next_ip,
-                               near_branch_target=next_ip if end == "jcc_to_fallthrough" else 0x1040)
+        target = next_ip if end == "jcc_to_fallthrough" else 0x1040
+        insn = SimpleNamespace(ip=ip, next_ip=next_ip, near_branch_target=target)
         cls = {"none": None,
                "jmp": BranchClass(BranchType.NEAR_REL_JMP),
                "call": BranchClass(BranchType.NEAR_REL_CALL, is_call=True),

@@ -31,13 +31,13 @@ EDGE = 16  # bytes beyond a page an instruction starting on it can reach
 PREFIXES = frozenset([0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3,
                       *range(0x40, 0x50)])
 _SIMPLE = (b"\x0f\x32", b"\x0f\x30", b"\x0f\x01\xd1")  # rdmsr, wrmsr, xsetbv
-# Conditional branches to their own fall-through (Jcc rel8/rel32, LOOPcc, JrCXZ with a zero
-# displacement): only the flags tell whether one was taken, which a logged block address
-# cannot, so the native recorder decides them at a hook.
 # OUT (imm8 port, DX port) and OUTS opcodes with the bytes to the next instruction. The
 # port hooks stop the CPU on some ports, but QEMU only looks for a stop before a block or
 # after a code hook: a code hook on whatever follows makes the stop land right after it.
 _OUT_LENGTHS = {0xE6: 2, 0xE7: 2, 0xEE: 1, 0xEF: 1, 0x6E: 1, 0x6F: 1}
+# Conditional branches to their own fall-through (Jcc rel8/rel32, LOOPcc, JrCXZ with a zero
+# displacement): only the flags tell whether one was taken, which a logged block address
+# cannot, so the native recorder decides them at a hook.
 _TO_FALLTHROUGH = (*(bytes([op, 0]) for op in range(0x70, 0x80)),
                    *(bytes([op, 0]) for op in range(0xE0, 0xE4)),
                    *(bytes([0x0F, op, 0, 0, 0, 0]) for op in range(0x80, 0x90)))

@@ -103,7 +103,8 @@ class NativeBlockRecorder:
         self.addresses = np.zeros(capacity, dtype=np.uint64)
         self.sizes = np.zeros(capacity, dtype=np.uint32)
         self.ring = BlockRing(0, capacity, 0, 0, 0, RingStop.RUNNING,
-                              _address(binding.uclib.uc_emu_stop), _address(binding.uclib.uc_reg_read),
+                              _address(binding.uclib.uc_emu_stop),
+                              _address(binding.uclib.uc_reg_read),
                               X.UC_X86_REG_CR2, 0,
                               self.addresses.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
                               self.sizes.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)))

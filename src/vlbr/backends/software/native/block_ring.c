@@ -4,8 +4,8 @@
    Python side drains. Both stops come before the block runs (it runs when unicorn resumes
    there); a full ring stops before logging the block, a spent budget after, as the branch
    into the block did retire. A stop leaves unicorn's CR2 at -2, so the hook keeps the
-   guest's. Plain C, no Python headers: loaded with ctypes, passed to
-   uc_hook_add as a function pointer, so no Python runs per block. */
+   guest's. Plain C, no Python headers: loaded with ctypes, passed to uc_hook_add as a
+   function pointer, so no Python runs per block. */
 #include <stdint.h>
 
 enum { RUNNING, BUDGET_SPENT, RING_FULL };
