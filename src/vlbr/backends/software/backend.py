@@ -203,7 +203,8 @@ class SoftwareMachine:
         self.native = None if lib is None else native.NativeBlockRecorder(lib, uc, NATIVE_RING)
         uc.mem_protect(0, RAM_SIZE, UC_PROT_READ | UC_PROT_WRITE)  # CodeWatch makes pages X
         uc.ctl_flush_tb()
-        self.watch = CodeWatch(uc, RAM_SIZE, self._on_candidate, self._code_changed)
+        self.watch = CodeWatch(uc, RAM_SIZE, self._on_candidate, self._code_changed,
+                               None if self.native is None else self.native.add_fence)
         self.delivery = InterruptDelivery(uc, self.privilege, self.watch.host_write)
         self.current: VcpuRun = self.vcpus[0]
         self.stop, self.stop_arg = _Stop.NONE, None

@@ -90,9 +90,12 @@ def candidate_starts(data: bytes, base: int, offsets: list[int] | None = None) -
 class CodeWatch:
     """Keeps a code hook on every possible start of a routed instruction in executed memory."""
 
-    def __init__(self, uc: Uc, ram_size: int, on_code: Callable, on_change: Callable[[], None]):
-        """uc's RAM must be mapped without UC_PROT_EXEC: pages gain it here, once scanned."""
+    def __init__(self, uc: Uc, ram_size: int, on_code: Callable, on_change: Callable[[], None],
+                 add_fence: Callable[[int], None] | None = None):
+        """uc's RAM must be mapped without UC_PROT_EXEC: pages gain it here, once scanned.
+        add_fence(address) puts a no-op code hook there (default: a Python one)."""
         self.uc = uc
+        self.add_fence = add_fence or (lambda a: uc.hook_add(UC_HOOK_CODE, _fence, None, a, a))
         self.ram_size = ram_size
         self.on_code = on_code  # the UC_HOOK_CODE callback for candidate addresses
         self.on_change = on_change  # called when executable bytes change (decode caches)
@@ -129,7 +132,7 @@ class CodeWatch:
             self.uc.hook_add(UC_HOOK_CODE, self.on_code, None, address, address)
             self.hooked.add(address)
         for address in after_outs(data, base) - self.fences:
-            self.uc.hook_add(UC_HOOK_CODE, _fence, None, address, address)
+            self.add_fence(address)
             self.fences.add(address)
 
     def _rescan(self, address: int, new: bytes) -> None:

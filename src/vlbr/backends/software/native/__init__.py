@@ -73,14 +73,15 @@ def load(name: str = "block_ring") -> ctypes.CDLL | None:
         return None
 
 
-def add_hook(uc, kind: int, callback, user_data) -> int:
-    """uc_hook_add of a native callback over all addresses; unicorn's Python binding only
-    takes Python callbacks, so this goes through the library's own handle."""
+def add_hook(uc, kind: int, callback, user_data, begin: int = 1, end: int = 0) -> int:
+    """uc_hook_add of a native callback over begin..end (all addresses by default); unicorn's
+    Python binding only takes Python callbacks, so this goes through the library's own
+    handle."""
     from unicorn import UcError
     from unicorn.unicorn_py3 import unicorn as binding
     handle = ctypes.c_size_t()
     status = binding.uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, callback, user_data,
-                                       ctypes.c_uint64(1), ctypes.c_uint64(0))
+                                       ctypes.c_uint64(begin), ctypes.c_uint64(end))
     if status:
         raise UcError(status)
     return handle.value
@@ -108,8 +109,15 @@ class NativeBlockRecorder:
                               X.UC_X86_REG_CR2, 0,
                               self.addresses.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
                               self.sizes.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)))
+        self._uc = uc
         self._callback = ctypes.cast(lib.vlbr_block_hook, ctypes.c_void_p)
+        self._fence = ctypes.cast(lib.vlbr_fence_hook, ctypes.c_void_p)
         add_hook(uc, UC_HOOK_BLOCK, self._callback, ctypes.byref(self.ring))
+
+    def add_fence(self, address: int) -> None:
+        """A no-op native code hook at address (codewatch.CodeWatch's fences)."""
+        from unicorn import UC_HOOK_CODE
+        add_hook(self._uc, UC_HOOK_CODE, self._fence, None, address, address)
 
     @property
     def record(self) -> bool:

@@ -50,3 +50,10 @@ void vlbr_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
     }
     r->bytes += size;
 }
+
+/* A code hook that does nothing: QEMU looks for a stop request after every code hook, so
+   one on the instruction after an OUT makes a port hook's emu_stop land there. */
+void vlbr_fence_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    (void)uc, (void)address, (void)size, (void)user_data;
+}
