@@ -1,8 +1,8 @@
 """Software backend cost: the same branchy guest on unhooked unicorn, on the backend with
 LBREn clear, and on the backend recording every branch (natively, in call-stack mode, and
-with the pure-Python hook). One JSON line per figure: the median of --runs runs (the Python
-hook, minutes at 2 M iterations, runs once), with its ratio to the figure it is compared
-with in the same run.
+with the pure-Python hook). One JSON line per figure: the median of --runs interleaved runs
+(call-stack mode half as many, the Python hook, minutes at 2 M iterations, once), with its
+ratio to the figure it is compared with in the same run.
 
 Run: .venv/bin/python benchmarks/bench_software.py [--iterations N] [--runs R]
 """
@@ -70,8 +70,14 @@ def unhooked_unicorn(image: GuestImage, hlt: int, count: int = 0) -> float:
     return time.perf_counter() - start
 
 
-def median_seconds(run, runs: int) -> float:
-    return statistics.median(run() for _ in range(runs))
+def median_seconds(timers: dict, runs: int) -> dict:
+    """Each timer's median over `runs` rounds; a round runs every timer once, so a change in
+    the machine's load falls on all of them alike."""
+    times = {name: [] for name in timers}
+    for _ in range(runs):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def backend(image: GuestImage, machine: MachineConfig) -> tuple[float, list]:
@@ -107,11 +113,13 @@ def main() -> None:
     def timed(image, config=machine):
         return lambda: backend(image, config)[0]
 
-    raw = median_seconds(lambda: unhooked_unicorn(image_off, hlt), args.runs)
-    counted = median_seconds(lambda: unhooked_unicorn(image_off, hlt, machine.max_steps), args.runs)
-    clear = median_seconds(timed(image_off), args.runs)
-    recording = median_seconds(timed(image_on), args.runs)
-    call_stack = median_seconds(timed(image_stack), max(1, args.runs // 2))
+    seconds = median_seconds({
+        "raw": lambda: unhooked_unicorn(image_off, hlt),
+        "counted": lambda: unhooked_unicorn(image_off, hlt, machine.max_steps),
+        "clear": timed(image_off), "recording": timed(image_on)}, args.runs)
+    raw, counted, clear, recording = (seconds[k] for k in ("raw", "counted", "clear", "recording"))
+    stack_runs = max(1, args.runs // 2)
+    call_stack = median_seconds({"call_stack": timed(image_stack)}, stack_runs)["call_stack"]
     python_machine = dataclasses.replace(machine, native_recording=False)
     python, python_records = backend(image_on, python_machine)
     assert backend(image_on, machine)[1] == python_records  # the same LBR either way
@@ -128,8 +136,7 @@ def main() -> None:
     line("unhooked_unicorn_with_count", counted, "unhooked_unicorn", raw)
     line("backend_lbren_clear", clear, "unhooked_unicorn", raw)
     line("backend_recording_native", recording, "unhooked_unicorn", raw)
-    line("backend_recording_call_stack", call_stack, "unhooked_unicorn", raw,
-         runs=max(1, args.runs // 2))
+    line("backend_recording_call_stack", call_stack, "unhooked_unicorn", raw, runs=stack_runs)
     line("backend_recording_python", python, "backend_recording_native", recording, runs=1)
     print(json.dumps({"bench": "software", "figure": "recording_vs_lbren_clear",
                       "value": round(clear / recording, 4), "unit": "ratio",

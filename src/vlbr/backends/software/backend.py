@@ -293,14 +293,12 @@ class SoftwareMachine:
         self._halt(_Stop.INTERRUPT, (intno, uc.reg_read(X.UC_X86_REG_RIP), error_code, software))
 
     def _on_block(self, uc, address, size, user_data) -> None:
-        """Record the branch that ended the previous block, if it was taken; then stop before
-        this block if the stretch's budget is spent (the branch into it did retire)."""
-        self._retire_into(uc, address, size)
+        """Record the branch that ended the previous block, if it was taken; stop before this
+        block if the stretch's budget is spent (the stop lands once the hook returns, so the
+        branch into the block, which did retire, is still recorded)."""
         if self.spent >= self.budget:
             self._halt(_Stop.BUDGET)
         self.spent += size
-
-    def _retire_into(self, uc, address: int, size: int) -> None:
         run = self.current
         prev, run.last_block = run.last_block, (address, size)
         if prev is None:
