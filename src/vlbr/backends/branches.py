@@ -7,10 +7,8 @@ from dataclasses import dataclass
 import iced_x86
 from iced_x86 import Code, ConditionCode, FlowControl, Instruction, Mnemonic
 
-from vlbr.arch.x86 import RFLAGS_CF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF
+from vlbr.arch.x86 import MAX_INSN, RFLAGS_CF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF
 from vlbr.arch.msrs import BranchType
-
-MAX_INSTRUCTION_LENGTH = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +74,7 @@ def classify(insn: Instruction) -> BranchClass | None:
 
 def decode(code: bytes, ip: int, bitness: int = 64) -> Instruction:
     """Decode the one instruction at the start of code, located at ip."""
-    return iced_x86.Decoder(bitness, bytes(code[:MAX_INSTRUCTION_LENGTH]), ip=ip).decode()
+    return iced_x86.Decoder(bitness, bytes(code[:MAX_INSN]), ip=ip).decode()
 
 
 def classify_bytes(code: bytes, ip: int, bitness: int = 64) -> tuple[Instruction, BranchClass | None]:
