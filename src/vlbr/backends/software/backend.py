@@ -60,6 +60,7 @@ from vlbr.x86.xstate import UnmodelledXstate
 
 from . import native
 from .codewatch import CodeWatch
+from .cpu_features import CPU_MODEL
 from .fpu import UnicornLegacy, uc_xrstors, uc_xsaves
 from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, enter_syscall
@@ -167,7 +168,7 @@ class SoftwareBackend:
         """None when unicorn builds the Guest ABI machine (incl. the context layout checks)."""
         try:
             uc = Uc(UC_ARCH_X86, UC_MODE_64)
-            uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
+            uc.ctl_set_cpu_model(CPU_MODEL)
             load_guest(uc, _NULL_IMAGE, 1)
             enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
             PrivilegeSwitch(uc)
@@ -192,7 +193,7 @@ class SoftwareMachine:
                 f"image {image.load_address:#x}..{image.end:#x} is outside {IMAGE_BASE:#x}..{RAM_SIZE:#x}")
         self.image, self.machine = image, machine
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)  # Intel: SYSCALL/XSAVE as on the KVM hosts
+        uc.ctl_set_cpu_model(CPU_MODEL)
         load_guest(uc, image, machine.vcpus)
         self.vcpus = [VcpuRun(n, ArchLbrVcpu(machine.lbr)) for n in range(machine.vcpus)]
         for run in self.vcpus:
