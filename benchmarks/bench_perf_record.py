@@ -6,8 +6,8 @@ the workload runs the same user-mode loop three times, each between two marks on
 alone, under `perf record` (sampling instructions:u), and under `perf record -b` (the same
 event with a branch stack, so Linux's driver enables the virtual Arch LBR for the task). The
 host notes the wall clock, the virtual time (instructions retired) and the branches vlbr
-recorded into the Arch LBR model (every branch retired while LBREn was set, at any CPL; the
-model then keeps what LBR_CTL selects) when each mark reaches the console.
+recorded into the Arch LBR model (those retired while LBREn was set at a CPL LBR_CTL records;
+the model then keeps the branch types it selects) when each mark reaches the console.
 
 Measured on this machine kind (2 shared cores, 2 M iterations): see README's Benchmarks.
 

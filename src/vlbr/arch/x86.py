@@ -1,8 +1,11 @@
 """x86-64 architectural constants every layer shares, each named once (Intel SDM vol. 3A
-unless noted): exception vectors, RFLAGS, CR0/CR4, EFER, XCR0/XSS components, the SYSCALL
-MSRs and the CPUID.1 feature bits the backends act on."""
+unless noted): the longest instruction, exception vectors, RFLAGS, CR0/CR4, EFER, XCR0/XSS
+components, the SYSCALL MSRs and the CPUID.1 feature bits the backends act on."""
 
 from __future__ import annotations
+
+# The longest instruction, in bytes (SDM vol. 2A, 2.3.11).
+MAX_INSN = 15
 
 # Exception vectors (SDM 6.3.1) and those that push an error code (SDM 6.13).
 VECTOR_DE, VECTOR_DB, VECTOR_NMI, VECTOR_BP, VECTOR_OF, VECTOR_BR = 0, 1, 2, 3, 4, 5

@@ -53,7 +53,9 @@ class MachineConfig:
     lbr: "LbrConfig"
     vcpus: int = 1
     # Budgets: a run that reaches one stops with that reason (a runaway guest ends in seconds).
-    max_steps: int = 5_000_000  # instructions per stretch (software), single-steps (kvm)
+    # software: instructions per stretch, at least (block bytes / MAX_INSN); kvm: single-steps
+    # and the instructions hybrid recording ran on unicorn
+    max_steps: int = 5_000_000
     max_exits: int = 100_000  # exits to the VMM: MSR/port/emulation exits, vCPU switches
     timeout: float = DEFAULT_TIMEOUT  # wall-clock seconds for the whole run
     console_limit: int = CONSOLE_LIMIT  # bytes of console per vCPU

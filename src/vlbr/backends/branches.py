@@ -7,10 +7,8 @@ from dataclasses import dataclass
 import iced_x86
 from iced_x86 import Code, ConditionCode, FlowControl, Instruction, Mnemonic
 
-from vlbr.arch.x86 import RFLAGS_CF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF
+from vlbr.arch.x86 import MAX_INSN, RFLAGS_CF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF
 from vlbr.arch.msrs import BranchType
-
-MAX_INSTRUCTION_LENGTH = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +74,7 @@ def classify(insn: Instruction) -> BranchClass | None:
 
 def decode(code: bytes, ip: int, bitness: int = 64) -> Instruction:
     """Decode the one instruction at the start of code, located at ip."""
-    return iced_x86.Decoder(bitness, bytes(code[:MAX_INSTRUCTION_LENGTH]), ip=ip).decode()
+    return iced_x86.Decoder(bitness, bytes(code[:MAX_INSN]), ip=ip).decode()
 
 
 def classify_bytes(code: bytes, ip: int, bitness: int = 64) -> tuple[Instruction, BranchClass | None]:
@@ -145,6 +143,11 @@ def taken_before(insn: Instruction, rflags: int, rcx: int) -> bool:
     return taken_after(insn, rflags, rcx)
 
 
+def needs_flags(insn: Instruction, cls: BranchClass) -> bool:
+    """A conditional whose target is its own fall-through: only RFLAGS/RCX tell if it went."""
+    return cls.conditional and insn.near_branch_target == insn.next_ip
+
+
 def branch_between(insn: Instruction, cls: BranchClass | None, to_ip: int, cpl: int,
                    flags: tuple[int, int] | None = None):
     """The taken branch a block's last instruction made to the next block at `to_ip`, or None
@@ -154,7 +157,7 @@ def branch_between(insn: Instruction, cls: BranchClass | None, to_ip: int, cpl: 
     from vlbr.vcpu import Branch
     if cls is None or cls.interrupt:
         return None
-    if cls.conditional and insn.near_branch_target == insn.next_ip:
+    if needs_flags(insn, cls):
         if flags is None or not taken_after(insn, *flags):
             return None
     elif cls.conditional and to_ip == insn.next_ip:
@@ -171,13 +174,6 @@ def decode_tail(code: bytes, address: int):
     for insn in iced_x86.Decoder(64, code, ip=address):
         pass
     return insn, (classify(insn) if insn is not None else None)
-
-
-def paired_branches(blocks: list, prev, branch_to) -> list:
-    """Every branch between consecutive logged blocks (start, size), oldest first; `prev`
-    is the block before the first (or None); branch_to(block, next_start) -> Branch|None."""
-    froms = [prev] + blocks[:-1]
-    return [branch_to(f, b[0]) for f, b in zip(froms, blocks) if f]
 
 
 def newest_branches(blocks, n: int, prev, depth: int, kind_ok, branch_to) -> list:

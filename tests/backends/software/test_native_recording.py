@@ -1,12 +1,15 @@
 """The native block ring (backends/software/native) against the pure-Python block hook:
 random branchy guests (hypothesis) leave identical records through both in every filter and
 call-stack configuration, including record MSRs read mid-stretch and conditional branches to
-their own fall-through (decided at a hook from the flags). Issue: recording at emulator
-speed."""
+their own fall-through (decided at a hook from the flags), and a runaway guest stopped by
+the step budget (counted natively or by the Python hook) at the same block with the same
+records, whatever the ring's size (a full ring is drained mid-stretch). Issue: recording at
+emulator speed."""
 
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +23,7 @@ from corpus import CPUID_RAW_DUMP
 from vlbr.arch.msrs import IA32_LBR_CTL, LbrCtl
 from vlbr.backends.base import MachineConfig
 from vlbr.backends.software import native
+from vlbr.backends.software import backend
 from vlbr.backends.software.backend import SoftwareMachine
 from vlbr.host import read_cpuid_file
 from vlbr.policy import emulated_guest_cpuid
@@ -41,12 +45,14 @@ def table():
     return emulated_guest_cpuid(read_cpuid_file(CPUID_RAW_DUMP)[0].table, 32)
 
 
-def run(table, image, native_on: bool):
+def run(table, image, native_on: bool, max_steps=100_000, max_exits=100_000, ring=None,
+        exits=True):
     config = LbrConfig.from_cpuid(table)
-    machine = MachineConfig(table, config, 1, 100_000, native_recording=native_on)
-    sm = SoftwareMachine(image, machine)
+    machine = MachineConfig(table, config, 1, max_steps, max_exits, native_recording=native_on)
+    with mock.patch.object(backend, "NATIVE_RING", ring or backend.NATIVE_RING):
+        sm = SoftwareMachine(image, machine)
     result = sm.run()
-    assert result.exit_status == [0], result.stats
+    assert (result.exit_status == [0]) == exits, result.stats
     return sm, result
 
 
@@ -65,12 +71,31 @@ def test_native_and_python_recording_leave_the_same_records(table, ops, eax, ctl
     assert ("native_blocks" in native_result.stats) == cpl_all  # used exactly where exact
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(OPS, EXTRA), min_size=1, max_size=20), st.integers(-4, 4),
+       st.sampled_from(CONFIGS), st.integers(20, 3000), st.integers(1, 64))
+def test_a_step_budget_stops_both_recorders_at_the_same_block(table, ops, eax, ctl, steps, ring):
+    image = assemble(ops, eax, ctl, runaway=True)
+    results = [run(table, image, native_on, steps, 200, ring if native_on else None, exits=False)
+               for native_on in (True, False)]
+    (sm_native, native_result), (sm_python, python_result) = results
+    assert native_result.stops == python_result.stops  # step-budget, at the same RIP
+    assert native_result.stops[0].reason == "step-budget"
+    assert native_result.vcpus[0].records() == python_result.vcpus[0].records()
+    assert native_result.vcpus[0].ler == python_result.vcpus[0].ler
+    assert sm_native.uc.mem_read(DATA, 8 * 64) == sm_python.uc.mem_read(DATA, 8 * 64)
+    assert native_result.stats["stretches"] == python_result.stats["stretches"]
 
-def assemble(ops, eax, ctl):
+
+
+def assemble(ops, eax, ctl, runaway=False):
+    """The ops between enabling and disabling the LBR, then exit 0; a runaway guest repeats
+    them forever instead."""
     a = Asm()
     a.raw(Code.MOV_R32_IMM32, R.EAX, eax & 0xFFFFFFFF, kinds="ri")
     a.wrmsr(IA32_LBR_CTL, ctl, label="enable")
     a.raw(Code.MOV_R32_IMM32, R.EAX, eax & 0xFFFFFFFF, kinds="ri")
+    a.label("again")
     slot = 0
     for k, op in enumerate(ops):
         here = f"L{k}"
@@ -108,6 +133,8 @@ def assemble(ops, eax, ctl):
             a.raw(Code.DEC_RM32, R.ECX, kinds="r")
             a.branch(Code.JNE_REL32_64, f"B{k}")
         a.label(here)
+    if runaway:
+        a.jmp("again")
     a.wrmsr(IA32_LBR_CTL, 0, label="disable")
     a.exit(0)
     for k, op in enumerate(ops):

@@ -9,18 +9,21 @@ docs/design.md (selectors, stacks), the reference doc section 2 (LBR_CTL valid m
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
 from iced_x86 import Code, Instruction, MemoryOperand
 from iced_x86 import Register as R
 from sw_guests import DATA, Asm, mem
+from unicorn.x86_const import UC_X86_REG_RAX
 
 from corpus import CPUID_RAW_DUMP
 from vlbr.arch.msrs import IA32_LBR_CTL, IA32_LBR_DEPTH, INFO_BR_TYPE_SHIFT, BranchType, LbrCtl
 from vlbr.backends import layout
-from vlbr.backends.base import MachineConfig
-from vlbr.backends.software import SoftwareBackend
+from vlbr.arch.x86 import MAX_INSN
+from vlbr.backends.base import PORT_EXIT, MachineConfig, StopReason
+from vlbr.backends.software import SoftwareBackend, native
 from vlbr.backends.software.backend import SoftwareMachine
 from vlbr.host import read_cpuid_file
 from vlbr.policy import emulated_guest_cpuid
@@ -306,6 +309,45 @@ def test_max_steps_stops_with_a_named_error(table):
     assert result.stats["stopped"] == "max_steps"
     assert "max_steps=1000" in result.stats["error"]
     assert result.exit_status == [None]
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+@pytest.mark.parametrize("ctl", [0, RECORD_ALL, int(LbrCtl.LBREN | LbrCtl.OS) | ALL_TYPES])
+def test_the_step_budget_stops_a_spin_after_max_steps_to_15x_instructions(table, native_on, ctl):
+    # LBREn clear, recording natively, recording with the Python hook (OS only); the budget
+    # counts block bytes, so between max_steps and MAX_INSN * max_steps instructions run.
+    a = Asm()
+    a.wrmsr(IA32_LBR_CTL, ctl)
+    a.raw(Code.XOR_R32_RM32, R.EAX, R.EAX, kinds="rr")
+    a.label("spin")
+    a.raw(Code.INC_RM64, R.RAX, kinds="r")
+    a.jmp("spin")
+    config = dataclasses.replace(machine(table, max_steps=1000), native_recording=native_on)
+    sm = SoftwareMachine(a.assemble(), config)
+    result = sm.run()
+    assert result.stats["stopped"] == "max_steps"
+    assert result.stops[0].reason == StopReason.STEP_BUDGET
+    instructions = 2 * sm.uc.reg_read(UC_X86_REG_RAX)
+    assert 1000 <= instructions + 1 <= MAX_INSN * 1000 + 1
+    native_ring = native_on and native.load() is not None and ctl == RECORD_ALL
+    assert ("native_blocks" in result.stats) == native_ring
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_a_port_stop_lands_right_after_the_out(table, native_on):
+    # Without a per-instruction hook QEMU would run the rest of the block after the OUT: a
+    # fence (a native or Python no-op code hook) follows each OUT.
+    a = Asm()
+    a.raw(Code.MOV_R32_IMM32, R.EDX, PORT_EXIT, kinds="ri")
+    a.raw(Code.XOR_R32_RM32, R.EAX, R.EAX, kinds="rr")
+    a.raw(Code.OUT_DX_EAX, R.DX, R.EAX, kinds="rr")
+    a.raw(Code.MOV_R32_IMM32, R.EAX, 7, kinds="ri")
+    a.store(0)
+    a.raw(Code.HLT)
+    config = dataclasses.replace(machine(table), native_recording=native_on)
+    sm = SoftwareMachine(a.assemble(), config)
+    assert sm.run().exit_status == [0]
+    assert data_words(sm, 1) == (0,)
 
 
 def test_two_vcpus_see_only_their_own_records(table):

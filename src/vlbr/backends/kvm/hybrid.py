@@ -21,12 +21,13 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 from iced_x86 import Code, EncodingKind, Instruction, Mnemonic, Register
 from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_HOOK_BLOCK, UC_HOOK_INTR, UC_MODE_64,
                      UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
-from vlbr.arch.x86 import MSR_EFER, RFLAGS_TF, XFEATURES_LEGACY
+from vlbr.arch.x86 import MAX_INSN, MSR_EFER, RFLAGS_TF, XFEATURES_LEGACY
 from vlbr.backends import branches, layout
 from vlbr.backends.base import IMAGE_BASE, RAM_SIZE
 from vlbr.backends.image import GuestImage
@@ -37,6 +38,7 @@ from vlbr.backends.software.backend import enter_long_mode, load_guest
 from vlbr.backends.software.codewatch import (PAGE, TO_FALLTHROUGH, CodeWatch,
                                               candidate_starts, pattern_offsets)
 from vlbr.backends.software.fpu import UnicornLegacy
+from vlbr.backends.software.ring_branches import ring_branches
 from vlbr.backends.software.privilege import (DESC_A, DESC_B, DESC_DPL_SHIFT, DESC_G, DESC_L,
                                               DESC_P, DESC_S, R_DS, R_ES, R_FS, R_GS,
                                               PrivilegeSwitch, SegmentCache)
@@ -144,16 +146,23 @@ class PythonBlockLog:
     def blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
         return self.entries[lo:hi]
 
+    def arrays(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first n entries as the native ring holds them (starts, sizes)."""
+        starts, sizes = zip(*self.entries[:n])
+        return np.array(starts, np.uint64), np.array(sizes, np.uint32)
+
     def reset(self) -> None:
         self.entries = []
 
 
 class NativeBlockLog:
-    """native.NativeBlockRecorder, installed for good, with the count PythonBlockLog has."""
+    """native.NativeBlockRecorder logging every block (emu_start's count bounds a piece, not
+    the recorder's byte budget), with the count PythonBlockLog has."""
 
     def __init__(self, lib, uc: Uc, capacity: int):
         self.recorder = native.NativeBlockRecorder(lib, uc, capacity)
-        self.recorder.install()
+        self.recorder.record = True
+        self.recorder.arm(NO_END)
         self.capacity = capacity
         self.blocks = self.recorder.blocks
 
@@ -161,8 +170,12 @@ class NativeBlockLog:
     def count(self) -> int:
         return self.recorder.ring.count
 
+    def arrays(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.recorder.addresses[:n], self.recorder.sizes[:n]
+
     def reset(self) -> None:
         self.recorder.reset()
+        self.recorder.resume()
 
 
 class CodeStops:
@@ -231,12 +244,16 @@ class BranchLog:
         if not n:
             return prev
         self.blocks += n
-        if model.filters.call_stack:
-            found = branches.paired_branches(log.blocks(0, n), prev, self._branch)
-        else:
-            found = branches.newest_branches(log.blocks, n, prev, model.depth,
-                                             model.filters.kind_ok, self._branch)
         last = log.blocks(n - 1, n)[0]
+        if model.filters.call_stack:  # every branch counts: the pops may expose old pushes
+            found = ring_branches(self._tail, *log.arrays(n), prev)
+            log.reset()
+            self.retired += len(found.from_ips)
+            model.record_batch(found.from_ips, found.to_ips, found.kinds,
+                               np.full(len(found.from_ips), self.cpl), is_return=found.is_return)
+            return last
+        found = branches.newest_branches(log.blocks, n, prev, model.depth,
+                                         model.filters.kind_ok, self._branch)
         log.reset()
         for branch in found:
             if branch is not None:
@@ -247,13 +264,16 @@ class BranchLog:
     def code_changed(self) -> None:
         self.tails.clear()
 
-    def _branch(self, block: tuple[int, int], address: int) -> Branch | None:
+    def _tail(self, block: tuple[int, int]):
         tail = self.tails.get(block)
         if tail is None:
             start, size = block
             tail = self.tails[block] = branches.decode_tail(
                 bytes(self.memory[start:start + size]), start)
-        return branches.branch_between(*tail, address, self.cpl)
+        return tail
+
+    def _branch(self, block: tuple[int, int], address: int) -> Branch | None:
+        return branches.branch_between(*self._tail(block), address, self.cpl)
 
 
 def shared_memory_cpu(memory) -> Uc:
@@ -304,7 +324,7 @@ class HybridCpu:
 
     def stops_at(self, address: int) -> bool:
         """Whether the instruction at `address` is one for KVM (cached per address)."""
-        raw = bytes(self.memory[address:address + branches.MAX_INSTRUCTION_LENGTH])
+        raw = bytes(self.memory[address:address + MAX_INSN])
         cached = self.decoded.get(address)
         if cached is None or not raw.startswith(cached[0]):
             insn = branches.decode(raw, address)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from iced_x86 import Code, Instruction
 
 from vlbr.arch.cpuid import CpuidTable
+from vlbr.arch.x86 import MAX_INSN
 from vlbr.backends import branches
 from vlbr.backends.base import (KVM_HYBRID as HYBRID, KVM_STEP as STEP, PORT_CONSOLE,
                                 PORT_EXIT, PORT_YIELD, RAM_SIZE, StopReason, VcpuStop)
@@ -381,7 +382,7 @@ class VcpuRunner(KvmGaps):
 
     def decode(self, rip: int) -> Step:
         """The instruction at `rip`, decoded from guest memory (cached per address)."""
-        raw = self._read(rip, branches.MAX_INSTRUCTION_LENGTH)
+        raw = self._read(rip, MAX_INSN)
         cached = self._decoded.get(rip)
         if cached is not None and raw.startswith(cached[0]):
             return cached[1]

@@ -19,8 +19,8 @@ from unicorn import x86_const as X
 from vlbr.arch.cpuid import CpuidTable
 from vlbr.arch.msrs import IA32_LBR_DEPTH, IA32_XSS, BranchType, LbrCtl, decode_record_msr
 from vlbr.arch.xsave import XSS_ARCH_LBR, XsaveLayout
-from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_PCE, CR4_TSD, MSR_EFER, RFLAGS_IF, VECTOR_DB, VECTOR_GP,
-                           VECTOR_PF, VECTOR_UD,
+from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_PCE, CR4_TSD, MAX_INSN, MSR_EFER, RFLAGS_IF,
+                           VECTOR_DB, VECTOR_GP, VECTOR_PF, VECTOR_UD,
                            VECTORS_WITH_ERROR_CODE, XFEATURE_X87)
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.policy.supported import XSAVES
@@ -52,7 +52,7 @@ from .loader import BootPlan
 
 HLT = 0xF4
 INTERRUPT_POLL = 1000  # instructions between looks at a pending interrupt while IF is clear
-PAGE, MAX_INSN = 0x1000, 15
+PAGE = 0x1000
 RUN_BY_QEMU = frozenset([Mnemonic.XSETBV, Mnemonic.IRET, Mnemonic.IRETD, Mnemonic.IRETQ,
                          Mnemonic.SYSRETQ, Mnemonic.SYSRET])
 XSTATE_MNEMONICS = frozenset([Mnemonic.XSAVES, Mnemonic.XSAVES64, Mnemonic.XRSTORS,
@@ -275,6 +275,7 @@ class PcMachine:
         returning, self._returning_at = self._returning_at, None
         budget = 1 if returning is not None else SLICE
         self.clock.arm(min(self._deadline(cpl), self.clock.now + budget))
+        self.recorder.starting(cpl, self.uc.reg_read(X.UC_X86_REG_CR3))
         error = None
         try:
             self.uc.emu_start(rip, -1)  # no timeout: unicorn would start a thread per call
@@ -284,6 +285,10 @@ class PcMachine:
         self._count(cpl)
         self._update_timers()
         self.recorder.interrupted()  # the slice stopped mid-block: no branch to the next one
+        if returning is None and self._cpl() != cpl:  # what the PMU and recorder rely on
+            self._stop(StopReason.ERROR, f"CPL changed inside the slice from {rip:#x} "
+                       f"(to {self.uc.reg_read(X.UC_X86_REG_RIP):#x})")
+            return
         if returning is not None and error is None and self.event is None:
             if self.uc.reg_read(X.UC_X86_REG_RIP) == returning:
                 self._returning_at = returning  # a deadline came first: it runs next slice

@@ -14,7 +14,7 @@ import iced_x86
 from unicorn import UC_HOOK_BLOCK, Uc, UcError
 from unicorn import x86_const as X
 
-from vlbr.backends.branches import branch_between, classify
+from vlbr.backends.branches import branch_between, classify, needs_flags
 from vlbr.vcpu import ArchLbrVcpu
 from vlbr.vcpu.lbr import Branch
 from vlbr.x86.paging import PageFault
@@ -28,8 +28,11 @@ class BranchRecorder:
         self.uc, self.lbr, self.read_code, self.truth = uc, lbr, read_code, truth
         self.hook: int | None = None
         self.last_block: tuple[int, int] | None = None
-        self.tails: dict[tuple[int, int, int], tuple] = {}  # (CR3, address, size) -> tail
+        # (CR3, address, size) -> tail
+        self.tails: dict[tuple[int, int, int], tuple] = {}
         self.branches = 0  # branches retired into the model, for reports
+        self.cpl = self.cr3 = 0  # the running slice's
+        self.ignored = False  # the running slice's branches cannot change the records
 
     def sync(self) -> None:
         """Install or remove the block hook to follow the model's LBREn and filters."""
@@ -45,6 +48,16 @@ class BranchRecorder:
         self.last_block = None
         self.tails.clear()  # another task's code may sit at the same addresses now
 
+    def starting(self, cpl: int, cr3: int) -> None:
+        """A slice starts at `cpl`: the machine ends a slice wherever CPL could change (an
+        event, SYSCALL, IRET/SYSRET run alone) or LBR_CTL could (WRMSR, XRSTORS), so every
+        branch of it is taken at that CPL, under one filter; and a user slice cannot write
+        CR3 (MOV CR3 #GPs at CPL 3). A slice at a CPL LBR_CTL does not record is not
+        classified at all (its branches carry no cycles to count), unless the ground truth
+        wants every branch."""
+        self.cpl, self.cr3 = cpl, cr3
+        self.ignored = self.truth is None and not self.lbr.filters.cpl_ok[cpl]
+
     def interrupted(self) -> None:
         self.last_block = None
 
@@ -53,14 +66,15 @@ class BranchRecorder:
 
     def _on_block(self, uc, address, size, user_data) -> None:
         prev, self.last_block = self.last_block, (address, size)
-        if prev is None:
+        if prev is None or self.ignored:
             return
         tail = self._tail(prev)
-        if tail is None:
+        if tail is None or tail[1] is None:
             return
-        cpl = uc.reg_read(X.UC_X86_REG_CS) & 3  # the CPL at the target
-        flags = (uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX))
-        branch = branch_between(*tail, address, cpl, flags)
+        flags = None  # a register read costs more than the rest of the hook: only if needed
+        if needs_flags(*tail):
+            flags = (uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_RCX))
+        branch = branch_between(*tail, address, self.cpl, flags)
         if branch is not None:
             self.retire(branch)
 
@@ -81,7 +95,8 @@ class BranchRecorder:
                 self.truth.branch(branch, self.lbr.lbr_ctl)
 
     def _tail(self, block: tuple[int, int]):
-        key = (self.uc.reg_read(X.UC_X86_REG_CR3), *block)
+        cr3 = self.cr3 if self.cpl == 3 else self.uc.reg_read(X.UC_X86_REG_CR3)
+        key = (cr3, *block)
         tail = self.tails.get(key)
         if tail is None:
             try:

@@ -8,14 +8,22 @@ follow each switch). What unicorn cannot do the backend does itself:
   XSAVE sizes for the current XCR0/XSS).
 - exceptions, INT n, INT1 and SYSCALL: delivered by us through the guest IDT / LSTAR
   (interrupts.py, privilege.py); recorded as OTHER branches (exceptions also set LER).
-- budgets: unicorn cannot say how many instructions ran before a hook stopped it, so
-  max_steps bounds each uninterrupted stretch (emu_start count) and max_exits the number of
-  stretches (a stretch ends at every emulated instruction, exception, page scan or vCPU
-  switch); the timeout is a watchdog thread's emu_stop (backends.watch). Reaching one ends
-  the run with stats["stopped"] = "max_steps" (or the watch's reason) and each vCPU's stop.
+- budgets: max_steps bounds each uninterrupted stretch and max_exits the number of stretches
+  (a stretch ends at every emulated instruction, exception, page scan or vCPU switch); the
+  timeout is a watchdog thread's emu_stop (backends.watch). A block hook (the recording
+  one, else the native one) counts a stretch's block bytes and stops it before a block once
+  they reach max_steps * MAX_INSN, after recording the branch into it: at least max_steps
+  instructions ran (none is longer), at most about 15 times as many. unicorn's
+  emu_start count costs a hook per instruction, so it counts only where no block hook runs
+  (no native library and LBREn clear). Reaching a budget ends the run with
+  stats["stopped"] = "max_steps" (or the watch's reason) and each vCPU's stop.
+- port stops: QEMU notices an emu_stop only before a block or after a code hook, so
+  CodeWatch puts a no-op code hook after every OUT: a stopping port write (exit, yield,
+  console limit) ends the stretch right after the OUT.
 - branches: while the model records, a UC_HOOK_BLOCK looks at the last instruction of the
-  block that just ran (branches.py); a conditional is recorded only when taken. No hook is
-  installed while LBREn is clear.
+  block that just ran (branches.py); a conditional is recorded only when taken. The native
+  hook (native/block_ring.c) stays installed for the run: it logs blocks only while the
+  model records with every CPL, else it only counts the budget.
 """
 
 from __future__ import annotations
@@ -23,14 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import iced_x86
+import numpy as np
 from iced_x86 import Mnemonic, OpKind
 from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
                      UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, UC_PROT_READ,
                      UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
-from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MSR_EFER, MSR_FMASK, MSR_LSTAR,
-                           MSR_STAR, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
+from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MAX_INSN, MSR_EFER, MSR_FMASK,
+                           MSR_LSTAR, MSR_STAR, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
                            VECTOR_GP, VECTOR_UD, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87,
                            XFEATURES_LEGACY)
 from vlbr.arch.msrs import IA32_XSS
@@ -41,7 +50,7 @@ from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD,
                                 VcpuStop)
 from vlbr.backends.watch import INTERRUPTED, TIMEOUT, RunWatch
 from vlbr.backends.branches import (EVENT, branch_between, classify, decode_tail,
-                                    newest_branches, paired_branches, taken_after)
+                                    newest_branches, taken_after)
 from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
@@ -52,9 +61,11 @@ from vlbr.x86.xstate import UnmodelledXstate
 
 from . import native
 from .codewatch import CodeWatch
+from .cpu_features import CPU_MODEL
 from .fpu import UnicornLegacy, uc_xrstors, uc_xsaves
 from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, enter_syscall
+from .ring_branches import ring_branches
 from .uc_operands import operand_address
 
 # MSRs QEMU implements and the Guest ABI lets a guest use; any other non-LBR MSR #GPs, as
@@ -63,7 +74,7 @@ QEMU_MSRS = frozenset([0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, MSR_EFER, MSR_STA
                        0xC0000083, MSR_FMASK, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103])
 NO_END = 0xFFFF_FFFF_FFFF_FFFF
 RAM_REGION = 256 << 10
-NATIVE_RING = 1 << 21  # blocks one stretch may log natively (the stretch's count is bounded)
+NATIVE_RING = 1 << 18  # blocks logged natively before the ring is drained mid-stretch
 _QUIET_STOPS = frozenset([Mnemonic.INT1, Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2])
 
 
@@ -89,7 +100,7 @@ class VcpuRun:
 class _Stop:
     """Why emu_start returned, set by a hook before it called emu_stop()."""
 
-    NONE, EMULATE, EXIT, YIELD, SYSCALL, INTERRUPT, CONSOLE_FULL = range(7)
+    NONE, EMULATE, EXIT, YIELD, SYSCALL, INTERRUPT, CONSOLE_FULL, BUDGET = range(8)
 
 
 def enter_long_mode(uc: Uc, e: layout.VcpuEntry) -> None:
@@ -157,7 +168,7 @@ class SoftwareBackend:
         """None when unicorn builds the Guest ABI machine (incl. the context layout checks)."""
         try:
             uc = Uc(UC_ARCH_X86, UC_MODE_64)
-            uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
+            uc.ctl_set_cpu_model(CPU_MODEL)
             load_guest(uc, _NULL_IMAGE, 1)
             enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
             PrivilegeSwitch(uc)
@@ -182,16 +193,19 @@ class SoftwareMachine:
                 f"image {image.load_address:#x}..{image.end:#x} is outside {IMAGE_BASE:#x}..{RAM_SIZE:#x}")
         self.image, self.machine = image, machine
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)  # Intel: SYSCALL/XSAVE as on the KVM hosts
+        uc.ctl_set_cpu_model(CPU_MODEL)
         load_guest(uc, image, machine.vcpus)
         self.vcpus = [VcpuRun(n, ArchLbrVcpu(machine.lbr)) for n in range(machine.vcpus)]
         for run in self.vcpus:
             enter_long_mode(uc, layout.entry_state(run.index, machine.vcpus, image.entry))
             run.context = uc.context_save()
         self.privilege = PrivilegeSwitch(uc)
+        lib = native.load() if machine.native_recording else None
+        self.native = None if lib is None else native.NativeBlockRecorder(lib, uc, NATIVE_RING)
         uc.mem_protect(0, RAM_SIZE, UC_PROT_READ | UC_PROT_WRITE)  # CodeWatch makes pages X
         uc.ctl_flush_tb()
-        self.watch = CodeWatch(uc, RAM_SIZE, self._on_candidate, self._code_changed)
+        self.watch = CodeWatch(uc, RAM_SIZE, self._on_candidate, self._code_changed,
+                               None if self.native is None else self.native.add_fence)
         self.delivery = InterruptDelivery(uc, self.privilege, self.watch.host_write)
         self.current: VcpuRun = self.vcpus[0]
         self.stop, self.stop_arg = _Stop.NONE, None
@@ -200,9 +214,7 @@ class SoftwareMachine:
         self.cr2: int | None = None  # the guest's CR2 as a stopping hook saw it
         self.block_hook: str | None = None  # "native", "python" or None (not recording)
         self.python_hook = None
-        lib = native.load() if machine.native_recording else None
-        self.native = None if lib is None else native.NativeBlockRecorder(
-            lib, uc, min(machine.max_steps, NATIVE_RING) + 1)
+        self.spent = self.budget = 0  # the stretch's block bytes, while the Python hook counts
         self.cpl = 0  # CPL of the current vCPU, refreshed per emu_start and on far branches
         self.tails: dict[tuple[int, int], tuple] = {}
         self.stats = {"backend": "software", "stretches": 0, "turns": 0, "branches_seen": 0, "emulated": 0,
@@ -224,7 +236,7 @@ class SoftwareMachine:
         if address == self.skip_once:
             self.skip_once = None
             return
-        insn = iced_x86.Decoder(64, bytes(uc.mem_read(address, 15)), ip=address).decode()
+        insn = iced_x86.Decoder(64, bytes(uc.mem_read(address, MAX_INSN)), ip=address).decode()
         if insn.near_branch_target == insn.next_ip and self.block_hook == "native":
             self._to_fallthrough(insn)
             return
@@ -282,7 +294,12 @@ class SoftwareMachine:
         self._halt(_Stop.INTERRUPT, (intno, uc.reg_read(X.UC_X86_REG_RIP), error_code, software))
 
     def _on_block(self, uc, address, size, user_data) -> None:
-        """Record the branch that ended the previous block, if it was taken."""
+        """Record the branch that ended the previous block, if it was taken; stop before this
+        block if the stretch's budget is spent (the stop lands once the hook returns, so the
+        branch into the block, which did retire, is still recorded)."""
+        if self.spent >= self.budget:
+            self._halt(_Stop.BUDGET)
+        self.spent += size
         run = self.current
         prev, run.last_block = run.last_block, (address, size)
         if prev is None:
@@ -322,23 +339,27 @@ class SoftwareMachine:
         if self.block_hook != "native":
             return
         rec, run = self.native, self.current
-        try:
-            n = rec.reset()
-        except RuntimeError as exc:
-            raise SoftwareBackendError(str(exc)) from None
+        n = rec.reset()
         if not n:
             return
         self.stats["native_blocks"] = self.stats.get("native_blocks", 0) + n
         prev, run.last_block = run.last_block, rec.blocks(n - 1, n)[0]
         model = run.model
-        if model.filters.call_stack:
-            branches = paired_branches(rec.blocks(0, n), prev, self._block_branch)
-        else:
-            branches = self._newest_branches(rec, n, prev, model.depth, model.filters.kind_ok)
+        if model.filters.call_stack:  # every branch counts: the pops may expose old pushes
+            self._retire_all(rec.addresses[:n], rec.sizes[:n], prev)
+            return
+        branches = self._newest_branches(rec, n, prev, model.depth, model.filters.kind_ok)
         for branch in branches:
             if branch is not None:
                 self.stats["branches_seen"] += 1  # natively: only those that reach a record
                 model.retire_branch(branch)
+
+    def _retire_all(self, addresses, sizes, prev) -> None:
+        found = ring_branches(self._tail, addresses, sizes, prev)
+        self.stats["branches_seen"] += len(found.from_ips)
+        self.current.model.record_batch(found.from_ips, found.to_ips, found.kinds,
+                                        np.full(len(found.from_ips), self.cpl),
+                                        is_return=found.is_return)
 
     def _newest_branches(self, rec, n: int, prev, depth: int, kind_ok) -> list:
         """The newest `depth` branches of the ring that pass the type filter, oldest first."""
@@ -353,8 +374,8 @@ class SoftwareMachine:
     # -- recording on/off -----------------------------------------------------------------
 
     def _sync_recording(self) -> None:
-        """Install a block hook only while the current vCPU's model records: the native ring
-        where it is exact (every CPL recorded: the ring holds no CPL), else the Python one."""
+        """Record blocks only while the current vCPU's model records: in the native ring where
+        it is exact (every CPL recorded: the ring holds no CPL), else with a Python hook."""
         model = self.current.model
         want = None
         if model.recording:
@@ -362,23 +383,25 @@ class SoftwareMachine:
             want = "native" if native_ok else "python"
         if want != self.block_hook:
             self._drain()
-            if self.block_hook == "python":
-                self.uc.hook_del(self.python_hook)
-            elif self.block_hook == "native":
-                self.native.remove()
-            if want == "python":
-                self.python_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
-            elif want == "native":
-                self.native.install()
+            if self.native is not None:
+                self.native.record = want == "native"
+            if "python" in (want, self.block_hook):
+                self._swap_python_hook(want == "python")
             self.block_hook = want
-            self.uc.ctl_flush_tb()  # blocks translated before carry no (or the old) hook call
         if want is None:
             self.current.last_block = None
+
+    def _swap_python_hook(self, on: bool) -> None:
+        if on:
+            self.python_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        else:
+            self.uc.hook_del(self.python_hook)
+        self.uc.ctl_flush_tb()  # blocks translated before carry no (or the old) hook call
 
     # -- emulation of what the hooks stopped on --------------------------------------------
 
     def _decode(self, address: int):
-        return iced_x86.Decoder(64, bytes(self.uc.mem_read(address, 15)), ip=address).decode()
+        return iced_x86.Decoder(64, bytes(self.uc.mem_read(address, MAX_INSN)), ip=address).decode()
 
     def _xss(self) -> int:
         try:
@@ -533,7 +556,7 @@ class SoftwareMachine:
 
     def _invalid(self, rip: int) -> None:
         """UC_ERR_INSN_INVALID: QEMU's #UD, or INT1 (icebp) which QEMU routes to its debugger."""
-        insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip, 15)), ip=rip).decode()
+        insn = iced_x86.Decoder(64, bytes(self.uc.mem_read(rip, MAX_INSN)), ip=rip).decode()
         if insn.mnemonic == Mnemonic.INT1:
             self._debug_trap(insn.next_ip)
             return
@@ -574,13 +597,7 @@ class SoftwareMachine:
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
             self.stats["stretches"] += 1
             self.cr2, cr2 = None, uc.reg_read(X.UC_X86_REG_CR2)
-            # The native ring holds one block per instruction at most: bound the stretch.
-            chunked = self.block_hook == "native" and budget >= self.native.capacity
-            try:
-                uc.emu_start(rip, NO_END, count=self.native.capacity - 1 if chunked else budget)
-                error = None
-            except UcError as exc:
-                error = exc
+            error = self._stretch(rip, budget)
             # Every stop leaves unicorn's CR2 at -2: put back what the guest had (a hook
             # saw it, with a #PF's new address), else what it had when the stretch began.
             uc.reg_write(X.UC_X86_REG_CR2, cr2 if self.cr2 is None else self.cr2)
@@ -590,10 +607,46 @@ class SoftwareMachine:
             except DeliveryFailed as exc:
                 self._end(run, StopReason.SHUTDOWN, f"vCPU {run.index} shut down: {exc}")
                 return "shutdown"
-            if outcome == "max_steps" and chunked:
-                continue  # only the native ring's chunk ended: the stretch goes on
             if outcome is not None:
                 return outcome
+
+    def _stretch(self, rip: int, steps: int) -> UcError | None:
+        """emu_start until a hook stops the CPU or `steps` run out (see the module doc); a
+        full native ring is drained and the stretch goes on."""
+        count = self._arm_budget(steps)
+        while True:
+            try:
+                self.uc.emu_start(rip, NO_END, count=count)
+            except UcError as exc:
+                return exc
+            if not self._only_the_ring_filled():
+                return None
+            self._drain()
+            self.uc.reg_write(X.UC_X86_REG_CR2, self.cr2)
+            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+            self.native.resume()
+
+    def _arm_budget(self, steps: int) -> int:
+        """Arm the hook that counts this stretch's budget; returns emu_start's count (0: none)."""
+        budget = steps * MAX_INSN
+        if self.block_hook == "python":  # it counts: the native hook would stop before it ran
+            self.spent, self.budget, budget = 0, budget, native.MAX_U64
+        if self.native is not None:
+            self.native.arm(budget)
+            return 0
+        return steps if self.block_hook is None else 0
+
+    def _only_the_ring_filled(self) -> bool:
+        """After emu_start returned: notes a native stop (its CR2, a spent budget); True when
+        nothing but the ring filling up stopped the CPU."""
+        ring = self.native
+        if ring is None or ring.stopped == native.RingStop.RUNNING or self.stop != _Stop.NONE:
+            return False
+        self.cr2 = ring.cr2
+        if ring.stopped == native.RingStop.BUDGET_SPENT:
+            self.stop = _Stop.BUDGET
+            return False
+        return self.run_watch.reason is None
 
     def _handle_stop(self, error: UcError | None) -> str | None:
         run, uc, stop, arg = self.current, self.uc, self.stop, self.stop_arg
@@ -616,6 +669,8 @@ class SoftwareMachine:
                 f"{error} (not delivered as a guest exception: the software backend cannot "
                 f"say which one the CPU would raise)"))
             return "error"
+        if stop == _Stop.BUDGET:
+            return "max_steps"
         if stop == _Stop.NONE:
             if self.run_watch.reason is not None:  # stopped from outside
                 return self.run_watch.reason

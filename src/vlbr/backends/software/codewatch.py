@@ -14,6 +14,8 @@ such an instruction could begin, and keep that true as memory changes:
   straddling a page edge) goes through UC_HOOK_MEM_WRITE before it lands; we rescan the
   bytes as they will be, so self-modifying code gains hooks before QEMU retranslates it.
 * stores the backend makes itself (exception frames, XSAVES) go through host_write().
+* the same scan puts a no-op code hook after every byte that may be an OUT/OUTS, so a port
+  hook's emu_stop takes effect right after the OUT (see _OUT_LENGTHS).
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ from typing import Callable
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_WRITE, UC_PROT_ALL, Uc
 
+from vlbr.arch.x86 import MAX_INSN
+
 PAGE = 0x1000
-MAX_INSN = 15
 EDGE = 16  # bytes beyond a page an instruction starting on it can reach
 PREFIXES = frozenset([0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3,
                       *range(0x40, 0x50)])
 _SIMPLE = (b"\x0f\x32", b"\x0f\x30", b"\x0f\x01\xd1")  # rdmsr, wrmsr, xsetbv
+# OUT (imm8 port, DX port) and OUTS opcodes with the bytes to the next instruction. The
+# port hooks stop the CPU on some ports, but QEMU only looks for a stop before a block or
+# after a code hook: a code hook on whatever follows makes the stop land right after it.
+_OUT_LENGTHS = {0xE6: 2, 0xE7: 2, 0xEE: 1, 0xEF: 1, 0x6E: 1, 0x6F: 1}
 # Conditional branches to their own fall-through (Jcc rel8/rel32, LOOPcc, JrCXZ with a zero
 # displacement): only the flags tell whether one was taken, which a logged block address
 # cannot, so the native recorder decides them at a hook.
@@ -61,6 +68,12 @@ def pattern_offsets(data: bytes, patterns) -> list[int]:
     return found
 
 
+def after_outs(data: bytes, base: int) -> set[int]:
+    """Every address right after something that may be an OUT/OUTS, given data at base."""
+    opcodes = [bytes([op]) for op in _OUT_LENGTHS]
+    return {base + i + _OUT_LENGTHS[data[i]] for i in pattern_offsets(data, opcodes)}
+
+
 def candidate_starts(data: bytes, base: int, offsets: list[int] | None = None) -> set[int]:
     """Every address where an instruction whose opcode is at one of `offsets` (by default
     the routed instructions') could start, prefixes included, given data at base."""
@@ -78,15 +91,19 @@ class CodeWatch:
     """Keeps a code hook on every possible start of a routed instruction in executed memory."""
 
     def __init__(self, uc: Uc, ram_size: int, on_code: Callable, on_change: Callable[[], None],
+                 add_fence: Callable[[int], None] | None = None,
                  starts: Callable[[bytes, int], set[int]] = candidate_starts):
         """uc's RAM must be mapped without UC_PROT_EXEC: pages gain it here, once scanned.
+        add_fence(address) puts a no-op code hook there (default: a Python one);
         `starts(data, base)`: the addresses to hook (by default the routed instructions')."""
         self.uc = uc
         self.starts = starts
+        self.add_fence = add_fence or (lambda a: uc.hook_add(UC_HOOK_CODE, _fence, None, a, a))
         self.ram_size = ram_size
         self.on_code = on_code  # the UC_HOOK_CODE callback for candidate addresses
         self.on_change = on_change  # called when executable bytes change (decode caches)
         self.hooked: set[int] = set()
+        self.fences: set[int] = set()  # no-op code hooks after OUTs (see _OUT_LENGTHS)
         self.executable: set[int] = set()
         self.fetch_fault: int | None = None
         uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._fetch_prot)
@@ -107,16 +124,19 @@ class CodeWatch:
         if page in self.executable:
             return True
         lo, hi = max(0, page - EDGE), min(self.ram_size, page + PAGE + EDGE)
-        self._hook_all(self.starts(bytes(self.uc.mem_read(lo, hi - lo)), lo))
+        self._hook_all(bytes(self.uc.mem_read(lo, hi - lo)), lo)
         self.uc.hook_add(UC_HOOK_MEM_WRITE, self._guest_write, None, lo, hi - 1)
         self.uc.mem_protect(page, PAGE, UC_PROT_ALL)
         self.executable.add(page)
         return True
 
-    def _hook_all(self, starts: set[int]) -> None:
-        for address in starts - self.hooked:
+    def _hook_all(self, data: bytes, base: int) -> None:
+        for address in self.starts(data, base) - self.hooked:
             self.uc.hook_add(UC_HOOK_CODE, self.on_code, None, address, address)
             self.hooked.add(address)
+        for address in after_outs(data, base) - self.fences:
+            self.add_fence(address)
+            self.fences.add(address)
 
     def _rescan(self, address: int, new: bytes) -> None:
         """Hook candidates in the bytes around [address, address+len(new)) once new is there."""
@@ -125,7 +145,7 @@ class CodeWatch:
         window = bytearray(self.uc.mem_read(lo, hi - lo))
         start = address - lo
         window[start:start + len(new)] = new[:hi - address]
-        self._hook_all(self.starts(bytes(window), lo))
+        self._hook_all(bytes(window), lo)
         self.on_change()
 
     def _guest_write(self, uc, access, address, size, value, user_data) -> None:
@@ -143,3 +163,7 @@ class CodeWatch:
             self.uc.ctl_remove_cache(address, address + len(data))
         else:
             self.uc.mem_write(address, data)
+
+
+def _fence(uc, address, size, user_data) -> None:
+    """Nothing: QEMU checks for a stop request after every code hook."""
