@@ -182,9 +182,10 @@ class CodeStops:
     """A CodeWatch (software/codewatch.py) of `stop_starts` over KVM's memory, kept current
     across the stores KVM, or vlbr for it, makes while unicorn is not running."""
 
-    def __init__(self, uc: Uc, memory, on_candidate, on_change):
+    def __init__(self, uc: Uc, memory, on_candidate, on_change, add_fence=None):
         self.uc, self.memory, self.on_change = uc, memory, on_change
-        self.watch = CodeWatch(uc, RAM_SIZE, on_candidate, on_change, starts=stop_starts)
+        self.watch = CodeWatch(uc, RAM_SIZE, on_candidate, on_change, add_fence=add_fence,
+                               starts=stop_starts)
         self.snapshots: dict[int, bytes] = {}  # executable page -> its bytes as scanned
 
     def refresh(self) -> None:
@@ -217,6 +218,9 @@ class BranchLog:
         lib = native.load()
         self.log = NativeBlockLog(lib, uc, ring) if lib is not None else PythonBlockLog(uc, ring)
         self.recorder = "native" if lib is not None else "python"
+        # CodeWatch's no-op hooks after OUTs: native ones where the ring is (a Python hook
+        # that happens to sit in a hot loop costs a callback per pass)
+        self.add_fence = self.log.recorder.add_fence if lib is not None else None
         self.tails: dict[tuple[int, int], tuple] = {}
         self.cpl = 0
         self.blocks = self.retired = 0
@@ -303,7 +307,8 @@ class HybridCpu:
         self.uc = uc = shared_memory_cpu(memory)
         self.privilege = privilege_switch(uc)
         self.branches = BranchLog(uc, memory, ring)
-        self.code = CodeStops(uc, memory, self._on_candidate, self._code_changed)
+        self.code = CodeStops(uc, memory, self._on_candidate, self._code_changed,
+                              self.branches.add_fence)
         self.recorder = self.branches.recorder
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.decoded: dict[int, tuple[bytes, bool]] = {}

@@ -81,7 +81,7 @@ class UserMode:
             self.branches = hybrid.BranchLog(uc, runner.memory)
             self.branches.cpl = 3
             self.code = hybrid.CodeStops(uc, runner.memory, self._on_candidate,
-                                         self.branches.code_changed)
+                                         self.branches.code_changed, self.branches.add_fence)
         else:
             self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
             uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
