@@ -88,7 +88,7 @@ def run(args) -> int:
         emit("step_path_vs_minimal_kvm_run_loop", None, "ratio", skipped=reason)
         return 0
     config = machine()
-    step_config = dataclasses.replace(config, kvm_recording="step")
+    step_config = dataclasses.replace(config, kvm_recording="step")  # hybrid is the default
     image = recorded_loop()
     minimal, vlbr = [], []
     for _ in range(args.repeat):
