@@ -31,7 +31,8 @@ from vlbr.policy.emulated import emulated_guest_cpuid  # noqa: E402
 from vlbr.vcpu import LbrConfig  # noqa: E402
 
 LOOP_ITERATIONS = 1_000_000  # ~1 s here: this nested KVM runs guest code at ~570 ns/instruction
-RECORDED_ITERATIONS = {"step": 20_000, "hybrid": 2_000_000}  # call, ret and a taken Jcc each
+RECORDED_ITERATIONS = 20_000  # call, ret and a taken Jcc each (the step path's run)
+RECORDING_MODES = {"step": RECORDED_ITERATIONS, "hybrid": 2_000_000}  # iterations per mode
 RING3_ITERATIONS = {"step": 200_000, "hybrid": 2_000_000}  # ring 3: unicorn either way (quirk)
 REPEATS = 5
 LBR_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | 0x7F0000
@@ -68,7 +69,7 @@ def plain_loop() -> GuestImage:
                     Instruction.create_branch(Code.JNE_REL32_64, top), *_exit()])
 
 
-def recorded_loop(iterations: int) -> GuestImage:
+def recorded_loop(iterations: int = RECORDED_ITERATIONS) -> GuestImage:
     top, fn = 1, 2
     return _encode([*_wrmsr(IA32_LBR_CTL, LBR_ALL),
                     Instruction.create_reg_u64(Code.MOV_R64_IMM64, R.RCX, iterations),
@@ -162,7 +163,7 @@ def recording_rates(config: MachineConfig, guest=None, counts=None
     """Recorded branches per second of whole runs per recording mode (median), and the
     single-steps per second of the step runs."""
     rates, steps = {}, []
-    for mode, iterations in (counts or RECORDED_ITERATIONS).items():
+    for mode, iterations in (counts or RECORDING_MODES).items():
         branches = 3 * iterations - 1  # the last Jcc falls through
         seconds = []
         for _ in range(REPEATS):
