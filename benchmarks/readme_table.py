@@ -77,12 +77,17 @@ def _kvm_ring3(f: Figures) -> str:
 
 
 def _software_recording(f: Figures) -> str:
-    native = f("software", "backend_recording_native")
-    python = f("software", "backend_recording_python")
+    rates = [f("software", figure)["value"] for figure in (
+        "backend_recording_native", "backend_recording_call_stack", "backend_recording_python")]
     raw = f("software", "unhooked_unicorn")["value"]
-    return (f"{si(native['value'])} / {si(python['value'])} branches/s "
-            f"({ratio(native['value'] / raw)}x / {ratio(python['value'] / raw)}x unhooked "
-            f"unicorn, {si(raw)})")
+    return (f"{' / '.join(si(r) for r in rates)} branches/s "
+            f"({' / '.join(ratio(r / raw) + 'x' for r in rates)} unhooked unicorn, {si(raw)})")
+
+
+def _kvm_step(f: Figures) -> str:
+    line = f("kvm_step", "step_path_vs_minimal_kvm_run_loop")
+    ours = f("kvm_step", "vlbr_step_path_single_steps_per_second")["value"]
+    return f"ratio {ratio(line['value'])} ({si(ours)} steps/s; goal: within 2x)"
 
 
 def _software_clear(f: Figures) -> str:
@@ -136,7 +141,9 @@ ROWS: list[tuple[str, Callable[[Figures], str]]] = [
      _kvm_recording),
     ("KVM recording in ring 3, hybrid block ring / per-instruction hook (same loop)",
      _kvm_ring3),
-    ("software backend recording, native block ring / Python hook (2 M iterations)",
+    ("KVM step path vs a minimal Python KVM_RUN single-step loop (same loop)", _kvm_step),
+    ("software backend recording, native block ring / call-stack mode / Python hook "
+     "(2 M iterations)",
      _software_recording),
     ("software backend, LBREn clear vs unhooked unicorn (2 M iterations)", _software_clear),
     ("software recording time, depth 64 vs 8 / twice the branches (should be 1 / 2)", _scaling),
