@@ -293,16 +293,21 @@ int guest_main(int cpu, int ncpus) {
 '''
 
 
-def test_vex_instructions_are_left_to_kvm(tmp_path):
-    # AVX state beyond XMM lives in KVM's XSAVE image only: VEX-encoded instructions stop a
-    # stretch, so both modes end the same way (here KVM cannot single-step them at all).
+def built(tmp_path, name: str, source: str):
+    """A C guest built with the system gcc (skipped where there is none)."""
     import shutil
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed")
     from vlbr.guest.build import build_guest
-    source = tmp_path / "vex_recording.c"
-    source.write_text(VEX_GUEST)
-    assert_same(run_both(build_guest(source)))
+    path = tmp_path / name
+    path.write_text(source)
+    return build_guest(path)
+
+
+def test_vex_instructions_are_left_to_kvm(tmp_path):
+    # AVX state beyond XMM lives in KVM's XSAVE image only: VEX-encoded instructions stop a
+    # stretch, so both modes end the same way (here KVM cannot single-step them at all).
+    assert_same(run_both(built(tmp_path, "vex_recording.c", VEX_GUEST)))
 
 
 SSE_GUEST = r'''#include "runtime.h"
@@ -334,16 +339,10 @@ def test_sse_state_goes_both_ways_like_the_software_cpu(tmp_path):
     # x87/SSE state moves KVM -> unicorn -> KVM around each stretch: XMM2 set by an XRSTORS
     # (vlbr's, into KVM's XSAVE image), changed by SSE code on unicorn, read back by an
     # XSAVES. This KVM runs no SSE instruction itself, so the reference is the software CPU.
-    import shutil
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed")
     from test_guests import _software
 
-    from vlbr.guest.build import build_guest
     from vlbr.guest.conformance import machine_for
-    source = tmp_path / "sse_recording.c"
-    source.write_text(SSE_GUEST)
-    img = build_guest(source)
+    img = built(tmp_path, "sse_recording.c", SSE_GUEST)
     kvm = KvmBackend().run(img, dataclasses.replace(machine_for("kvm"), kvm_recording="hybrid"))
     software = _software().run(img, machine_for("software"))
     assert kvm.stops[0].reason == software.stops[0].reason == "exit"
