@@ -50,7 +50,7 @@ from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD,
                                 VcpuStop)
 from vlbr.backends.watch import INTERRUPTED, TIMEOUT, RunWatch
 from vlbr.backends.branches import (EVENT, branch_between, classify, decode_tail,
-                                    newest_branches, taken_after)
+                                    newest_branches, taken_before)
 from vlbr.backends.image import GuestImage
 from vlbr.errors import VlbrError
 from vlbr.policy.runtime_cpuid import runtime_cpuid
@@ -252,10 +252,8 @@ class SoftwareMachine:
         if cls is None or not cls.conditional:
             return
         self._drain()
-        rcx = self.uc.reg_read(X.UC_X86_REG_RCX)
-        if insn.mnemonic in (Mnemonic.LOOP, Mnemonic.LOOPE, Mnemonic.LOOPNE):
-            rcx -= 1  # taken_after tests the count after the instruction decremented it
-        if taken_after(insn, self.uc.reg_read(X.UC_X86_REG_RFLAGS), rcx):
+        if taken_before(insn, self.uc.reg_read(X.UC_X86_REG_RFLAGS),
+                        self.uc.reg_read(X.UC_X86_REG_RCX)):
             self.stats["branches_seen"] += 1
             self.current.model.retire_branch(self._taken((insn, cls), insn.next_ip))
 
