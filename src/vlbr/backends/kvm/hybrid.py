@@ -35,6 +35,7 @@ from vlbr.backends.kvm.usermode import GPRS, MOV_CR_DR
 from vlbr.backends.kvm.xsaves import KvmXstate
 from vlbr.backends.software import native
 from vlbr.backends.software.backend import enter_long_mode, load_guest
+from vlbr.backends.software.cpu_features import CPU_MODEL
 from vlbr.backends.software.codewatch import (PAGE, TO_FALLTHROUGH, CodeWatch,
                                               candidate_starts, pattern_offsets)
 from vlbr.backends.software.fpu import UnicornLegacy
@@ -84,8 +85,7 @@ def stops_before(insn: Instruction) -> bool:
         return True
     cls = branches.classify(insn)
     # far transfers change CPL/CS; a conditional to its own fall-through needs the flags
-    return cls is not None and (cls.is_far or cls.conditional
-                                and insn.near_branch_target == insn.next_ip)
+    return cls is not None and (cls.is_far or branches.needs_flags(insn, cls))
 
 
 def stop_starts(data: bytes, base: int) -> set[int]:
@@ -115,7 +115,7 @@ def _privilege_layout() -> PrivilegeSwitch:
     """The CPUX86State offsets, located once on a scratch Guest ABI machine (the probes run
     code and need the ABI's GDT, which a guest's own RAM may no longer hold)."""
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
+    uc.ctl_set_cpu_model(CPU_MODEL)
     load_guest(uc, GuestImage(b"\xf4", IMAGE_BASE, IMAGE_BASE), 1)
     enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
     return PrivilegeSwitch(uc)
@@ -283,7 +283,7 @@ class BranchLog:
 def shared_memory_cpu(memory) -> Uc:
     """A unicorn x86-64 CPU over KVM's memory slot, nothing executable until scanned."""
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
+    uc.ctl_set_cpu_model(CPU_MODEL)
     address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
     uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_READ | UC_PROT_WRITE, address)
     return uc

@@ -25,6 +25,7 @@ from vlbr.arch.msrs import BranchType
 from vlbr.arch.x86 import (RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB, VECTOR_GP, VECTOR_PF,
                            VECTOR_UD)
 from vlbr.backends import branches
+from vlbr.backends.software.cpu_features import CPU_MODEL
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, RAM_SIZE
 from vlbr.backends.kvm import cpuid
 from vlbr.policy.runtime_cpuid import runtime_cpuid
@@ -84,7 +85,7 @@ class UserMode:
                                          self.branches.code_changed, self.branches.add_fence)
         else:
             self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
-            uc.ctl_set_cpu_model(X.UC_CPU_X86_HASWELL)
+            uc.ctl_set_cpu_model(CPU_MODEL)
             address = ctypes.addressof(ctypes.c_char.from_buffer(runner.memory))
             uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_ALL, address)
             uc.hook_add(UC_HOOK_CODE, self._on_code)
@@ -199,7 +200,7 @@ class UserMode:
         if step is None or step.cls is None or not step.cls.conditional:
             return
         insn = step.insn
-        if insn.near_branch_target == insn.next_ip:  # only the flags tell: decide it now
+        if branches.needs_flags(insn, step.cls):  # only the flags tell: decide it now
             self.last = self.branches.drain(self.runner.model, self.last)
             if branches.taken_before(insn, uc.reg_read(X.UC_X86_REG_RFLAGS),
                                      uc.reg_read(X.UC_X86_REG_RCX)):

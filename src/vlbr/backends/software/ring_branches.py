@@ -9,6 +9,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from vlbr.backends.branches import needs_flags
+
 
 NO_BRANCH = np.uint64((1 << 64) - 1)  # a block whose last instruction records nothing here
 
@@ -61,7 +63,7 @@ def _tails(tail: Callable, starts: np.ndarray, sizes: np.ndarray):
         insn, cls = tail((start, size))
         if cls is None or cls.interrupt:
             continue
-        if cls.conditional and insn.near_branch_target == insn.next_ip:
+        if needs_flags(insn, cls):
             continue
         ip[k], kind[k], returns[k] = insn.ip, int(cls.kind), cls.is_return
         next_ip[k], always[k] = insn.next_ip, not cls.conditional
