@@ -60,14 +60,15 @@ def minimal_steps(image, config) -> tuple[int, float]:
         try:
             vcpu.set_guest_debug(k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP)
             steps, start = 0, time.perf_counter()
-            while steps < STEP_LIMIT:
+            while True:
                 exit_ = vcpu.run()
                 if isinstance(exit_, IoOut) and exit_.port == PORT_EXIT:
-                    break
+                    return steps, time.perf_counter() - start
                 if exit_.reason != k.KVM_EXIT_DEBUG:
                     raise RuntimeError(f"the minimal loop's guest left with exit {exit_.reason}")
                 steps += 1
-            return steps, time.perf_counter() - start
+                if steps == STEP_LIMIT:
+                    raise RuntimeError(f"the minimal loop's guest took {STEP_LIMIT} steps")
         finally:
             vm.close()
 
