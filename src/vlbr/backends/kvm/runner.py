@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from iced_x86 import Code, Instruction
 
 from vlbr.arch.cpuid import CpuidTable
-from vlbr.arch.x86 import MAX_INSN
+from vlbr.arch.x86 import EFER_LMA, MAX_INSN, RFLAGS_TF
 from vlbr.backends import branches
 from vlbr.backends.base import (KVM_HYBRID as HYBRID, KVM_STEP as STEP, PORT_CONSOLE,
                                 PORT_EXIT, PORT_YIELD, RAM_SIZE, StopReason, VcpuStop)
-from vlbr.arch.x86 import EFER_LMA, RFLAGS_TF
 from vlbr.backends.kvm import hybrid, usermode
 from vlbr.backends.kvm.gaps import STEP_CONTROL, VECTOR_GP, KvmGaps
 from vlbr.backends.kvm.ioctls import (InternalError, IoIn, IoOut, MsrRead, MsrWrite, Vcpu,
