@@ -16,30 +16,27 @@ consecutive blocks are classified by backends.branches exactly as the software b
 from __future__ import annotations
 
 import copy
-import ctypes
 import dataclasses
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 from iced_x86 import Code, EncodingKind, Instruction, Mnemonic, Register
-from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_HOOK_BLOCK, UC_HOOK_INTR, UC_MODE_64,
-                     UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
+from unicorn import UC_ERR_FETCH_PROT, UC_HOOK_BLOCK, UC_HOOK_INTR, Uc, UcError
 from unicorn import x86_const as X
 
-from vlbr.arch.x86 import MAX_INSN, MSR_EFER, RFLAGS_TF, XFEATURES_LEGACY
+from vlbr.arch.x86 import MAX_INSN, MSR_EFER, XFEATURES_LEGACY
 from vlbr.backends import branches, layout
 from vlbr.backends.base import IMAGE_BASE, RAM_SIZE
 from vlbr.backends.image import GuestImage
-from vlbr.backends.kvm.usermode import GPRS, MOV_CR_DR
 from vlbr.backends.kvm.xsaves import KvmXstate
-from vlbr.backends.software import native
+from vlbr.backends.software import native, uc_registers
 from vlbr.backends.software.backend import enter_long_mode, load_guest
-from vlbr.backends.software.cpu_features import CPU_MODEL
 from vlbr.backends.software.codewatch import (PAGE, TO_FALLTHROUGH, CodeWatch,
                                               candidate_starts, pattern_offsets)
 from vlbr.backends.software.fpu import UnicornLegacy
 from vlbr.backends.software.ring_branches import ring_branches
+from vlbr.backends.software.uc_cpu import shared_memory_cpu, x86_64_cpu
 from vlbr.backends.software.privilege import (DESC_A, DESC_B, DESC_DPL_SHIFT, DESC_G, DESC_L,
                                               DESC_P, DESC_S, R_DS, R_ES, R_FS, R_GS,
                                               PrivilegeSwitch, SegmentCache)
@@ -59,6 +56,7 @@ STOP_MNEMONICS = frozenset(getattr(Mnemonic, name) for name in """
     XSAVEOPT XSAVEOPT64 XSAVEC XSAVEC64 XSAVES XSAVES64 XRSTORS XRSTORS64 WRFSBASE WRGSBASE
     LAR LSL VMREAD VMWRITE RDRAND RDSEED UD0 UD1 UD2""".split())
 MOV_TO_SREG = frozenset([Code.MOV_SREG_R32M16, Code.MOV_SREG_R64M16, Code.MOV_SREG_RM16])
+MOV_CR_DR = frozenset([Code.MOV_R64_CR, Code.MOV_CR_R64, Code.MOV_R64_DR, Code.MOV_DR_R64])
 
 # Opcode bytes where a stop may begin (prefixes are added by candidate_starts); data that only
 # looks like one costs a decode when it runs as an instruction, never a stop.
@@ -114,8 +112,7 @@ def segment_cache(seg) -> SegmentCache:
 def _privilege_layout() -> PrivilegeSwitch:
     """The CPUX86State offsets, located once on a scratch Guest ABI machine (the probes run
     code and need the ABI's GDT, which a guest's own RAM may no longer hold)."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    uc.ctl_set_cpu_model(CPU_MODEL)
+    uc = x86_64_cpu()
     load_guest(uc, GuestImage(b"\xf4", IMAGE_BASE, IMAGE_BASE), 1)
     enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
     return PrivilegeSwitch(uc)
@@ -280,15 +277,6 @@ class BranchLog:
         return branches.branch_between(*self._tail(block), address, self.cpl)
 
 
-def shared_memory_cpu(memory) -> Uc:
-    """A unicorn x86-64 CPU over KVM's memory slot, nothing executable until scanned."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    uc.ctl_set_cpu_model(CPU_MODEL)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
-    uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_READ | UC_PROT_WRITE, address)
-    return uc
-
-
 @dataclass
 class HybridStop:
     """How a stretch ended: "before" an instruction for KVM (or an exception at it), "budget"
@@ -359,11 +347,7 @@ class HybridCpu:
                                        in ((R_DS, "ds"), (R_ES, "es"), (R_FS, "fs"), (R_GS, "gs"))})
         self.privilege.load(segment_cache(sregs.cs), segment_cache(sregs.ss))
         self.branches.cpl = sregs.cs.selector & 3
-        for name, reg in GPRS:
-            uc.reg_write(reg, getattr(regs, name))
-        uc.reg_write(X.UC_X86_REG_RSP, regs.rsp)
-        uc.reg_write(X.UC_X86_REG_RFLAGS, regs.rflags & ~RFLAGS_TF)
-        uc.reg_write(X.UC_X86_REG_RIP, regs.rip)
+        uc_registers.load(uc, regs)
         if self.kvm_xstate is None:  # its layout comes from the guest CPUID, once
             self.kvm_xstate = KvmXstate(vcpu, self.model.config.table)
         legacy = self.kvm_xstate.read_legacy()
@@ -374,11 +358,7 @@ class HybridCpu:
     def store(self, vcpu, regs) -> None:
         """unicorn's registers back into the vCPU (`regs` is updated and set)."""
         uc = self.uc
-        for name, reg in GPRS:
-            setattr(regs, name, uc.reg_read(reg))
-        regs.rsp = uc.reg_read(X.UC_X86_REG_RSP)
-        regs.rflags = uc.reg_read(X.UC_X86_REG_RFLAGS)
-        regs.rip = uc.reg_read(X.UC_X86_REG_RIP)
+        uc_registers.store(uc, regs)
         vcpu.set_regs(regs)
         # QEMU's MXCSR_MASK is its own, not state (fpu.py): keep KVM's
         legacy = dataclasses.replace(UnicornLegacy(uc).read_legacy(),

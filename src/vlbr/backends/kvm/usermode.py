@@ -11,34 +11,27 @@ event is delivered through the guest's IDT and TSS here too, and KVM resumes at 
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
 from iced_x86 import Code, Mnemonic
-from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED,
-                     UC_ERR_INSN_INVALID, UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED,
-                     UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED, UC_MODE_64,
-                     UC_PROT_ALL, Uc, UcError)
+from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID,
+                     UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_HOOK_CODE, UC_HOOK_INSN,
+                     UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED, UcError)
 from unicorn import x86_const as X
 
 from vlbr.arch.msrs import BranchType
-from vlbr.arch.x86 import (RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB, VECTOR_GP, VECTOR_PF,
+from vlbr.arch.x86 import (VECTORS_WITH_ERROR_CODE, VECTOR_DB, VECTOR_GP, VECTOR_PF,
                            VECTOR_UD)
 from vlbr.backends import branches
-from vlbr.backends.software.cpu_features import CPU_MODEL
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, RAM_SIZE
-from vlbr.backends.kvm import cpuid
+from vlbr.backends.kvm import cpuid, hybrid
+from vlbr.backends.software import uc_registers
+from vlbr.backends.software.uc_cpu import shared_memory_cpu
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
 from vlbr.x86.descriptors import SegmentDescriptor
 from vlbr.x86.events import DeliveryFailed, Interrupted, deliver
-
-GPRS = [("rax", X.UC_X86_REG_RAX), ("rbx", X.UC_X86_REG_RBX), ("rcx", X.UC_X86_REG_RCX),
-        ("rdx", X.UC_X86_REG_RDX), ("rsi", X.UC_X86_REG_RSI), ("rdi", X.UC_X86_REG_RDI),
-        ("rbp", X.UC_X86_REG_RBP), ("r8", X.UC_X86_REG_R8), ("r9", X.UC_X86_REG_R9),
-        ("r10", X.UC_X86_REG_R10), ("r11", X.UC_X86_REG_R11), ("r12", X.UC_X86_REG_R12),
-        ("r13", X.UC_X86_REG_R13), ("r14", X.UC_X86_REG_R14), ("r15", X.UC_X86_REG_R15)]
 
 # Instructions that #GP at CPL3 (SDM: "privileged instructions", plus IOPL-0 ones); the ABI's
 # ports are opened by the TSS I/O bitmap, so IN/OUT are left to the port hook.
@@ -48,7 +41,6 @@ PRIVILEGED = {Mnemonic.HLT, Mnemonic.CLI, Mnemonic.STI, Mnemonic.RDMSR, Mnemonic
               Mnemonic.XSAVES, Mnemonic.XSAVES64, Mnemonic.XRSTORS, Mnemonic.XRSTORS64,
               Mnemonic.SWAPGS, Mnemonic.SYSRET, Mnemonic.SYSRETQ, Mnemonic.SYSEXIT,
               Mnemonic.SYSEXITQ, Mnemonic.RDPMC, Mnemonic.MONITOR, Mnemonic.MWAIT}
-MOV_CR_DR = {Code.MOV_R64_CR, Code.MOV_CR_R64, Code.MOV_R64_DR, Code.MOV_DR_R64}
 QUIET_STOPS = {Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2}  # #UD, but no unicorn error
 MAX_INSTRUCTIONS = 20_000_000
 NO_END = (1 << 64) - 1
@@ -76,18 +68,15 @@ class UserMode:
         (hybrid.py), instead of a hook on every instruction."""
         self.runner = runner
         self.fast = fast
+        # step: every page executable, a code hook sees each instruction; fast: pages run once
+        # scanned (hybrid.CodeStops)
+        self.uc = uc = shared_memory_cpu(runner.memory, executable=not fast)
         if fast:
-            from vlbr.backends.kvm import hybrid  # not at the top: hybrid imports this module
-            self.uc = uc = hybrid.shared_memory_cpu(runner.memory)
             self.branches = hybrid.BranchLog(uc, runner.memory)
             self.branches.cpl = 3
             self.code = hybrid.CodeStops(uc, runner.memory, self._on_candidate,
                                          self.branches.code_changed, self.branches.add_fence)
         else:
-            self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
-            uc.ctl_set_cpu_model(CPU_MODEL)
-            address = ctypes.addressof(ctypes.c_char.from_buffer(runner.memory))
-            uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_ALL, address)
             uc.hook_add(UC_HOOK_CODE, self._on_code)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -109,10 +98,7 @@ class UserMode:
         self.user_cs, self.user_ss = cs, ss
         self.runner.model.retire_branch(Branch(iret_ip, rip, BranchType.OTHER, cs & 3))
         uc = self.uc
-        for name, reg in GPRS:
-            uc.reg_write(reg, getattr(regs, name))
-        uc.reg_write(X.UC_X86_REG_RSP, rsp)
-        uc.reg_write(X.UC_X86_REG_RFLAGS, (rflags & ~RFLAGS_TF) | 2)
+        uc_registers.load(uc, regs, rsp=rsp, rflags=rflags, rip=rip)
         self.leave, self.prev, self.count, self.unmapped = None, None, 0, None
         self.current = rip
         if self.fast:
@@ -222,7 +208,7 @@ class UserMode:
             return None
         step = self.runner.decode(address)
         insn = step.insn
-        if insn.mnemonic in PRIVILEGED or insn.code in MOV_CR_DR:
+        if insn.mnemonic in PRIVILEGED or insn.code in hybrid.MOV_CR_DR:
             self._stop(Leave("event", VECTOR_GP, address, address, 0))
             return None
         if insn.code == Code.INT1:
@@ -297,11 +283,9 @@ class UserMode:
 
     # --- back to KVM ----------------------------------------------------------------------
     def user_regs(self, regs) -> None:
-        """Copy unicorn's general registers, RSP and RFLAGS into a kvm_regs."""
-        for name, reg in GPRS:
-            setattr(regs, name, self.uc.reg_read(reg))
-        regs.rsp = self.uc.reg_read(X.UC_X86_REG_RSP)
-        regs.rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
+        """Copy unicorn's general registers, RFLAGS and RIP into a kvm_regs (the event's
+        delivery, or SYSCALL, then sets RIP)."""
+        uc_registers.store(self.uc, regs)
 
 
 class KvmEventCpu:

@@ -20,6 +20,7 @@ from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.leaves import xsave_component, xsave_main
 from vlbr.arch.xsave import HEADER_OFFSET, LEGACY_AREA_SIZE, XsaveLayout
 from vlbr.backends.base import RAM_SIZE
+from vlbr.backends.software.uc_registers import ICED_GPRS
 from vlbr.vcpu.lbr import GeneralProtection, InvalidOpcode
 from vlbr.vcpu.xsaves import read_xstate_bv
 from vlbr.x86.legacy_xstate import LegacyState, store_components
@@ -35,9 +36,6 @@ EMULATED = SAVES | RESTORES | STANDARD_SAVES | STANDARD_RESTORES
 WIDE = {Code.XSAVES64_MEM, Code.XRSTORS64_MEM, Code.XSAVE64_MEM, Code.XRSTOR64_MEM}
 WINDOW = 0x4000  # bytes of guest memory handed to the model: >= any layout of these components
 
-_GPRS = {Register.RAX: "rax", Register.RBX: "rbx", Register.RCX: "rcx", Register.RDX: "rdx",
-         Register.RSI: "rsi", Register.RDI: "rdi", Register.RSP: "rsp", Register.RBP: "rbp",
-         **{getattr(Register, f"R{n}"): f"r{n}" for n in range(8, 16)}}
 
 
 class NotEmulated(Exception):
@@ -52,7 +50,7 @@ def effective_address(insn: Instruction, regs, sregs) -> int:
     """The operand's linear address (x86.operands), FS/GS bases from KVM's sregs."""
     bases = {Register.FS: sregs.fs.base, Register.GS: sregs.gs.base}
     try:
-        return linear_address(insn, lambda r: getattr(regs, _GPRS[r]), bases.__getitem__)
+        return linear_address(insn, lambda r: getattr(regs, ICED_GPRS[r]), bases.__getitem__)
     except UnsupportedOperand as err:
         raise NotEmulated(str(err)) from None
 

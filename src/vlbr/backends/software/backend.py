@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 import iced_x86
 import numpy as np
 from iced_x86 import Mnemonic, OpKind
-from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK,
-                     UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, UC_PROT_READ,
-                     UC_PROT_WRITE, Uc, UcError)
+from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_INSN,
+                     UC_HOOK_INTR, UC_PROT_ALL, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
 from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MAX_INSN, MSR_EFER, MSR_FMASK,
@@ -61,11 +60,11 @@ from vlbr.x86.xstate import UnmodelledXstate
 
 from . import native
 from .codewatch import CodeWatch
-from .cpu_features import CPU_MODEL
 from .fpu import UnicornLegacy, uc_xrstors, uc_xsaves
 from .interrupts import DeliveryFailed, InterruptDelivery
 from .privilege import PrivilegeSwitch, enter_syscall
 from .ring_branches import ring_branches
+from .uc_cpu import x86_64_cpu
 from .uc_operands import operand_address
 
 # MSRs QEMU implements and the Guest ABI lets a guest use; any other non-LBR MSR #GPs, as
@@ -167,8 +166,7 @@ class SoftwareBackend:
     def unavailable_reason(self) -> str | None:
         """None when unicorn builds the Guest ABI machine (incl. the context layout checks)."""
         try:
-            uc = Uc(UC_ARCH_X86, UC_MODE_64)
-            uc.ctl_set_cpu_model(CPU_MODEL)
+            uc = x86_64_cpu()
             load_guest(uc, _NULL_IMAGE, 1)
             enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
             PrivilegeSwitch(uc)
@@ -192,8 +190,7 @@ class SoftwareMachine:
             raise SoftwareBackendError(
                 f"image {image.load_address:#x}..{image.end:#x} is outside {IMAGE_BASE:#x}..{RAM_SIZE:#x}")
         self.image, self.machine = image, machine
-        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        uc.ctl_set_cpu_model(CPU_MODEL)
+        self.uc = uc = x86_64_cpu()
         load_guest(uc, image, machine.vcpus)
         self.vcpus = [VcpuRun(n, ArchLbrVcpu(machine.lbr)) for n in range(machine.vcpus)]
         for run in self.vcpus:

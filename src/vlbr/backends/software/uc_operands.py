@@ -9,8 +9,9 @@ from unicorn import x86_const as X
 
 from vlbr.x86.operands import linear_address
 
-GPRS64 = {getattr(Register, n): getattr(X, f"UC_X86_REG_{n}") for n in (
-    "RAX RBX RCX RDX RSI RDI RBP RSP R8 R9 R10 R11 R12 R13 R14 R15").split()}
+from .uc_registers import GPRS, ICED_GPRS
+
+GPRS64 = {register: dict(GPRS)[name] for register, name in ICED_GPRS.items()}
 SEGMENT_BASES = {Register.FS: X.UC_X86_REG_FS_BASE, Register.GS: X.UC_X86_REG_GS_BASE}
 
 
