@@ -82,6 +82,26 @@ def test_nx_fetch_and_reserved_bits():
     assert caught.value.error_code == 0x9  # bit 63 is reserved without EFER.NXE
 
 
+def fetch_fault(mem, linear, nx_enabled, smep, user=True) -> int:
+    with pytest.raises(PageFault) as caught:
+        translate(lambda a, n: bytes(mem[a:a + n]), PML4, CR0_WP, linear,
+                  Access(user=user, fetch=True), nx_enabled=nx_enabled, smep=smep)
+    return caught.value.error_code
+
+
+@pytest.mark.parametrize("nx_enabled, smep, code", [
+    (False, False, 0x4), (True, False, 0x14), (False, True, 0x14)])
+def test_the_fetch_bit_needs_nxe_or_smep(nx_enabled, smep, code):
+    # SDM 4.7: I/D is 1 for a fetch only with CR4.SMEP or (PAE paging and) EFER.NXE set
+    assert fetch_fault(tables(), 0x6000, nx_enabled, smep) == code
+
+
+def test_smep_denies_supervisor_fetches_from_user_pages():
+    # SDM 4.6.1: with CR4.SMEP, a supervisor fetch from a page user-accessible at every level
+    assert fetch_fault(tables(), 0x5000, False, True, user=False) == 0x11
+    assert walk(tables(), 0x5000, fetch=True) == 0x80000  # no SMEP: allowed
+
+
 def test_reads_cross_pages():
     mem = tables()
     read = lambda a, n: bytes(mem[a:a + n])  # noqa: E731

@@ -40,11 +40,12 @@ PTE_ADDRESS = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 of an entry
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
 CR4_TSD, CR4_PAE, CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE = (1 << 2, 1 << 5, 1 << 8, 1 << 9,
                                                                  1 << 10, 1 << 18)
+CR4_SMEP = 1 << 20
 
 # IA32_EFER and the SYSCALL/SYSRET MSRs (SDM vol. 4, SDM vol. 2B SYSCALL).
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK = (0xC000_0080, 0xC000_0081, 0xC000_0082,
                                                        0xC000_0083, 0xC000_0084)
-EFER_SCE, EFER_LME, EFER_LMA = 1 << 0, 1 << 8, 1 << 10
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 IA32_APIC_BASE = 0x1B  # the local APIC's base address and enables (SDM 11.4.4)
 
 # XSAVE state components in XCR0 (user) and IA32_XSS (supervisor) (SDM vol. 1, 13.1).

@@ -33,44 +33,48 @@ class PageFault(Exception):
 
 
 def translate(read_phys: Callable[[int, int], bytes], cr3: int, cr0: int, linear: int,
-              access: Access = Access(), nx_enabled: bool = True) -> int:
+              access: Access = Access(), nx_enabled: bool = True, smep: bool = False) -> int:
     """The physical address of `linear`, or PageFault. Permissions combine over every level
     (SDM 4.6: writable/user only if every entry allows it); CR0.WP applies to supervisor
-    writes; NX only with EFER.NXE (nx_enabled)."""
+    writes; NX only with EFER.NXE (nx_enabled); CR4.SMEP (smep) denies supervisor fetches
+    from user pages (SDM 4.6.1). The error code's I/D bit needs one of them (SDM 4.7)."""
+    fetch_bit = nx_enabled or smep
     table = cr3 & PTE_ADDRESS
     writable = user = executable = True
     for shift in LEVELS:
         entry = struct.unpack("<Q", read_phys(table + 8 * (linear >> shift & 511), 8))[0]
         if not entry & PTE_P:
-            raise PageFault(linear, _code(access, present=False))
+            raise PageFault(linear, _code(access, False, fetch_bit))
         if not nx_enabled and entry & PTE_NX:
-            raise PageFault(linear, _code(access, present=True) | PF_RESERVED)
+            raise PageFault(linear, _code(access, True, fetch_bit) | PF_RESERVED)
         writable &= bool(entry & PTE_RW)
         user &= bool(entry & PTE_US)
         executable &= not (nx_enabled and entry & PTE_NX)
         if shift in PAGE_SIZE_AT and entry & PTE_PS:
             if entry & RESERVED_LARGE[shift]:
-                raise PageFault(linear, _code(access, present=True) | PF_RESERVED)
+                raise PageFault(linear, _code(access, True, fetch_bit) | PF_RESERVED)
             size = PAGE_SIZE_AT[shift]
-            _check(linear, access, writable, user, executable, cr0)
+            _check(linear, access, (writable, user, executable), cr0, smep, fetch_bit)
             return (entry & PTE_ADDRESS & ~(size - 1)) | (linear & (size - 1))
         table = entry & PTE_ADDRESS
-    _check(linear, access, writable, user, executable, cr0)
+    _check(linear, access, (writable, user, executable), cr0, smep, fetch_bit)
     return table | (linear & 0xFFF)
 
 
-def _check(linear: int, access: Access, writable: bool, user: bool, executable: bool,
-           cr0: int) -> None:
+def _check(linear: int, access: Access, rights: tuple[bool, bool, bool], cr0: int, smep: bool,
+           fetch_bit: bool) -> None:
+    writable, user, executable = rights
     denied = ((access.user and not user)
               or (access.write and not writable and (access.user or cr0 & CR0_WP))
-              or (access.fetch and not executable))
+              or (access.fetch and not executable)
+              or (access.fetch and smep and user and not access.user))
     if denied:
-        raise PageFault(linear, _code(access, present=True))
+        raise PageFault(linear, _code(access, True, fetch_bit))
 
 
-def _code(access: Access, present: bool) -> int:
+def _code(access: Access, present: bool, fetch_bit: bool) -> int:
     return ((PF_PRESENT if present else 0) | (PF_WRITE if access.write else 0)
-            | (PF_USER if access.user else 0) | (PF_FETCH if access.fetch else 0))
+            | (PF_USER if access.user else 0) | (PF_FETCH if access.fetch and fetch_bit else 0))
 
 
 def _pages(linear: int, size: int):

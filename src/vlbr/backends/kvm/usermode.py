@@ -7,6 +7,9 @@ relies on, and an IRETQ to CPL3 with TF set raises #UD; hardware and software br
 code runs on unicorn over the very same guest RAM (mem_map_ptr of the KVM memory slot), each
 taken branch retired with CPL 3, until it leaves ring 3 (INT n, INT3, a fault, SYSCALL). That
 event is delivered through the guest's IDT and TSS here too, and KVM resumes at the handler.
+unicorn runs without paging (linear = physical, guest RAM only): where it faults, past RAM,
+the guest's page tables give the #PF error code (x86.paging); a page they map there stops
+the vCPU, as unicorn cannot reach it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVAL
 from unicorn import x86_const as X
 
 from vlbr.arch.msrs import BranchType
-from vlbr.arch.x86 import (VECTORS_WITH_ERROR_CODE, VECTOR_DB, VECTOR_GP, VECTOR_PF,
-                           VECTOR_UD)
+from vlbr.arch.x86 import (CR4_SMEP, EFER_NXE, VECTORS_WITH_ERROR_CODE, VECTOR_DB, VECTOR_GP,
+                           VECTOR_PF, VECTOR_UD)
 from vlbr.backends import branches
 from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, RAM_SIZE
 from vlbr.backends.kvm import cpuid, hybrid
@@ -32,6 +35,7 @@ from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
 from vlbr.x86.descriptors import SegmentDescriptor
 from vlbr.x86.events import DeliveryFailed, Interrupted, deliver
+from vlbr.x86.paging import Access, PageFault, translate
 
 # Instructions that #GP at CPL3 (SDM: "privileged instructions", plus IOPL-0 ones); the ABI's
 # ports are opened by the TSS I/O bitmap, so IN/OUT are left to the port hook.
@@ -42,8 +46,13 @@ PRIVILEGED = {Mnemonic.HLT, Mnemonic.CLI, Mnemonic.STI, Mnemonic.RDMSR, Mnemonic
               Mnemonic.SWAPGS, Mnemonic.SYSRET, Mnemonic.SYSRETQ, Mnemonic.SYSEXIT,
               Mnemonic.SYSEXITQ, Mnemonic.RDPMC, Mnemonic.MONITOR, Mnemonic.MWAIT}
 QUIET_STOPS = {Mnemonic.UD0, Mnemonic.UD1, Mnemonic.UD2}  # #UD, but no unicorn error
+UNMAPPED = (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED)
 MAX_INSTRUCTIONS = 20_000_000
 NO_END = (1 << 64) - 1
+
+
+class OutsideRam(Exception):
+    """A page walk reached a physical address outside guest RAM (args: the address)."""
 
 
 @dataclass
@@ -274,12 +283,33 @@ class UserMode:
         ip = self.current
         if err.errno == UC_ERR_INSN_INVALID:
             self._stop(Leave("event", VECTOR_UD, ip, ip))
-        elif err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED):
-            write = 2 if err.errno == UC_ERR_WRITE_UNMAPPED else 0
-            fetch = 16 if err.errno == UC_ERR_FETCH_UNMAPPED else 0
-            self._stop(Leave("event", VECTOR_PF, ip, ip, 4 | write | fetch, cr2=self.unmapped))
+        elif err.errno in UNMAPPED and self.unmapped is not None:
+            self._page_fault(ip, Access(write=err.errno == UC_ERR_WRITE_UNMAPPED, user=True,
+                                        fetch=err.errno == UC_ERR_FETCH_UNMAPPED))
         elif self.leave is None:
             self._stop(Leave("fail", detail=f"unicorn at {ip:#x}: {err}"))
+
+    def _page_fault(self, ip: int, access: Access) -> None:
+        """unicorn runs ring 3 with linear = physical addresses, so it faults only past guest
+        RAM; the guest's page tables say which #PF a CPU raises there (x86.paging)."""
+        linear, sregs = self.unmapped, self.runner.vcpu.get_sregs()
+        try:
+            physical = translate(self._read_table, sregs.cr3, sregs.cr0, linear, access,
+                                 nx_enabled=bool(sregs.efer & EFER_NXE),
+                                 smep=bool(sregs.cr4 & CR4_SMEP))
+        except PageFault as fault:
+            self._stop(Leave("event", VECTOR_PF, ip, ip, fault.error_code, cr2=fault.linear))
+            return
+        except OutsideRam as err:
+            physical = err.args[0]
+        self._stop(Leave("fail", detail=(
+            f"ring 3 at {ip:#x}: {linear:#x} is mapped (paging reaches {physical:#x}), but "
+            f"unicorn runs ring 3 with linear = physical addresses inside guest RAM only")))
+
+    def _read_table(self, address: int, size: int) -> bytes:
+        if not 0 <= address <= RAM_SIZE - size:
+            raise OutsideRam(address)
+        return bytes(self.runner.memory[address:address + size])
 
     # --- back to KVM ----------------------------------------------------------------------
     def user_regs(self, regs) -> None:

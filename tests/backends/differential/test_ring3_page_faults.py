@@ -1,0 +1,75 @@
+"""#PF error codes of ring-3 accesses past guest RAM (ring3_page_faults.c) on KVM, with LBR
+off (KVM alone) and recording in both modes (ring 3 then runs on unicorn where this KVM
+cannot single-step it: the excursion walks the guest's page tables for the error code).
+SDM vol. 3A 4.7: P=1 (a protection violation, else not present), W/R=2, U/S=4; I/D=16 only
+with CR4.SMEP or EFER.NXE, both clear in the Guest ABI."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from vlbr.arch.msrs import LbrCtl
+from vlbr.backends.base import StopReason
+from vlbr.backends.kvm import KvmBackend
+from vlbr.backends.kvm.quirks import probe_quirks
+from vlbr.backends.registry import machine_for
+from vlbr.guest.build import build_guest
+
+GUEST = Path(__file__).with_name("ring3_page_faults.c")
+NOT_PRESENT, SUPERVISOR, READ_ONLY = 0x900010, 0xB00010, 0xD00010
+EXPECTED = [  # name, error code, CR2
+    ("np_read", 0x4, NOT_PRESENT), ("np_write", 0x6, NOT_PRESENT),
+    ("np_fetch", 0x4, NOT_PRESENT),  # no I/D: EFER.NXE and CR4.SMEP clear
+    ("sup_read", 0x5, SUPERVISOR), ("sup_write", 0x7, SUPERVISOR),
+    ("sup_fetch", 0x5, SUPERVISOR), ("ro_write", 0x7, READ_ONLY)]
+RECORD_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | 0x7F0000
+MODES = [("lbr-off", 0, "step"), ("step", RECORD_ALL, "step"),
+         ("hybrid", RECORD_ALL, "hybrid")]
+
+
+@pytest.mark.parametrize("name, ctl, recording", MODES, ids=[m[0] for m in MODES])
+def test_ring3_page_faults_are_architectural(name, ctl, recording):
+    backend = KvmBackend()
+    if backend.unavailable_reason() is not None:
+        pytest.skip(f"KVM backend unavailable: {backend.unavailable_reason()}")
+    image = build_guest(GUEST).with_u64("vlbr_lbr_ctl", ctl)
+    machine = dataclasses.replace(machine_for("kvm"), kvm_recording=recording)
+    result = backend.run(image, machine)
+    assert result.stops[0].reason == StopReason.EXIT and result.ok, result.stops
+    want = [f"{n} vector 0xe error {e:#x} cr2 {cr2:#x}" for n, e, cr2 in EXPECTED]
+    assert result.console[0].splitlines() == want
+    if ctl and probe_quirks().user_single_step_fails:  # ring 3 ran on unicorn
+        assert result.stats["ring3_excursions"] == len(EXPECTED)
+
+
+ALIAS_READ = r'''#include "runtime.h"
+static void user_read(void) { (void)*(volatile u64 *)0x900010ull; __asm__ volatile("int 0x80"); }
+int guest_main(int cpu, int ncpus) {
+    ((volatile u64 *)0x3000)[4] = 0x200000ull | 0x87;  /* PD[4]: present, user, writable */
+    __asm__ volatile("mov rax, cr3\n\tmov cr3, rax" ::: "rax", "memory");
+    wrmsr(MSR_LBR_CTL, vlbr_lbr_ctl);
+    return rt_enter_user(user_read, rt_user_stack_top()) == 0x80 ? 0 : 1;
+}
+'''
+
+
+@pytest.mark.parametrize("recording", ["step", "hybrid"])
+def test_a_mapped_page_past_ram_stops_the_excursion_instead_of_a_made_up_fault(tmp_path,
+                                                                               recording):
+    # the page is there for a CPU (no #PF): unicorn, linear = physical, cannot reach it
+    backend = KvmBackend()
+    if backend.unavailable_reason() is not None:
+        pytest.skip(f"KVM backend unavailable: {backend.unavailable_reason()}")
+    if not probe_quirks().user_single_step_fails:
+        pytest.skip("this KVM single-steps ring 3: no excursion")
+    src = tmp_path / "alias.c"
+    src.write_text(ALIAS_READ)
+    image = build_guest(src).with_u64("vlbr_lbr_ctl", RECORD_ALL)
+    plain = backend.run(image.with_u64("vlbr_lbr_ctl", 0), machine_for("kvm"))
+    assert plain.ok, plain.stops  # KVM alone reads it
+    result = backend.run(image, dataclasses.replace(machine_for("kvm"), kvm_recording=recording))
+    stop = result.stops[0]
+    assert stop.reason == StopReason.ERROR and "0x900010 is mapped" in stop.detail, stop
