@@ -80,6 +80,7 @@ class UserMode:
         # step: every page executable, a code hook sees each instruction; fast: pages run once
         # scanned (hybrid.CodeStops)
         self.uc = uc = shared_memory_cpu(runner.memory, executable=not fast)
+        self.privilege = hybrid.privilege_switch(uc)  # QEMU's exception state, as the hybrid's
         if fast:
             self.branches = hybrid.BranchLog(uc, runner.memory)
             self.branches.cpl = 3
@@ -107,6 +108,7 @@ class UserMode:
         self.user_cs, self.user_ss = cs, ss
         self.runner.model.retire_branch(Branch(iret_ip, rip, BranchType.OTHER, cs & 3))
         uc = self.uc
+        self.privilege.exception_delivered()  # the last excursion's fault is not in progress
         uc_registers.load(uc, regs, rsp=rsp, rflags=rflags, rip=rip)
         self.leave, self.prev, self.count, self.unmapped = None, None, 0, None
         self.current = rip
@@ -141,6 +143,7 @@ class UserMode:
             fault = self.code.fetch_fault()
             rip = uc.reg_read(X.UC_X86_REG_RIP)
             if error is not None and error.errno == UC_ERR_FETCH_PROT and fault is not None:
+                self.privilege.exception_delivered()  # QEMU raised it as a #PF
                 self.last = log.drain(self.runner.model, self.last)  # it branched to `fault`
                 if self.code.executable(fault):
                     left, rip = left - (log.seen - before), fault
@@ -259,8 +262,8 @@ class UserMode:
             self.current = uc.reg_read(X.UC_X86_REG_RIP)
         if soft:
             self._stop(Leave("event", intno, insn.ip, insn.next_ip, software=True))
-        else:
-            code = 0 if intno in VECTORS_WITH_ERROR_CODE else None
+        else:  # QEMU's error code is intact only inside the hook (software backend too)
+            code = self.privilege.last_exception()[0] if intno in VECTORS_WITH_ERROR_CODE else None
             self._stop(Leave("event", intno, self.current, self.current, code))
 
     def _on_out(self, uc, port, size, value, user_data) -> None:

@@ -1,8 +1,9 @@
-"""#PF error codes of ring-3 accesses past guest RAM (ring3_page_faults.c) on KVM, with LBR
-off (KVM alone) and recording in both modes (ring 3 then runs on unicorn where this KVM
-cannot single-step it: the excursion walks the guest's page tables for the error code).
+"""Ring-3 faults (ring3_faults.c) on KVM, with LBR off (KVM alone) and recording in both
+modes (ring 3 then runs on unicorn where this KVM cannot single-step it: the excursion walks
+the guest's page tables for a #PF's error code, and takes QEMU's for the faults it raises).
 SDM vol. 3A 4.7: P=1 (a protection violation, else not present), W/R=2, U/S=4; I/D=16 only
-with CR4.SMEP or EFER.NXE, both clear in the Guest ABI."""
+with CR4.SMEP or EFER.NXE, both clear in the Guest ABI. 6.13: #GP(selector) of a segment
+load beyond the GDT limit; a second one is a #GP again (6.15: #DF only within a delivery)."""
 
 from __future__ import annotations
 
@@ -11,27 +12,30 @@ from pathlib import Path
 
 import pytest
 
-from vlbr.arch.msrs import LbrCtl
+from vlbr.arch.msrs import LBR_CTL_BRANCH_BITS, LbrCtl
+from vlbr.arch.x86 import VECTOR_GP, VECTOR_PF
 from vlbr.backends.base import StopReason
 from vlbr.backends.kvm import KvmBackend
 from vlbr.backends.kvm.quirks import probe_quirks
 from vlbr.backends.registry import machine_for
 from vlbr.guest.build import build_guest
 
-GUEST = Path(__file__).with_name("ring3_page_faults.c")
+GUEST = Path(__file__).with_name("ring3_faults.c")
 NOT_PRESENT, SUPERVISOR, READ_ONLY = 0x900010, 0xB00010, 0xD00010
-EXPECTED = [  # name, error code, CR2
-    ("np_read", 0x4, NOT_PRESENT), ("np_write", 0x6, NOT_PRESENT),
-    ("np_fetch", 0x4, NOT_PRESENT),  # no I/D: EFER.NXE and CR4.SMEP clear
-    ("sup_read", 0x5, SUPERVISOR), ("sup_write", 0x7, SUPERVISOR),
-    ("sup_fetch", 0x5, SUPERVISOR), ("ro_write", 0x7, READ_ONLY)]
-RECORD_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | 0x7F0000
+PF, GP = VECTOR_PF, VECTOR_GP
+EXPECTED = [  # name, vector, error code, CR2
+    ("np_read", PF, 0x4, NOT_PRESENT), ("np_write", PF, 0x6, NOT_PRESENT),
+    ("np_fetch", PF, 0x4, NOT_PRESENT),  # no I/D: EFER.NXE and CR4.SMEP clear
+    ("sup_read", PF, 0x5, SUPERVISOR), ("sup_write", PF, 0x7, SUPERVISOR),
+    ("sup_fetch", PF, 0x5, SUPERVISOR), ("ro_write", PF, 0x7, READ_ONLY),
+    ("gp_selector", GP, 0x1000, 0), ("gp_selector_again", GP, 0x1000, 0)]
+RECORD_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | LBR_CTL_BRANCH_BITS
 MODES = [("lbr-off", 0, "step"), ("step", RECORD_ALL, "step"),
          ("hybrid", RECORD_ALL, "hybrid")]
 
 
 @pytest.mark.parametrize("name, ctl, recording", MODES, ids=[m[0] for m in MODES])
-def test_ring3_page_faults_are_architectural(name, ctl, recording):
+def test_ring3_faults_are_architectural(name, ctl, recording):
     backend = KvmBackend()
     if backend.unavailable_reason() is not None:
         pytest.skip(f"KVM backend unavailable: {backend.unavailable_reason()}")
@@ -39,7 +43,7 @@ def test_ring3_page_faults_are_architectural(name, ctl, recording):
     machine = dataclasses.replace(machine_for("kvm"), kvm_recording=recording)
     result = backend.run(image, machine)
     assert result.stops[0].reason == StopReason.EXIT and result.ok, result.stops
-    want = [f"{n} vector 0xe error {e:#x} cr2 {cr2:#x}" for n, e, cr2 in EXPECTED]
+    want = [f"{n} vector {v:#x} error {e:#x} cr2 {cr2:#x}" for n, v, e, cr2 in EXPECTED]
     assert result.console[0].splitlines() == want
     if ctl and probe_quirks().user_single_step_fails:  # ring 3 ran on unicorn
         assert result.stats["ring3_excursions"] == len(EXPECTED)

@@ -1,8 +1,9 @@
-/* #PF from ring 3 past the Guest ABI's 8 MiB, one console line each: vector, error code, CR2.
-   While LBR records, a KVM that cannot single-step ring 3 runs it on unicorn with linear =
-   physical addresses (backends/kvm/usermode.py), which faults there only: the error code must
-   still be the one the guest's page tables give (SDM vol. 3A 4.7). Each case has its own PD
-   entry, set before any access through it. */
+/* Faults from ring 3, one console line each: vector, error code, CR2. While LBR records, a
+   KVM that cannot single-step ring 3 runs it on unicorn (backends/kvm/usermode.py) with
+   linear = physical addresses, which faults only past the Guest ABI's 8 MiB: the #PF error
+   code must still be the one the guest's page tables give (SDM vol. 3A 4.7); each #PF case has
+   its own PD entry, set before any access through it. A #GP keeps its selector error code
+   (SDM 6.13), also when it follows another (no #DF: each was delivered). */
 #include "runtime.h"
 
 #define PD ((volatile u64 *)0x3000)
@@ -24,6 +25,10 @@ static void sup_read(void) { (void)*(volatile u64 *)SUPERVISOR; __asm__ volatile
 static void sup_write(void) { *(volatile u64 *)SUPERVISOR = 1; __asm__ volatile("int 0x80"); }
 static void sup_fetch(void) { ((void (*)(void))SUPERVISOR)(); }
 static void ro_write(void) { *(volatile u64 *)READ_ONLY = 1; __asm__ volatile("int 0x80"); }
+static void bad_ds(void)  /* a selector beyond the GDT limit */
+{
+    __asm__ volatile("mov ax, 0x1000\n\tmov ds, ax\n\tint 0x80" ::: "rax");
+}
 
 static void user_case(const char *name, void (*fn)(void))
 {
@@ -46,6 +51,8 @@ int guest_main(int cpu, int ncpus)
     user_case("sup_write", sup_write);
     user_case("sup_fetch", sup_fetch);
     user_case("ro_write", ro_write);
+    user_case("gp_selector", bad_ds);
+    user_case("gp_selector_again", bad_ds);
     wrmsr(MSR_LBR_CTL, 0);
     return 0;
 }
