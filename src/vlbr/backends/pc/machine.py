@@ -17,7 +17,7 @@ from iced_x86 import Decoder, Mnemonic
 from unicorn import x86_const as X
 
 from vlbr.arch.cpuid import CpuidTable
-from vlbr.arch.msrs import IA32_LBR_DEPTH, IA32_XSS, BranchType, LbrCtl, decode_record_msr
+from vlbr.arch.msrs import IA32_LBR_DEPTH, BranchType, LbrCtl, decode_record_msr
 from vlbr.arch.xsave import XSS_ARCH_LBR, XsaveLayout
 from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_PCE, CR4_TSD, MAX_INSN, MSR_EFER, RFLAGS_IF,
                            VECTOR_DB, VECTOR_GP, VECTOR_PF, VECTOR_UD,
@@ -214,7 +214,7 @@ class PcMachine:
         regs = runtime_cpuid(self.cpuid, uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF,
                              uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF, apic_id=0,
                              cr4=uc.reg_read(X.UC_X86_REG_CR4), xcr0=self.xcr0,
-                             xss=self.lbr.rdmsr(IA32_XSS, host_initiated=True))
+                             xss=self.lbr.xss)
         for reg, value in zip(_GPRS_ABCD, regs.as_tuple()):
             uc.reg_write(reg, value)
         return 1  # skip QEMU's own CPUID
@@ -445,7 +445,7 @@ class PcMachine:
         self.clock.advance(1)
 
     def _xstate_on_memory(self, insn, restore: bool) -> None:
-        xss = self.lbr.rdmsr(IA32_XSS, host_initiated=True)
+        xss = self.lbr.xss
         address = operand_address(self.uc, insn)
         misalign = address & 63
         size = XsaveLayout.for_mask(self.cpuid, self.xcr0 | xss, compacted=True).size
