@@ -4,15 +4,12 @@ is vlbr's (backends/kvm/xsaves.py), so stepping starts at the instruction after 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from guest_runs import run_guest
 from vlbr.backends.base import KVM_RECORDING_MODES
-from vlbr.backends.registry import make_backend
-from vlbr.guest.build import build_guest
-from vlbr.guest.conformance import machine_for
 
 GUEST = Path(__file__).with_name("xrstors_enables_lbr.c")
 EXPECTED = ["enabled xsaves -1 newest_is_the_jmp 1 older_empty 1",
@@ -22,12 +19,6 @@ RUNS = [("software", None)] + [("kvm", mode) for mode in KVM_RECORDING_MODES]
 
 @pytest.mark.parametrize("backend,recording", RUNS)
 def test_the_branch_right_after_xrstors_is_recorded(backend, recording):
-    b = make_backend(backend)
-    if b.unavailable_reason() is not None:
-        pytest.skip(f"{backend}: {b.unavailable_reason()}")
-    machine = machine_for(backend)
-    if recording is not None:
-        machine = replace(machine, kvm_recording=recording)
-    result = b.run(build_guest(GUEST), machine)
-    assert result.ok, result.stops
+    changes = {} if recording is None else {"kvm_recording": recording}
+    result, _ = run_guest(backend, GUEST, **changes)
     assert result.lines() == EXPECTED

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from guest_runs import run_guest
 from vlbr.arch.x86 import XFEATURE_AVX
-from vlbr.backends.registry import make_backend
-from vlbr.guest.build import build_guest
-from vlbr.guest.conformance import machine_for
 
 GUEST = Path(__file__).with_name("xsaves_avx_lbr.c")
 LBR_PART = "msrs 1 xcomp_bv 0x8000000000008003"  # bit 2 masked out of the printed XCOMP_BV
@@ -28,12 +26,7 @@ def expected(avx: bool) -> str:
 
 @pytest.mark.parametrize("backend", ["software", "kvm"])
 def test_one_image_holds_every_component_the_guest_enumerates(backend):
-    b = make_backend(backend)
-    if b.unavailable_reason() is not None:
-        pytest.skip(f"{backend}: {b.unavailable_reason()}")
-    machine = machine_for(backend)
-    result = b.run(build_guest(GUEST), machine)
-    assert result.ok, result.stops
+    result, machine = run_guest(backend, GUEST)
     avx = bool(machine.cpuid.regs(0xD, 0).eax & XFEATURE_AVX)
     assert result.lines() == [expected(avx)]
     if backend == "kvm":
