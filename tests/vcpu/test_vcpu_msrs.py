@@ -221,7 +221,16 @@ def test_g8_xss(vcpu):
     v = ArchLbrVcpu(LbrConfig.from_cpuid(table))
     with pytest.raises(GeneralProtection, match="XSAVES"):
         v.rdmsr(IA32_XSS)
-    assert v.rdmsr(IA32_XSS, host_initiated=True) == 0
+    assert v.rdmsr(IA32_XSS, host_initiated=True) == 0 == v.xss
+
+
+def test_g8_xss_in_force_follows_writes_and_refused_writes_change_nothing(vcpu):
+    # The value the backends give XSAVES and CPUID.(0xD,1) EBX (policy.runtime_cpuid).
+    assert vcpu.xss == 0
+    vcpu.wrmsr(IA32_XSS, 1 << 15)
+    with pytest.raises(GeneralProtection):
+        vcpu.wrmsr(IA32_XSS, 1 << 14)
+    assert vcpu.xss == 1 << 15 == vcpu.rdmsr(IA32_XSS)
 
 
 # -- G9: PERF_GLOBAL_STATUS and its reset MSR --------------------------------------------

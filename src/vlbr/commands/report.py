@@ -95,7 +95,7 @@ def render(out, rows: list[HostRow], unreadable, variants, only_arch_lbr: bool) 
     out.print(table)
     arch = [r for r in rows if r.views[0].host_depth_bits]
     out.print(f"{len(rows)} core types in {len({r.file for r in rows})} dumps; "
-              f"{len(arch)} with Arch LBR depths" + (f" (only those shown)" if only_arch_lbr else ""))
+              f"{len(arch)} with Arch LBR depths" + (" (only those shown)" if only_arch_lbr else ""))
     for n, variant in enumerate(variants):
         bad = [r for r in arch if r.views[n].problems]
         out.print(f"  {variant}: a problem on {len(bad)} of {len(arch)}"

@@ -107,9 +107,9 @@ def _show(out, backend_name, image, machine, result, stacks) -> None:
               f"({machine.vcpus} vCPU{'s' if machine.vcpus > 1 else ''})")
     out.print(f"guest CPUID.(0x1C,0): EAX={c['eax']:08x} EBX={c['ebx']:08x} ECX={c['ecx']:08x} "
               f"EDX={c['edx']:08x}  depths {c['depths']}")
-    for n, console in enumerate(result.console):
+    for n, text in enumerate(result.console):
         out.print(f"[bold]vCPU {n} console[/] ({stop_text(result, n)}):", highlight=False)
-        out.print(escape_console(console).rstrip("\n") or "(nothing)", markup=False,
+        out.print(escape_console(text).rstrip("\n") or "(nothing)", markup=False,
                   highlight=False)
         if n >= len(stacks):
             continue

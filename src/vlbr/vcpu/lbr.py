@@ -316,6 +316,11 @@ class ArchLbrVcpu:
         if not host_initiated and self._s is None:
             raise VcpuStateError(f"guest access to {msr_name(msr)} while the LBR state is put")
 
+    @property
+    def xss(self) -> int:
+        """IA32_XSS as XSAVES and CPUID.(0xD,1) use it (0 until the guest writes it)."""
+        return self._xss
+
     def rdmsr(self, msr: int, host_initiated: bool = False) -> int:
         self._check_access(msr, host_initiated)
         cfg = self.config

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from guest_runs import run_guest
 from vlbr.backends.base import StopReason
 from vlbr.guest.build import build_guest
 from vlbr.backends.registry import make_backend
@@ -106,9 +107,5 @@ def test_xsave_and_xrstor_standard_form(backend):
     # The software CPU runs XSAVE/XRSTOR itself (MXCSR from the Guest ABI's 0x1F80 entry
     # value: unicorn started it at 0); a KVM that cannot run them in a guest (kvm_pvm:
     # KVM_EXIT_INTERNAL_ERROR) has them completed by vlbr.x86.xstate, and must agree.
-    b = make_backend(backend)
-    if b.unavailable_reason() is not None:
-        pytest.skip(f"{backend}: {b.unavailable_reason()}")
-    result = b.run(build_guest(ZOO.with_name("xsave_standard.c")), machine_for(backend))
-    assert result.ok, result.stops
+    result, _ = run_guest(backend, ZOO.with_name("xsave_standard.c"))
     assert result.lines() == XSAVE_LINES

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from guest_runs import run_guest
 from vlbr.arch.x86 import XFEATURE_AVX
-from vlbr.backends.registry import make_backend
-from vlbr.guest.build import build_guest
-from vlbr.guest.conformance import machine_for
 
 GUEST = Path(__file__).with_name("xsave_avx.c")
 DONE = ("xsave_avx init_bv 0 vectors 0xffffffff 0xffffffff 0xffffffff xsaves_bv 1 same 1 "
@@ -22,12 +20,7 @@ DONE = ("xsave_avx init_bv 0 vectors 0xffffffff 0xffffffff 0xffffffff xsaves_bv 
 
 @pytest.mark.parametrize("backend", ["software", "kvm"])
 def test_avx_state_round_trips_where_xcr0_can_hold_it(backend):
-    b = make_backend(backend)
-    if b.unavailable_reason() is not None:
-        pytest.skip(f"{backend}: {b.unavailable_reason()}")
-    machine = machine_for(backend)
-    result = b.run(build_guest(GUEST), machine)
-    assert result.ok, result.stops
+    result, machine = run_guest(backend, GUEST)
     enumerated = machine.cpuid.regs(0xD, 0).eax & XFEATURE_AVX
     assert result.lines() == [DONE if enumerated else "xsave_avx not enumerated"]
     if backend == "software":

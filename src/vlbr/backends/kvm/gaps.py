@@ -1,149 +1,158 @@
-"""What a KVM with quirks cannot run, completed by the VMM for the vCPU runner (a mixin).
+"""What a KVM with quirks cannot run, completed by the VMM; each completion says how it ended.
 
 Per quirk (quirks.py, shown by `vlbr host`): cpuid_rewritten - CPUID answered at the patched
 HLT; int_n_fails / user_syscall_fails - INT n and SYSCALL patched to a port exit, delivered
 through the guest IDT / STAR-LSTAR here; user_single_step_fails - CPL3 code while recording
 runs on unicorn (backends.kvm.usermode). Reactive, on KVM_EXIT_INTERNAL_ERROR: ICEBP, INT n
-and XSAVES/XRSTORS (with the model's component 15); and the guest's own TF trap that KVM's
-single-step swallows."""
+and XSAVES/XRSTORS (with the model's component 15). The runner (runner.py) owns stepping and
+acts on the outcome: Resume, Inject, DebugTrap or Stopped.
+"""
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from iced_x86 import Code, Instruction
 
-from vlbr.arch.x86 import (MSR_FMASK, MSR_LSTAR, MSR_STAR, RFLAGS_TF, VECTOR_DB,
-                           VECTOR_GP)
-from vlbr.arch.msrs import IA32_XSS
+from vlbr.arch.cpuid import CpuidTable, Registers
+from vlbr.arch.x86 import (MSR_FMASK, MSR_LSTAR, MSR_STAR, RFLAGS_OF, RFLAGS_TF, VECTOR_DB,
+                           VECTOR_GP, VECTOR_OF, XFEATURES_LEGACY)
 from vlbr.backends import branches
-from vlbr.backends.base import KVM_HYBRID, RAM_SIZE, StopReason
+from vlbr.backends.base import StopReason
 from vlbr.backends.kvm import cpuid, usermode, xsaves
+from vlbr.backends.kvm.guest_code import GuestCode, Step
+from vlbr.backends.kvm.ioctls import InternalError, Vcpu
+from vlbr.backends.kvm.machine import PatchedSites
+from vlbr.host import kvm as k
+from vlbr.policy.runtime_cpuid import runtime_cpuid
+from vlbr.vcpu.lbr import ArchLbrVcpu, Branch
 from vlbr.x86.events import DeliveryFailed
 from vlbr.x86.syscall import syscall_entry
-from vlbr.policy.runtime_cpuid import runtime_cpuid
-from vlbr.host import kvm as k
-from vlbr.vcpu.lbr import Branch
 
-STEP_CONTROL = k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP
 KVM_INTERNAL_ERROR_EMULATION = 1
 
 
-class KvmGaps:
-    """Mixed into VcpuRunner: uses its vcpu, model, memory, stepping state and _decode."""
+@dataclass(frozen=True)
+class Resume:
+    """Completed: the vCPU's state is set and the guest goes on at `at`."""
 
-    def _trap(self) -> None:
-        """A patched INT n / SYSCALL (backends.kvm.traps): perform the original instruction."""
-        regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
-        site = next((a for a in (regs.rip - 2, regs.rip) if a in self.trap_sites), None)
-        if site is None:
-            return  # a guest's own OUT to port 0xF6: no device
-        insn = self.trap_sites[site]
-        self.emulated += 1
-        cpl = sregs.cs.selector & 3
-        if insn.code == Code.SYSCALL:
-            handler = self._syscall(regs, usermode.Leave("syscall", from_ip=site,
-                                                         return_ip=insn.next_ip))
-            if handler is None:
-                return
-        else:
-            try:
-                handler = usermode.deliver_event(self.vcpu, self.memory, regs, insn.immediate8,
-                                                 insn.next_ip, None, cpl, sregs.cs.selector,
-                                                 sregs.ss.selector, software_ip=site)
-            except DeliveryFailed as err:
-                self._stop(StopReason.SHUTDOWN, str(err))
-                return
-            self.model.exception(site, handler, 0)
-        self._sync_stepping(at_msr_exit=False)
-        if self.stepping:
-            self.pending = self.decode(handler)
-            self._resumed_at = handler
+    at: int
+    port_exit: bool = False  # KVM reports the step of the trapping OUT itself next
 
-    def _cpuid_after_hlt(self) -> bool:
-        regs = self.vcpu.get_regs()
-        site = regs.rip - 1  # KVM completed the one-byte HLT
-        if site not in self.cpuid_sites:
-            return False
-        self._cpuid(regs, site)
-        if self.stepping:  # the patched HLT was the pending step; the next one follows it
-            self.pending = self.decode(regs.rip)
-        return True
 
-    def _cpuid(self, regs, site: int) -> None:
+@dataclass(frozen=True)
+class Inject:
+    """KVM injects `vector` as it resumes the instruction at `at`, which faults."""
+
+    vector: int
+    at: int
+
+
+@dataclass(frozen=True)
+class DebugTrap:
+    """A trap-like #DB for the guest (SDM 17.3.1): the runner has KVM inject it."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The vCPU stops here."""
+
+    reason: str
+    detail: str
+    exit_status: int | None = None
+
+
+Outcome = Resume | Inject | DebugTrap | Stopped
+
+
+def keep_trap_flag(insn: Instruction, regs, code: GuestCode) -> bool:
+    """IRETQ and POPFQ load RFLAGS from the stack and would drop the TF that KVM's single-step
+    relies on (measured: the next exit came only after a ring change), so set TF in the image
+    they pop; KVM hides TF from the guest while it steps. True where the image already had
+    TF: the guest's own #DB is due after the next instruction."""
+    if insn.code == Code.IRETQ:
+        cs = code.read(regs.rsp + 8, 1)
+        if cs and cs[0] & 3:
+            return False  # to CPL3: this KVM #UDs an IRETQ to user mode with TF set (measured)
+        slot = regs.rsp + 16
+    elif insn.code == Code.POPFQ:
+        slot = regs.rsp
+    else:
+        return False
+    image = code.read(slot, 8)
+    if len(image) < 8:
+        return False
+    value = int.from_bytes(image, "little")
+    code.memory[slot:slot + 8] = (value | RFLAGS_TF).to_bytes(8, "little")
+    return bool(value & RFLAGS_TF)
+
+
+def iret_to_user(regs, code: GuestCode) -> bool:
+    """Whether the IRETQ about to run (RSP at its frame) returns to CPL3."""
+    frame = code.read(regs.rsp + 8, 1)
+    return bool(frame) and frame[0] & 3 == 3
+
+
+class Completer:
+    """Completes, for one vCPU, the instructions this KVM cannot run."""
+
+    def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, code: GuestCode, table: CpuidTable,
+                 sites: PatchedSites):
+        self.vcpu, self.model, self.code, self.table = vcpu, model, code, table
+        self.cpuid_sites, self.trap_sites = sites.cpuid, sites.traps
+        self.emulated = 0  # instructions completed for KVM
+        self.cpuid_exits = 0
+
+    # --- CPUID (quirk cpuid_rewritten) ----------------------------------------------------
+    def cpuid_answer(self, leaf: int, subleaf: int) -> Registers:
+        """The runtime CPUID answer for this vCPU's state now (policy.runtime_cpuid)."""
         self.cpuid_exits += 1
-        xcr0 = self.vcpu.get_xcrs().get(0, 3)
-        out = runtime_cpuid(self.table, regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF,
-                           apic_id=self.vcpu.index, cr4=self.vcpu.get_sregs().cr4, xcr0=xcr0,
-                           xss=self.xss())
+        return runtime_cpuid(self.table, leaf & 0xFFFFFFFF, subleaf & 0xFFFFFFFF,
+                             apic_id=self.vcpu.index, cr4=self.vcpu.get_sregs().cr4,
+                             xcr0=self.vcpu.get_xcrs().get(0, XFEATURES_LEGACY),
+                             xss=self.model.xss)
+
+    def cpuid(self, regs, site: int) -> Resume:
+        """The CPUID patched to HLT;NOP at `site`: answered, RIP after the patch."""
+        out = self.cpuid_answer(regs.rax, regs.rcx)
         regs.rax, regs.rbx, regs.rcx, regs.rdx = out.as_tuple()
         regs.rip = site + len(cpuid.HLT_NOP)
         self.vcpu.set_regs(regs)
+        return Resume(regs.rip)
 
-    def xss(self) -> int:
-        """The guest's IA32_XSS as the model holds it (0 where it does not exist)."""
-        try:
-            return self.model.rdmsr(IA32_XSS, host_initiated=True)
-        except Exception:  # no XSAVES in the guest CPUID: IA32_XSS does not exist, reads 0
-            return 0
-
-    def _iret_to_user(self, rsp: int) -> bool:
-        frame = self._read(rsp + 8, 1)
-        return bool(frame) and frame[0] & 3 == 3
-
-    def _ring3(self) -> None:
-        """Run the ring-3 code the pending IRETQ enters on unicorn (see backends.kvm.usermode),
-        then resume KVM at the ring-0 handler that ends it."""
-        iret, self.pending = self.pending.insn, None
+    def cpuid_after_hlt(self) -> Resume | None:
+        """A HLT exit at a patched CPUID site (KVM completed the one-byte HLT); else None."""
         regs = self.vcpu.get_regs()
-        frame = struct.unpack_from("<5Q", self.memory, regs.rsp)
-        if self._user is None:
-            self._user = usermode.UserMode(self, fast=self.recording == KVM_HYBRID)
-        user = self._user
-        leave = user.enter(iret.ip, regs, frame)
-        self.excursions += 1
-        if leave.kind == "exit":
-            self.exit_status = leave.return_ip
-            self._stop(StopReason.EXIT, f"status {self.exit_status}")
-            return
-        if leave.kind == "fail":
-            if not self.kicked:  # a kick (timeout, Ctrl-C) is the run's stop, not the vCPU's
-                self._stop(StopReason.ERROR, leave.detail)
-            return
-        user.user_regs(regs)
-        if leave.kind == "syscall":
-            handler = self._syscall(regs, leave)
-            if handler is None:
-                return
-        else:
-            if leave.vector == VECTOR_DB:
-                self.model.debug_exception()  # #DB: LBREn cleared, the delivery not recorded
-            # ICEBP is a trap-like #DB with no gate DPL check; INT n / INT3 / INTO have one.
-            checked = leave.software and leave.vector != VECTOR_DB
-            try:
-                handler = usermode.deliver_event(
-                    self.vcpu, self.memory, regs, leave.vector, leave.return_ip,
-                    leave.error_code, 3, user.user_cs, user.user_ss,
-                    software_ip=leave.from_ip if checked else None, cr2=leave.cr2)
-            except DeliveryFailed as err:
-                self._stop(StopReason.SHUTDOWN, f"from ring 3: {err}")
-                return
-            if leave.vector != VECTOR_DB:
-                self.model.exception(leave.from_ip, handler, 0)
-        self._sync_stepping(at_msr_exit=False)
-        if self.stepping:
-            self.pending = self.decode(handler)
+        site = regs.rip - 1
+        return self.cpuid(regs, site) if site in self.cpuid_sites else None
 
-    def _syscall(self, regs, leave) -> int | None:
+    # --- patched INT n / SYSCALL (backends.kvm.traps) -------------------------------------
+    def trap(self) -> Outcome | None:
+        """The port exit of a patched INT n / SYSCALL: the original instruction performed;
+        None for a guest's own OUT to the trap port (no device)."""
+        regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        site = next((a for a in (regs.rip - 2, regs.rip) if a in self.trap_sites), None)
+        if site is None:
+            return None
+        insn = self.trap_sites[site]
+        self.emulated += 1
+        if insn.code == Code.SYSCALL:
+            done = self.syscall(regs, site)
+        else:
+            done = self._deliver(regs, insn.immediate8, insn.next_ip, sregs.cs.selector & 3,
+                                 sregs.cs.selector, sregs.ss.selector, site, software_ip=site)
+        return Resume(done.at, port_exit=True) if isinstance(done, Resume) else done
+
+    def syscall(self, regs, from_ip: int) -> Resume | Stopped:
         """SYSCALL (SDM vol. 2B): RCX/R11 saved, CS/SS from STAR, RIP from LSTAR, FMASK."""
         msrs = self.vcpu.get_msrs([MSR_STAR, MSR_LSTAR, MSR_FMASK])
         sregs = self.vcpu.get_sregs()
-        entry = syscall_entry(leave.from_ip, regs.rflags, sregs.efer,
+        entry = syscall_entry(from_ip, regs.rflags, sregs.efer,
                               *(msrs.get(m, 0) for m in (MSR_STAR, MSR_LSTAR, MSR_FMASK)))
         if entry is None:
-            self._stop(StopReason.UNSUPPORTED, f"SYSCALL at {leave.from_ip:#x} with EFER.SCE "
-                       f"clear: the #UD is not delivered by this backend")
-            return None
+            return Stopped(StopReason.UNSUPPORTED, f"SYSCALL at {from_ip:#x} with EFER.SCE "
+                           f"clear: the #UD is not delivered by this backend")
         regs.rcx, regs.r11, regs.rflags, regs.rip = entry.rcx, entry.r11, entry.rflags, entry.rip
         self.vcpu.set_regs(regs)
         sregs.cs = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=entry.cs, type=0xB,
@@ -151,113 +160,97 @@ class KvmGaps:
         sregs.ss = k.kvm_segment(base=0, limit=0xFFFFFFFF, selector=entry.ss, type=0x3,
                                  present=1, dpl=0, db=1, s=1, l=0, g=1)
         self.vcpu.set_sregs(sregs)
-        self.model.retire_branch(Branch(leave.from_ip, entry.rip, branches.EVENT.kind, 0))
-        return entry.rip
+        self.model.retire_branch(Branch(from_ip, entry.rip, branches.EVENT.kind, 0))
+        return Resume(entry.rip)
 
-    def _keep_trap_flag(self, insn: Instruction, regs) -> None:
-        """IRETQ and POPFQ load RFLAGS from the stack and would drop the TF that KVM's
-        single-step relies on (measured: the next exit came only after a ring change), so set
-        TF in the image they pop; KVM hides TF from the guest while it steps and clears it
-        when stepping stops."""
-        if insn.code == Code.IRETQ:
-            if self._read(regs.rsp + 8, 1)[:1] and self._read(regs.rsp + 8, 1)[0] & 3:
-                return  # to CPL3: this KVM #UDs an IRETQ to user mode with TF set (measured)
-            slot = regs.rsp + 16
-        elif insn.code == Code.POPFQ:
-            slot = regs.rsp
-        else:
-            return
-        if 0 <= slot <= RAM_SIZE - 8:
-            value = int.from_bytes(self.memory[slot:slot + 8], "little")
-            if value & RFLAGS_TF:  # the guest sets TF itself: its #DB follows the next insn
-                self._guest_tf = 2
-            self.memory[slot:slot + 8] = (value | RFLAGS_TF).to_bytes(8, "little")
+    def _deliver(self, regs, vector: int, return_ip: int, cpl: int, cs: int, ss: int,
+                 record_from: int | None, error_code: int | None = None,
+                 software_ip: int | None = None, cr2: int | None = None,
+                 where: str = "") -> Resume | Stopped:
+        """An event through the guest IDT (x86.events); its delivery is retired into the model
+        as an event from `record_from` (None: not recorded, as for #DB)."""
+        try:
+            handler = usermode.deliver_event(self.vcpu, self.code.memory, regs, vector,
+                                             return_ip, error_code, cpl, cs, ss,
+                                             software_ip=software_ip, cr2=cr2)
+        except DeliveryFailed as err:
+            return Stopped(StopReason.SHUTDOWN, f"{where}{err}")
+        if record_from is not None:
+            self.model.exception(record_from, handler, 0)
+        return Resume(handler)
 
-    def _guest_single_step(self) -> None:
-        """The guest's own TF trap, which KVM's stepping swallows: a #DB (SDM 17.3.1.4) after
-        the instruction that follows the POPFQ/IRETQ setting TF; LBREn is cleared."""
-        self._guest_tf -= 1
-        if self._guest_tf:
-            return
-        self._raise_debug()
-
-    def _emulate(self, failure) -> bool:
-        """Complete what KVM here fails to emulate (KVM_EXIT_INTERNAL_ERROR, suberror 1):
-        ICEBP (INT1), INT n and the XSAVE family's saves and restores (backends.kvm.xsaves);
-        False leaves the exit to stop the vCPU."""
-        if failure.suberror != KVM_INTERNAL_ERROR_EMULATION:
-            return False
+    # --- ring 3 on unicorn (quirk user_single_step_fails) ---------------------------------
+    def ring3(self, user: usermode.UserMode, iret: Instruction, kicked) -> Outcome | None:
+        """Perform the pending IRETQ to ring 3 and run ring 3 on unicorn (usermode.py) until
+        it leaves; None where a kick (timeout, Ctrl-C) cut it short: the run's stop."""
         regs = self.vcpu.get_regs()
-        step = self.decode(regs.rip)
+        frame = struct.unpack_from("<5Q", self.code.memory, regs.rsp)
+        leave = user.enter(iret.ip, regs, frame)
+        if leave.kind == "exit":
+            return Stopped(StopReason.EXIT, f"status {leave.return_ip}", leave.return_ip)
+        if leave.kind == "fail":
+            return None if kicked() else Stopped(StopReason.ERROR, leave.detail)
+        user.user_regs(regs)
+        if leave.kind == "syscall":
+            return self.syscall(regs, leave.from_ip)
+        if leave.vector == VECTOR_DB:
+            self.model.debug_exception()  # #DB: LBREn cleared, the delivery not recorded
+        # ICEBP is a trap-like #DB with no gate DPL check; INT n / INT3 / INTO have one.
+        checked = leave.software and leave.vector != VECTOR_DB
+        return self._deliver(regs, leave.vector, leave.return_ip, 3, user.user_cs,
+                             user.user_ss, None if leave.vector == VECTOR_DB else leave.from_ip,
+                             leave.error_code, software_ip=leave.from_ip if checked else None,
+                             cr2=leave.cr2, where="from ring 3: ")
+
+    # --- KVM_EXIT_INTERNAL_ERROR ----------------------------------------------------------
+    def emulate(self, failure: InternalError) -> Outcome | None:
+        """What KVM fails to emulate (suberror 1): ICEBP (INT1), INT n / INTO and the XSAVE
+        family (backends.kvm.xsaves); None leaves the exit to stop the vCPU."""
+        if failure.suberror != KVM_INTERNAL_ERROR_EMULATION:
+            return None
+        regs = self.vcpu.get_regs()
+        step = self.code.decode(regs.rip)
         if step.insn.code == Code.INT1:
             return self._icebp(regs, step)
         if step.insn.code in (Code.INT_IMM8, Code.INTO):
             return self._software_interrupt(regs, step)
         if xsaves.emulates(step.insn):
             return self._xsaves(regs, step)
-        return False
+        return None
 
-    def _xsaves(self, regs, step: Step) -> bool:
+    def _xsaves(self, regs, step: Step) -> Outcome:
         self.emulated += 1
         cpl = self.vcpu.get_sregs().cs.selector & 3
         try:
-            vector = xsaves.emulate(step.insn, self.vcpu, self.model, self.memory, regs, cpl)
+            vector = xsaves.emulate(step.insn, self.vcpu, self.model, self.code.memory, regs,
+                                    cpl)
         except xsaves.NotEmulated as err:
-            self._stop(StopReason.UNSUPPORTED,
-                       f"{step.insn} at {regs.rip:#x} (KVM_EXIT_INTERNAL_ERROR emulation "
-                       f"failure; vlbr does not emulate {err})")
-            return True
-        if vector is None:
-            regs.rip = step.insn.next_ip
-            self.vcpu.set_regs(regs)
-            if self.stepping:  # KVM steps the instruction after it next
-                self.pending = self.decode(regs.rip)
-        else:
+            return Stopped(StopReason.UNSUPPORTED,
+                           f"{step.insn} at {regs.rip:#x} (KVM_EXIT_INTERNAL_ERROR emulation "
+                           f"failure; vlbr does not emulate {err})")
+        if vector is not None:
             self.vcpu.inject_exception(vector, 0 if vector == VECTOR_GP else None)
-            self._injected = vector
-            if self.stepping:
-                self.pending = step
-        self._sync_stepping(at_msr_exit=False)
-        return True
+            return Inject(vector, step.insn.ip)
+        return self._skip(regs, step)
 
-    def _software_interrupt(self, regs, step: Step) -> bool:
-        """INT n / INTO (this KVM fails to emulate them): delivered through the guest IDT."""
-        insn = step.insn
-        if insn.code == Code.INTO and not regs.rflags & (1 << 11):
-            regs.rip = insn.next_ip
-            self.vcpu.set_regs(regs)
-            return True
-        self.emulated += 1
-        vector = 4 if insn.code == Code.INTO else insn.immediate8
-        sregs = self.vcpu.get_sregs()
-        try:
-            handler = usermode.deliver_event(self.vcpu, self.memory, regs, vector, insn.next_ip,
-                                             None, sregs.cs.selector & 3, sregs.cs.selector,
-                                             sregs.ss.selector, software_ip=insn.ip)
-        except DeliveryFailed as err:
-            self._stop(StopReason.SHUTDOWN, str(err))
-            return True
-        self.model.exception(insn.ip, handler, 0)
-        self._sync_stepping(at_msr_exit=False)
-        self.pending = self.decode(handler) if self.stepping else None
-        return True
-
-    def _icebp(self, regs, step: Step) -> bool:
-        """ICEBP raises a trap-like #DB (SDM 17.3.1.2): RIP after it, LBREn cleared."""
-        self.emulated += 1
+    def _skip(self, regs, step: Step) -> Resume:
         regs.rip = step.insn.next_ip
         self.vcpu.set_regs(regs)
-        self._raise_debug()
-        return True
+        return Resume(regs.rip)
 
-    def _raise_debug(self) -> None:
-        """A #DB for the guest: the model clears LBREn (no record of the delivery), KVM injects
-        the exception (KVM_GUESTDBG_INJECT_DB) and stepping follows the model again."""
-        self.model.debug_exception()
-        self._set_stepping(self.model.recording)
-        control = STEP_CONTROL if self.stepping else k.KVM_GUESTDBG_ENABLE
-        self.vcpu.set_guest_debug(control | k.KVM_GUESTDBG_INJECT_DB)
-        if not self.stepping:
-            self.vcpu.set_guest_debug(0)  # the #DB stays queued; debug itself goes off again
-        self.pending = None
+    def _software_interrupt(self, regs, step: Step) -> Outcome:
+        """INT n / INTO (this KVM fails to emulate them): delivered through the guest IDT."""
+        insn = step.insn
+        if insn.code == Code.INTO and not regs.rflags & RFLAGS_OF:
+            return self._skip(regs, step)
+        self.emulated += 1
+        vector = VECTOR_OF if insn.code == Code.INTO else insn.immediate8
+        sregs = self.vcpu.get_sregs()
+        return self._deliver(regs, vector, insn.next_ip, sregs.cs.selector & 3,
+                             sregs.cs.selector, sregs.ss.selector, insn.ip, software_ip=insn.ip)
 
+    def _icebp(self, regs, step: Step) -> DebugTrap:
+        """ICEBP raises a trap-like #DB (SDM 17.3.1.2): RIP after it."""
+        self.emulated += 1
+        self._skip(regs, step)
+        return DebugTrap()

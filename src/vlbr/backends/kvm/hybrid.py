@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,17 +25,16 @@ from unicorn import UC_ERR_FETCH_PROT, UC_HOOK_BLOCK, UC_HOOK_INTR, Uc, UcError
 from unicorn import x86_const as X
 
 from vlbr.arch.x86 import MAX_INSN, MSR_EFER, XFEATURES_LEGACY
-from vlbr.backends import branches, layout
-from vlbr.backends.base import IMAGE_BASE, RAM_SIZE
-from vlbr.backends.image import GuestImage
+from vlbr.backends import branches
+from vlbr.backends.base import RAM_SIZE
 from vlbr.backends.kvm.xsaves import KvmXstate
 from vlbr.backends.software import native, uc_registers
-from vlbr.backends.software.backend import enter_long_mode, load_guest
+from vlbr.backends.software.backend import scratch_privilege_switch
 from vlbr.backends.software.codewatch import (PAGE, TO_FALLTHROUGH, CodeWatch,
                                               candidate_starts, pattern_offsets)
 from vlbr.backends.software.fpu import UnicornLegacy
 from vlbr.backends.software.ring_branches import ring_branches
-from vlbr.backends.software.uc_cpu import shared_memory_cpu, x86_64_cpu
+from vlbr.backends.software.uc_cpu import shared_memory_cpu
 from vlbr.backends.software.privilege import (DESC_A, DESC_B, DESC_DPL_SHIFT, DESC_G, DESC_L,
                                               DESC_P, DESC_S, R_DS, R_ES, R_FS, R_GS,
                                               PrivilegeSwitch, SegmentCache)
@@ -108,18 +106,10 @@ def segment_cache(seg) -> SegmentCache:
     return SegmentCache(seg.selector, seg.base, seg.limit, flags)
 
 
-@functools.cache
-def _privilege_layout() -> PrivilegeSwitch:
-    """The CPUX86State offsets, located once on a scratch Guest ABI machine (the probes run
-    code and need the ABI's GDT, which a guest's own RAM may no longer hold)."""
-    uc = x86_64_cpu()
-    load_guest(uc, GuestImage(b"\xf4", IMAGE_BASE, IMAGE_BASE), 1)
-    enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
-    return PrivilegeSwitch(uc)
-
-
 def privilege_switch(uc: Uc) -> PrivilegeSwitch:
-    switch = copy.copy(_privilege_layout())
+    """A PrivilegeSwitch for `uc`, its layout found on a scratch machine (a guest's own RAM
+    may no longer hold the Guest ABI's GDT the probes need)."""
+    switch = copy.copy(scratch_privilege_switch())
     switch.uc = uc
     switch.exception_delivered()
     return switch

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from iced_x86 import Code, Decoder, Instruction
+from iced_x86 import Decoder, Instruction
 
 # Code -> (first byte of the 2-byte original, replacement): the first byte rules out prefixed forms.
 Replacements = Mapping[int, tuple[int, bytes]]

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from iced_x86 import Code, Instruction
 
 from vlbr.arch.cpuid import CpuidTable
-from vlbr.arch.x86 import EFER_LMA, MAX_INSN, RFLAGS_TF
+from vlbr.arch.x86 import EFER_LMA, RFLAGS_TF, VECTOR_GP
 from vlbr.backends import branches
 from vlbr.backends.base import (KVM_HYBRID as HYBRID, KVM_STEP as STEP, PORT_CONSOLE,
-                                PORT_EXIT, PORT_YIELD, RAM_SIZE, StopReason, VcpuStop)
+                                PORT_EXIT, PORT_YIELD, StopReason, VcpuStop)
 from vlbr.backends.kvm import hybrid, usermode
-from vlbr.backends.kvm.gaps import STEP_CONTROL, VECTOR_GP, KvmGaps
+from vlbr.backends.kvm.gaps import (Completer, DebugTrap, Inject, Outcome, Resume, Stopped,
+                                   iret_to_user, keep_trap_flag)
+from vlbr.backends.kvm.guest_code import GuestCode, Step
 from vlbr.backends.kvm.ioctls import (InternalError, IoIn, IoOut, MsrRead, MsrWrite, Vcpu,
                                       VcpuExit)
 from vlbr.backends.kvm.machine import PatchedSites
@@ -32,6 +34,7 @@ from vlbr.vcpu.lbr import ArchLbrVcpu, Branch, GeneralProtection
 from vlbr.x86.descriptors import GATE_SIZE, Gate
 
 SYNC = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
+STEP_CONTROL = k.KVM_GUESTDBG_ENABLE | k.KVM_GUESTDBG_SINGLESTEP
 
 
 @dataclass
@@ -60,16 +63,9 @@ class Budget:
         return self.limit_hit is None
 
 
-@dataclass
-class Step:
-    """The instruction about to execute under single-step, decoded before it runs."""
-
-    insn: Instruction
-    cls: branches.BranchClass | None
-
-
-class VcpuRunner(KvmGaps):
-    """Runs one vCPU until it yields or exits; holds its console, exit status and model."""
+class VcpuRunner:
+    """Runs one vCPU until it yields or exits; holds its console, exit status and model.
+    What this KVM cannot run is completed by its Completer (gaps.py)."""
 
     def __init__(self, vcpu: Vcpu, model: ArchLbrVcpu, memory: mmap.mmap, use_sync_regs: bool,
                  table: CpuidTable, sites: PatchedSites = PatchedSites(),
@@ -84,6 +80,8 @@ class VcpuRunner(KvmGaps):
         self.trap_sites = sites.traps
         self.model = model
         self.memory = memory
+        self.code = GuestCode(memory)
+        self.completer = Completer(vcpu, model, self.code, table, sites)
         self.run_struct = vcpu.run_struct
         self.sync = use_sync_regs
         self.console = bytearray()
@@ -96,13 +94,10 @@ class VcpuRunner(KvmGaps):
         self._injected: int | None = None  # vector of an exception we had KVM inject
         self._resumed_at: int | None = None  # RIP we moved the vCPU to at a port exit
         self._guest_tf = 0  # steps until the guest's own TF trap is due (0: none)
-        self._decoded: dict[int, tuple[bytes, Step]] = {}
         self.exits = 0
         self.steps = 0
         self.branches = 0
         self.msr_exits = 0
-        self.emulated = 0  # instructions vlbr completed for KVM (gaps.py)
-        self.cpuid_exits = 0
         self.excursions = 0  # ring-3 runs on unicorn while recording
         self._user: usermode.UserMode | None = None
         self.hybrid_cpu: hybrid.HybridCpu | None = None
@@ -117,6 +112,15 @@ class VcpuRunner(KvmGaps):
         if self.stop is None or self.stop.reason == StopReason.EXIT:
             return None
         return self.stop.detail
+
+    @property
+    def emulated(self) -> int:
+        """Instructions vlbr completed for KVM (gaps.py)."""
+        return self.completer.emulated
+
+    @property
+    def cpuid_exits(self) -> int:
+        return self.completer.cpuid_exits
 
     @property
     def user_instructions(self) -> int:
@@ -164,12 +168,12 @@ class VcpuRunner(KvmGaps):
             self.vcpu.set_io_data(b"\xff" * (exit_.size * exit_.count))
         elif isinstance(exit_, (MsrRead, MsrWrite)):
             self._msr(exit_)
-        elif reason == k.KVM_EXIT_HLT and self._cpuid_after_hlt():
-            pass
+        elif reason == k.KVM_EXIT_HLT and (done := self.completer.cpuid_after_hlt()):
+            self._apply(done)
         elif reason == k.KVM_EXIT_INTR:
             pass
-        elif isinstance(exit_, InternalError) and self._emulate(exit_):
-            pass
+        elif isinstance(exit_, InternalError) and (done := self.completer.emulate(exit_)):
+            self._apply(done)
         else:
             self._stop(*self._describe_exit(exit_))
         return False
@@ -178,6 +182,27 @@ class VcpuRunner(KvmGaps):
         self.exited = True
         self.stop = VcpuStop(reason, detail)
         self._set_stepping(False)
+
+    def _apply(self, done: Outcome | None) -> None:
+        """Go on after a completion (gaps.py): stepping follows the model again, and the step
+        path decodes where the guest resumes."""
+        if done is None:
+            return
+        if isinstance(done, Stopped):
+            if done.exit_status is not None:
+                self.exit_status = done.exit_status
+            self._stop(done.reason, done.detail)
+            return
+        if isinstance(done, DebugTrap):
+            self._raise_debug()
+            return
+        self._sync_stepping(at_msr_exit=False)
+        if isinstance(done, Inject):
+            self._injected = done.vector  # the step path delivers it (_event)
+        if self.stepping:
+            self.pending = self.decode(done.at)
+            if isinstance(done, Resume) and done.port_exit:
+                self._resumed_at = done.at
 
     # --- port I/O (Guest ABI) -------------------------------------------------------------
     def _io_out(self, io: IoOut) -> bool:
@@ -194,7 +219,7 @@ class VcpuRunner(KvmGaps):
         elif io.port == PORT_YIELD:
             return True
         elif io.port == PORT_TRAP:
-            self._trap()
+            self._apply(self.completer.trap())
         return False
 
     # --- MSRs routed to the model ---------------------------------------------------------
@@ -246,12 +271,14 @@ class VcpuRunner(KvmGaps):
         if step is not None and step.insn.ip in self.cpuid_sites:
             regs = self.vcpu.get_regs()  # the step exit came before a HLT exit: answer here
             if regs.rip == step.insn.ip + 1:
-                self._cpuid(regs, step.insn.ip)
+                self.completer.cpuid(regs, step.insn.ip)
                 rip, step = regs.rip, None
         if step is not None:
             self._retire(step, regs, rip, cpl, sregs)
         if self._guest_tf:
-            self._guest_single_step()
+            self._guest_tf -= 1
+            if not self._guest_tf:
+                self._raise_debug()  # the guest's own TF trap (SDM 17.3.1.4), swallowed by KVM
             if not self.stepping:
                 return
         if not self.exited and self.stepping:
@@ -264,10 +291,30 @@ class VcpuRunner(KvmGaps):
         runs ring 3 on unicorn instead (usermode.py)."""
         self.pending = self.decode(rip)
         if (self.quirks.user_single_step_fails and self.pending.insn.code == Code.IRETQ
-                and self._iret_to_user(regs.rsp)):
+                and iret_to_user(regs, self.code)):
             self._ring3()
-        else:
-            self._keep_trap_flag(self.pending.insn, regs)
+        elif keep_trap_flag(self.pending.insn, regs, self.code):
+            self._guest_tf = 2  # the guest sets TF itself: its #DB follows the next insn
+
+    def _ring3(self) -> None:
+        """The pending IRETQ enters ring 3, which runs on unicorn (usermode.py); KVM resumes
+        at the ring-0 handler that ends it."""
+        iret, self.pending = self.pending.insn, None
+        if self._user is None:
+            self._user = usermode.UserMode(self, fast=self.recording == HYBRID)
+        self.excursions += 1
+        self._apply(self.completer.ring3(self._user, iret, lambda: self.kicked))
+
+    def _raise_debug(self) -> None:
+        """A #DB for the guest: the model clears LBREn (no record of the delivery), KVM injects
+        the exception (KVM_GUESTDBG_INJECT_DB) and stepping follows the model again."""
+        self.model.debug_exception()
+        self._set_stepping(self.model.recording)
+        control = STEP_CONTROL if self.stepping else k.KVM_GUESTDBG_ENABLE
+        self.vcpu.set_guest_debug(control | k.KVM_GUESTDBG_INJECT_DB)
+        if not self.stepping:
+            self.vcpu.set_guest_debug(0)  # the #DB stays queued; debug itself goes off again
+        self.pending = None
 
     # --- hybrid recording (hybrid.py) -----------------------------------------------------
     @property
@@ -363,7 +410,7 @@ class VcpuRunner(KvmGaps):
         base, limit = sregs.idt.base, sregs.idt.limit
         vectors = [vector] if vector is not None else range(min(256, (limit + 1) // 16))
         for v in vectors:
-            raw = self._read(base + GATE_SIZE * v, GATE_SIZE)
+            raw = self.code.read(base + GATE_SIZE * v, GATE_SIZE)
             if len(raw) < GATE_SIZE or not Gate.decode(raw).present:
                 continue
             handler = Gate.decode(raw).offset
@@ -374,21 +421,9 @@ class VcpuRunner(KvmGaps):
         return None
 
     # --- guest memory and decoding --------------------------------------------------------
-    def _read(self, address: int, size: int) -> bytes:
-        if not 0 <= address < RAM_SIZE:
-            return b""
-        return self.memory[address:min(address + size, RAM_SIZE)]
-
     def decode(self, rip: int) -> Step:
-        """The instruction at `rip`, decoded from guest memory (cached per address)."""
-        raw = self._read(rip, MAX_INSN)
-        cached = self._decoded.get(rip)
-        if cached is not None and raw.startswith(cached[0]):
-            return cached[1]
-        insn = branches.decode(raw, rip)
-        step = Step(insn, branches.classify(insn))
-        self._decoded[rip] = (raw[:insn.len], step)
-        return step
+        """The instruction at `rip`, decoded from guest memory (guest_code.py)."""
+        return self.code.decode(rip)
 
     def _describe_exit(self, exit_: VcpuExit) -> tuple[str, str]:
         """The stop reason and its detail for an exit the runner cannot handle."""

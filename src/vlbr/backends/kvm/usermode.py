@@ -30,7 +30,6 @@ from vlbr.backends.base import PORT_CONSOLE, PORT_EXIT, RAM_SIZE
 from vlbr.backends.kvm import cpuid, hybrid
 from vlbr.backends.software import uc_registers
 from vlbr.backends.software.uc_cpu import shared_memory_cpu
-from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
 from vlbr.x86.descriptors import SegmentDescriptor
@@ -242,15 +241,12 @@ class UserMode:
                                                is_call=cls.is_call, is_return=cls.is_return))
 
     def _cpuid(self, address: int) -> None:
-        r = self.runner
         uc = self.uc
-        out = runtime_cpuid(r.table, uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX),
-                           apic_id=r.vcpu.index, cr4=r.vcpu.get_sregs().cr4,
-                           xcr0=r.vcpu.get_xcrs().get(0, 3), xss=r.xss())
+        out = self.runner.completer.cpuid_answer(uc.reg_read(X.UC_X86_REG_EAX),
+                                                 uc.reg_read(X.UC_X86_REG_ECX))
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
                                X.UC_X86_REG_RDX), out.as_tuple()):
             uc.reg_write(reg, value)
-        r.cpuid_exits += 1
         uc.reg_write(X.UC_X86_REG_RIP, address + len(cpuid.HLT_NOP))
 
     def _on_interrupt(self, uc, intno, user_data) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from iced_x86 import Code, Instruction, Register
 
 from vlbr.arch.x86 import CR4_OSXSAVE, VECTOR_GP, VECTOR_UD, XFEATURES_LEGACY
-from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.leaves import xsave_component, xsave_main
 from vlbr.arch.xsave import HEADER_OFFSET, LEGACY_AREA_SIZE, XsaveLayout
 from vlbr.backends.base import RAM_SIZE
@@ -149,4 +148,4 @@ def _run(insn: Instruction, state: KvmXstate, model, xcr0: int, area: bytearray,
         xrstor(state, table, area, offset, rfbm, xcr0, wide)
     else:
         op = xsaves if insn.code in SAVES else xrstors
-        op(state, model, table, area, offset, rfbm, xcr0, model.rdmsr(IA32_XSS), wide=wide)
+        op(state, model, table, area, offset, rfbm, xcr0, model.xss, wide=wide)

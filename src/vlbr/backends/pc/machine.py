@@ -1,7 +1,7 @@
 """A Linux guest on the unicorn CPU: RAM, the boot plan, the PC devices Linux needs (COM1,
 the 8259A pair, the 8254's channel 0, the local APIC) in virtual time (instructions retired,
-see clock.py); vlbr's CPUID, MSRs (Arch LBR, PMU), XSAVES/XRSTORS, RDTSC/RDPMC, exceptions,
-NMIs, external interrupts and SYSCALL, which unicorn does not perform; branch recording while
+see clock.py); vlbr's CPUID, exceptions, NMIs, external interrupts and SYSCALL, which unicorn
+does not perform, and the trapped instructions of kernel_instructions.py; recording while
 LBREn is set (recorder.py). A run ends at its time limit, at a HLT with interrupts off
 (Linux's halt), or when delivery fails (a CPU would shut down). docs/design.md has the loop."""
 
@@ -17,22 +17,17 @@ from iced_x86 import Decoder, Mnemonic
 from unicorn import x86_const as X
 
 from vlbr.arch.cpuid import CpuidTable
-from vlbr.arch.msrs import IA32_LBR_DEPTH, IA32_XSS, BranchType, LbrCtl, decode_record_msr
-from vlbr.arch.xsave import XSS_ARCH_LBR, XsaveLayout
-from vlbr.arch.x86 import (CR4_OSXSAVE, CR4_PCE, CR4_TSD, MAX_INSN, MSR_EFER, RFLAGS_IF,
-                           VECTOR_DB, VECTOR_GP, VECTOR_PF, VECTOR_UD,
-                           VECTORS_WITH_ERROR_CODE, XFEATURE_X87)
+from vlbr.arch.msrs import BranchType, LbrCtl
+from vlbr.arch.x86 import (MAX_INSN, MSR_EFER, RFLAGS_IF, VECTOR_DB, VECTOR_GP, VECTOR_PF,
+                           VECTOR_UD, VECTORS_WITH_ERROR_CODE)
 from vlbr.policy.runtime_cpuid import runtime_cpuid
-from vlbr.policy.supported import XSAVES
 from vlbr.backends.branches import EVENT, FAR
-from vlbr.vcpu import Branch, GeneralProtection
+from vlbr.vcpu import Branch, GeneralProtection, InvalidOpcode
 from vlbr.vcpu.perfmon_msrs import PerfmonMsrs
 from vlbr.backends.base import CONSOLE_LIMIT, StopReason
-from vlbr.backends.software.fpu import uc_xrstors, uc_xsaves
 from vlbr.backends.software.interrupts import DeliveryFailed, InterruptDelivery
 from vlbr.backends.software.privilege import (PrivilegeSwitch, enter_syscall, flat_code64,
                                               flat_data)
-from vlbr.backends.software.uc_operands import operand_address
 from vlbr.x86.operands import UnsupportedOperand
 from vlbr.x86.paging import PageFault, read_linear, write_linear
 from vlbr.x86.xstate import UnmodelledXstate
@@ -43,20 +38,20 @@ from . import pit as pit_ports
 from . import uart as uart_ports
 from .interrupts import PcInterrupts, pit_tick
 from .ground_truth import GroundTruth
+from .kernel_instructions import PERFORMED, XSTATE_MNEMONICS, KernelInstructions
 from .recorder import BranchRecorder
 from .clock import NEVER, InstructionClock, Stop
 from .cpu_model import guest_cpuid
 from .kernel_sites import trap_sites
-from .msrs import IA32_TSC, PcMsrs
+from .msrs import PcMsrs
 from .loader import BootPlan
 
 HLT = 0xF4
 INTERRUPT_POLL = 1000  # instructions between looks at a pending interrupt while IF is clear
 PAGE = 0x1000
-RUN_BY_QEMU = frozenset([Mnemonic.XSETBV, Mnemonic.IRET, Mnemonic.IRETD, Mnemonic.IRETQ,
-                         Mnemonic.SYSRETQ, Mnemonic.SYSRET])
-XSTATE_MNEMONICS = frozenset([Mnemonic.XSAVES, Mnemonic.XSAVES64, Mnemonic.XRSTORS,
-                              Mnemonic.XRSTORS64])
+PRIVILEGE_RETURNS = frozenset([Mnemonic.IRET, Mnemonic.IRETD, Mnemonic.IRETQ,
+                               Mnemonic.SYSRETQ, Mnemonic.SYSRET])
+TRAPPED = PERFORMED - XSTATE_MNEMONICS  # XSAVES/XRSTORS are QEMU's #UD, not trap sites
 _GPRS_ABCD = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
 SLICE = 50_000_000  # instructions per emu_start at most, so the wall-clock check runs
 
@@ -124,8 +119,6 @@ class PcMachine:
         self._counted = 0  # virtual time the PMU has been told about
         self._returning_at: int | None = None  # an IRET/SYSRET the next slice runs alone
         self._halted = False  # in HLT, waiting for an interrupt
-        self.xcr0 = XFEATURE_X87
-        self._trapped = self._trap_handlers()
         self._devices()
         self._models(ground_truth)
         self._hooks()
@@ -144,6 +137,9 @@ class PcMachine:
         self.msrs = PcMsrs(self.uc, self.perfmon, lambda: self.clock.now, self.lapic)
         self.truth = GroundTruth(self.lbr.config) if ground_truth else None
         self.recorder = BranchRecorder(self.uc, self.lbr, self.delivery.linear_read, self.truth)
+        self.kernel = KernelInstructions(self.uc, self.cpuid, self.perfmon, self.msrs,
+                                         self.delivery.linear_read, self.delivery.linear_write,
+                                         self.truth)
 
     def _hooks(self) -> None:
         uc = self.uc
@@ -213,8 +209,8 @@ class PcMachine:
     def _on_cpuid(self, uc, user_data) -> int:
         regs = runtime_cpuid(self.cpuid, uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF,
                              uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF, apic_id=0,
-                             cr4=uc.reg_read(X.UC_X86_REG_CR4), xcr0=self.xcr0,
-                             xss=self.lbr.rdmsr(IA32_XSS, host_initiated=True))
+                             cr4=uc.reg_read(X.UC_X86_REG_CR4), xcr0=self.kernel.xcr0,
+                             xss=self.lbr.xss)
         for reg, value in zip(_GPRS_ABCD, regs.as_tuple()):
             uc.reg_write(reg, value)
         return 1  # skip QEMU's own CPUID
@@ -316,16 +312,31 @@ class PcMachine:
         except DeliveryFailed:
             self.clock.run_through(address)  # let unicorn raise the fetch fault
             return
-        handler = self._trapped.get(insn.mnemonic)  # built once: traps are a hot path
-        if handler is None:
+        if insn.mnemonic in PRIVILEGE_RETURNS:
+            self._privilege_return(insn)
+        elif insn.mnemonic == Mnemonic.XSETBV:
+            self.kernel.xsetbv()
+            self.clock.run_through(insn.ip)  # QEMU performs it
+        elif insn.mnemonic in TRAPPED:
+            self._perform(insn)
+        else:
             self.clock.run_through(address)  # opcode bytes inside another instruction
-            return
+
+    def _perform(self, insn) -> None:
+        """vlbr performs `insn` (kernel_instructions.py): it retires, or its fault is
+        delivered."""
         try:
-            handler(insn)
+            self.kernel.perform(insn)
         except GeneralProtection:
-            self._deliver(VECTOR_GP, address, 0)
-            return
-        if insn.mnemonic not in RUN_BY_QEMU:
+            self._deliver(VECTOR_GP, insn.ip, 0)
+        except InvalidOpcode:
+            self._deliver(VECTOR_UD, insn.ip, None)
+        except PageFault as fault:
+            self.uc.reg_write(X.UC_X86_REG_CR2, fault.linear)
+            self._deliver(VECTOR_PF, insn.ip, fault.error_code)
+        except (UnmodelledXstate, UnsupportedOperand) as err:
+            self._stop(StopReason.UNSUPPORTED, f"{insn} at {insn.ip:#x}: {err}")
+        else:
             self.uc.reg_write(X.UC_X86_REG_RIP, insn.next_ip)
             self.clock.advance(1)
 
@@ -338,49 +349,6 @@ class PcMachine:
             except DeliveryFailed:
                 pass
         return data
-
-    def _trap_handlers(self) -> dict:
-        return {Mnemonic.RDMSR: self._rdmsr, Mnemonic.WRMSR: self._wrmsr,
-                Mnemonic.RDTSC: self._rdtsc, Mnemonic.RDTSCP: self._rdtsc,
-                Mnemonic.RDPMC: self._rdpmc, Mnemonic.XSETBV: self._xsetbv,
-                Mnemonic.IRET: self._privilege_return, Mnemonic.IRETD: self._privilege_return,
-                Mnemonic.IRETQ: self._privilege_return, Mnemonic.SYSRETQ: self._privilege_return,
-                Mnemonic.SYSRET: self._privilege_return}
-
-    def _cpl0(self, what: str) -> None:
-        if self.uc.reg_read(X.UC_X86_REG_CS) & 3:
-            raise GeneralProtection(f"{what} at CPL > 0")
-
-    def _edx_eax(self) -> int:
-        return ((self.uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
-                | self.uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
-
-    def _set_edx_eax(self, value: int) -> None:
-        self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
-        self.uc.reg_write(X.UC_X86_REG_RDX, value >> 32 & 0xFFFFFFFF)
-
-    def _rdmsr(self, insn) -> None:
-        self._cpl0("RDMSR")
-        self._set_edx_eax(self.msrs.read(self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF))
-
-    def _wrmsr(self, insn) -> None:
-        self._cpl0("WRMSR")
-        msr = self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
-        self.msrs.write(msr, self._edx_eax())
-        if self.truth is not None and (msr == IA32_LBR_DEPTH or decode_record_msr(msr)):
-            self.truth.written(self.lbr.records())  # DEPTH zeroes them (intel/lbr.c)
-
-    def _rdtsc(self, insn) -> None:
-        if self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_TSD:
-            self._cpl0("RDTSC with CR4.TSD")
-        self._set_edx_eax(self.msrs.read(IA32_TSC))
-        if insn.mnemonic == Mnemonic.RDTSCP:
-            self.uc.reg_write(X.UC_X86_REG_RCX, 0)  # IA32_TSC_AUX: the only CPU is 0
-
-    def _rdpmc(self, insn) -> None:
-        pce = bool(self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_PCE)
-        self._set_edx_eax(self.pmu.rdpmc(self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF,
-                                         self._cpl(), pce))
 
     def _privilege_return(self, insn) -> None:
         """IRET/SYSRET may change CPL: the slice ended before it, the next one is just the
@@ -396,13 +364,6 @@ class PcMachine:
         to = self.uc.reg_read(X.UC_X86_REG_RIP)
         self.recorder.retire(Branch(at, to, FAR.kind, self._cpl()))
 
-    def _xsetbv(self, insn) -> None:
-        """Note XCR0 (unicorn cannot read it back) and let QEMU perform XSETBV."""
-        value = self._edx_eax()
-        self.clock.run_through(insn.ip)
-        if self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF == 0:
-            self.xcr0 = value  # if QEMU #GPs on it instead, the guest does not survive it
-
     def _invalid(self, rip: int) -> None:
         """QEMU's #UD: XSAVES/XRSTORS (TCG has none) are vlbr's to perform; INT1 is #DB."""
         self.clock.unretire()
@@ -412,7 +373,7 @@ class PcMachine:
             self._deliver(VECTOR_UD, rip, None)
             return
         if insn.mnemonic in XSTATE_MNEMONICS:
-            self._xstate(insn)
+            self._perform(insn)
         elif insn.mnemonic == Mnemonic.RDPMC:  # QEMU's TCG has no RDPMC: #UD
             self.clock.advance(1)
             self._trap(rip)
@@ -420,53 +381,6 @@ class PcMachine:
             self._deliver(VECTOR_DB, insn.next_ip, None)
         else:
             self._deliver(VECTOR_UD, rip, None)
-
-    def _xstate(self, insn) -> None:
-        """XSAVES/XRSTORS (SDM Vol. 2): #UD without CR4.OSXSAVE or CPUID XSAVES, #GP at CPL > 0;
-        the area is read and written through the guest's page tables."""
-        restore = insn.mnemonic in (Mnemonic.XRSTORS, Mnemonic.XRSTORS64)
-        if not self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_OSXSAVE or not self._has_xsaves:
-            self._deliver(VECTOR_UD, insn.ip, None)
-            return
-        try:
-            self._cpl0(str(insn))
-            self._xstate_on_memory(insn, restore)
-        except GeneralProtection:
-            self._deliver(VECTOR_GP, insn.ip, 0)
-            return
-        except PageFault as fault:
-            self.uc.reg_write(X.UC_X86_REG_CR2, fault.linear)
-            self._deliver(VECTOR_PF, insn.ip, fault.error_code)
-            return
-        except (UnmodelledXstate, UnsupportedOperand) as err:
-            self._stop(StopReason.UNSUPPORTED, f"{insn} at {insn.ip:#x}: {err}")
-            return
-        self.uc.reg_write(X.UC_X86_REG_RIP, insn.next_ip)
-        self.clock.advance(1)
-
-    def _xstate_on_memory(self, insn, restore: bool) -> None:
-        xss = self.lbr.rdmsr(IA32_XSS, host_initiated=True)
-        address = operand_address(self.uc, insn)
-        misalign = address & 63
-        size = XsaveLayout.for_mask(self.cpuid, self.xcr0 | xss, compacted=True).size
-        start = address - misalign
-        area = bytearray(self.delivery.linear_read(start, size + misalign))
-        wide = insn.mnemonic in (Mnemonic.XSAVES64, Mnemonic.XRSTORS64)
-        if restore:
-            uc_xrstors(self.uc, self.lbr, self.cpuid, self.xcr0, xss, self._edx_eax(), area,
-                       misalign, wide)
-            if self.truth is not None and self._edx_eax() & xss & XSS_ARCH_LBR:
-                self.truth.written(self.lbr.records())  # a task's own records, restored
-            return
-        before = bytes(area)
-        uc_xsaves(self.uc, self.lbr, self.cpuid, self.xcr0, xss, self._edx_eax(), area,
-                  misalign, wide)
-        if area != before:
-            self.delivery.linear_write(start, bytes(area))
-
-    @property
-    def _has_xsaves(self) -> bool:
-        return bool(self.cpuid.regs(0xD, 1).eax & XSAVES)
 
     def _cpl(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3

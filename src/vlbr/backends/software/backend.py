@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import functools
+
 import iced_x86
 import numpy as np
 from iced_x86 import Mnemonic, OpKind
@@ -41,7 +43,6 @@ from vlbr.arch.x86 import (CR4_OSXSAVE, EXCEPTION_NAMES, MAX_INSN, MSR_EFER, MSR
                            MSR_LSTAR, MSR_STAR, RFLAGS_TF, VECTORS_WITH_ERROR_CODE, VECTOR_DB,
                            VECTOR_GP, VECTOR_UD, XFEATURE_AVX, XFEATURE_SSE, XFEATURE_X87,
                            XFEATURES_LEGACY)
-from vlbr.arch.msrs import IA32_XSS
 from vlbr.arch.xsave import XsaveLayout
 from vlbr.backends import layout
 from vlbr.backends.base import (IMAGE_BASE, PORT_CONSOLE, PORT_EXIT, PORT_YIELD, RAM_SIZE,
@@ -158,6 +159,16 @@ def load_guest(uc: Uc, image, vcpus: int, executable: bool = True) -> None:
 _NULL_IMAGE = GuestImage(b"\xf4", IMAGE_BASE, IMAGE_BASE)  # HLT: enough to probe the CPU
 
 
+@functools.cache
+def scratch_privilege_switch() -> PrivilegeSwitch:
+    """The CPUX86State layout, located on a scratch Guest ABI machine (the probes run code
+    and need the ABI's GDT); raises BackendUnavailable where unicorn cannot build it."""
+    uc = x86_64_cpu()
+    load_guest(uc, _NULL_IMAGE, 1)
+    enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
+    return PrivilegeSwitch(uc)
+
+
 class SoftwareBackend:
     """Backend "software": unicorn 2 with vlbr's Arch LBR model (see module doc)."""
 
@@ -166,10 +177,7 @@ class SoftwareBackend:
     def unavailable_reason(self) -> str | None:
         """None when unicorn builds the Guest ABI machine (incl. the context layout checks)."""
         try:
-            uc = x86_64_cpu()
-            load_guest(uc, _NULL_IMAGE, 1)
-            enter_long_mode(uc, layout.entry_state(0, 1, IMAGE_BASE))
-            PrivilegeSwitch(uc)
+            scratch_privilege_switch()
         except BackendUnavailable as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure means unicorn cannot run here
@@ -261,7 +269,7 @@ class SoftwareMachine:
         run = self.current
         regs = runtime_cpuid(self.machine.cpuid, uc.reg_read(X.UC_X86_REG_EAX),
                              uc.reg_read(X.UC_X86_REG_ECX), apic_id=run.index,
-                             cr4=uc.reg_read(X.UC_X86_REG_CR4), xcr0=run.xcr0, xss=self._xss())
+                             cr4=uc.reg_read(X.UC_X86_REG_CR4), xcr0=run.xcr0, xss=run.model.xss)
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
                                X.UC_X86_REG_RDX), regs.as_tuple()):
             uc.reg_write(reg, value)
@@ -398,12 +406,6 @@ class SoftwareMachine:
     def _decode(self, address: int):
         return iced_x86.Decoder(64, bytes(self.uc.mem_read(address, MAX_INSN)), ip=address).decode()
 
-    def _xss(self) -> int:
-        try:
-            return self.current.model.rdmsr(IA32_XSS, host_initiated=True)
-        except (GeneralProtection, KeyError):
-            return 0  # no IA32_XSS on this vCPU
-
     def _reg(self, reg) -> int:
         return self.uc.reg_read(reg)
 
@@ -504,7 +506,7 @@ class SoftwareMachine:
         run, model = self.current, self.current.model
         if not self.machine.lbr.xsaves:
             raise InvalidOpcode("XSAVES/XRSTORS without CPUID.(0xD,1):EAX[3]")
-        xss = self._xss()
+        xss = self.current.model.xss
         rfbm = (self._reg(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | self._reg(X.UC_X86_REG_RAX) & 0xFFFFFFFF
         address = self._operand_address(insn)
         misalign = address & 63

@@ -1,0 +1,24 @@
+"""One differential guest on one backend: skipped with the reason where the backend cannot
+run here, else the finished run (checked to have ended well) and its machine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from vlbr.backends.base import MachineConfig, RunResult
+from vlbr.backends.registry import make_backend
+from vlbr.guest.build import build_guest
+from vlbr.guest.conformance import machine_for
+
+
+def run_guest(backend: str, source: Path, **machine_changes) -> tuple[RunResult, MachineConfig]:
+    b = make_backend(backend)
+    if b.unavailable_reason() is not None:
+        pytest.skip(f"{backend}: {b.unavailable_reason()}")
+    machine = replace(machine_for(backend), **machine_changes)
+    result = b.run(build_guest(source), machine)
+    assert result.ok, result.stops
+    return result, machine
