@@ -14,11 +14,16 @@ from vlbr.guest.build import build_guest
 from vlbr.guest.conformance import machine_for
 
 
-def run_guest(backend: str, source: Path, **machine_changes) -> tuple[RunResult, MachineConfig]:
+def run_guest(backend: str, source: Path, lbr_ctl: int | None = None,
+              **machine_changes) -> tuple[RunResult, MachineConfig]:
+    """lbr_ctl: the guest's vlbr_lbr_ctl (as `vlbr run --lbr-ctl`)."""
     b = make_backend(backend)
     if b.unavailable_reason() is not None:
         pytest.skip(f"{backend}: {b.unavailable_reason()}")
     machine = replace(machine_for(backend), **machine_changes)
-    result = b.run(build_guest(source), machine)
+    image = build_guest(source)
+    if lbr_ctl is not None:
+        image = image.with_u64("vlbr_lbr_ctl", lbr_ctl)
+    result = b.run(image, machine)
     assert result.ok, result.stops
     return result, machine

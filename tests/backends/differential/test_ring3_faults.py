@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from guest_runs import run_guest
 
 from vlbr.arch.msrs import LBR_CTL_BRANCH_BITS, LbrCtl
 from vlbr.arch.x86 import VECTOR_GP, VECTOR_PF
@@ -36,13 +37,8 @@ MODES = [("lbr-off", 0, "step"), ("step", RECORD_ALL, "step"),
 
 @pytest.mark.parametrize("name, ctl, recording", MODES, ids=[m[0] for m in MODES])
 def test_ring3_faults_are_architectural(name, ctl, recording):
-    backend = KvmBackend()
-    if backend.unavailable_reason() is not None:
-        pytest.skip(f"KVM backend unavailable: {backend.unavailable_reason()}")
-    image = build_guest(GUEST).with_u64("vlbr_lbr_ctl", ctl)
-    machine = dataclasses.replace(machine_for("kvm"), kvm_recording=recording)
-    result = backend.run(image, machine)
-    assert result.stops[0].reason == StopReason.EXIT and result.ok, result.stops
+    result, _ = run_guest("kvm", GUEST, lbr_ctl=ctl, kvm_recording=recording)
+    assert result.stops[0].reason == StopReason.EXIT
     want = [f"{n} vector {v:#x} error {e:#x} cr2 {cr2:#x}" for n, v, e, cr2 in EXPECTED]
     assert result.console[0].splitlines() == want
     if ctl and probe_quirks().user_single_step_fails:  # ring 3 ran on unicorn
