@@ -1,6 +1,7 @@
-"""Ring-3 faults (ring3_faults.c) on KVM, with LBR off (KVM alone) and recording in both
-modes (ring 3 then runs on unicorn where this KVM cannot single-step it: the excursion walks
-the guest's page tables for a #PF's error code, and takes QEMU's for the faults it raises).
+"""Ring-3 faults (ring3_faults.c) on both backends: KVM with LBR off (KVM alone) and recording
+in both modes (ring 3 then runs on unicorn where this KVM cannot single-step it: the excursion
+walks the guest's page tables for a #PF's error code, and takes QEMU's for the faults it
+raises), and the software CPU.
 SDM vol. 3A 4.7: P=1 (a protection violation, else not present), W/R=2, U/S=4; I/D=16 only
 with CR4.SMEP or EFER.NXE, both clear in the Guest ABI. 6.13: #GP(selector) of a segment
 load beyond the GDT limit; a second one is a #GP again (6.15: #DF only within a delivery)."""
@@ -31,17 +32,18 @@ EXPECTED = [  # name, vector, error code, CR2
     ("sup_fetch", PF, 0x5, SUPERVISOR), ("ro_write", PF, 0x7, READ_ONLY),
     ("gp_selector", GP, 0x1000, 0), ("gp_selector_again", GP, 0x1000, 0)]
 RECORD_ALL = int(LbrCtl.LBREN | LbrCtl.OS | LbrCtl.USR) | LBR_CTL_BRANCH_BITS
-MODES = [("lbr-off", 0, "step"), ("step", RECORD_ALL, "step"),
-         ("hybrid", RECORD_ALL, "hybrid")]
+RUNS = {"kvm-lbr-off": ("kvm", 0, "step"), "kvm-step": ("kvm", RECORD_ALL, "step"),
+        "kvm-hybrid": ("kvm", RECORD_ALL, "hybrid"), "software-lbr-off": ("software", 0, "step"),
+        "software": ("software", RECORD_ALL, "step")}
 
 
-@pytest.mark.parametrize("name, ctl, recording", MODES, ids=[m[0] for m in MODES])
-def test_ring3_faults_are_architectural(name, ctl, recording):
-    result, _ = run_guest("kvm", GUEST, lbr_ctl=ctl, kvm_recording=recording)
+@pytest.mark.parametrize("backend, ctl, recording", RUNS.values(), ids=RUNS.keys())
+def test_ring3_faults_are_architectural(backend, ctl, recording):
+    result, _ = run_guest(backend, GUEST, lbr_ctl=ctl, kvm_recording=recording)
     assert result.stops[0].reason == StopReason.EXIT
     want = [f"{n} vector {v:#x} error {e:#x} cr2 {cr2:#x}" for n, v, e, cr2 in EXPECTED]
     assert result.console[0].splitlines() == want
-    if ctl and probe_quirks().user_single_step_fails:  # ring 3 ran on unicorn
+    if backend == "kvm" and ctl and probe_quirks().user_single_step_fails:  # ring 3 on unicorn
         assert result.stats["ring3_excursions"] == len(EXPECTED)
 
 
