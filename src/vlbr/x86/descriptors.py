@@ -67,7 +67,12 @@ class Gate:
 
     @property
     def usable(self) -> bool:
-        return self.present and self.type in (GATE_INTERRUPT, GATE_TRAP)
+        return self.present and self.interrupt_or_trap
+
+    @property
+    def interrupt_or_trap(self) -> bool:
+        """An IA-32e interrupt or trap gate type; any other type #GPs (SDM INT n)."""
+        return self.type in (GATE_INTERRUPT, GATE_TRAP)
 
 
 def tss_stack_slot(tss_base: int, *, cpl: int | None = None, ist: int | None = None) -> int:
