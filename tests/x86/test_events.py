@@ -18,9 +18,7 @@ RSP0, IST2 = 0x9000, 0xA000
 
 def gate(offset: int, type_: int = GATE_INTERRUPT, dpl: int = 0, ist: int = 0,
          selector: int = layout.SEL_KERNEL_CODE, present: bool = True) -> bytes:
-    attr = type_ | dpl << 5 | (0x80 if present else 0)
-    return struct.pack("<HHBBHII", offset & 0xFFFF, selector, ist, attr, (offset >> 16) & 0xFFFF,
-                       offset >> 32, 0)
+    return Gate(offset, selector, ist, type_, dpl, present).encode()
 
 
 class Cpu:
@@ -136,6 +134,13 @@ def test_int_n_checks_the_gate_type_then_its_dpl_then_present():
         cpu.set_gate(fault, gate(0x7700))
         done = deliver(cpu, 0x91, 0x1002, software_ip=0x1000)
         assert (done.vector, done.error_code, done.handler) == (fault, 0x91 * 8 | 2, 0x7700)
+
+
+def test_a_gate_encodes_to_the_sdm_layout_and_back():
+    # SDM figure 6-8: offset 15:0, selector, IST, type | DPL << 5 | P << 7, offset 31:16, 63:32
+    raw = gate(0x1122_3344_5566_7788, GATE_TRAP, dpl=3, ist=2, selector=0x10)
+    assert raw == bytes.fromhex("8877 1000 02 ef 6655 44332211 00000000".replace(" ", ""))
+    assert Gate.decode(raw) == Gate(0x1122_3344_5566_7788, 0x10, 2, GATE_TRAP, 3, True)
 
 
 def test_a_contributory_fault_on_a_fault_is_df_and_then_a_shutdown():

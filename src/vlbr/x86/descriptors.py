@@ -65,6 +65,11 @@ class Gate:
         return cls(lo | mid << 16 | hi << 32, sel, ist & 7, attr & 0xF, (attr >> 5) & 3,
                    bool(attr & 0x80))
 
+    def encode(self) -> bytes:
+        attr = self.type | self.dpl << 5 | (0x80 if self.present else 0)
+        return struct.pack("<HHBBHII", self.offset & 0xFFFF, self.selector, self.ist, attr,
+                           self.offset >> 16 & 0xFFFF, self.offset >> 32, 0)
+
     @property
     def usable(self) -> bool:
         return self.present and self.interrupt_or_trap
