@@ -65,9 +65,19 @@ class Gate:
         return cls(lo | mid << 16 | hi << 32, sel, ist & 7, attr & 0xF, (attr >> 5) & 3,
                    bool(attr & 0x80))
 
+    def encode(self) -> bytes:
+        attr = self.type | self.dpl << 5 | (0x80 if self.present else 0)
+        return struct.pack("<HHBBHII", self.offset & 0xFFFF, self.selector, self.ist, attr,
+                           self.offset >> 16 & 0xFFFF, self.offset >> 32, 0)
+
     @property
     def usable(self) -> bool:
-        return self.present and self.type in (GATE_INTERRUPT, GATE_TRAP)
+        return self.present and self.interrupt_or_trap
+
+    @property
+    def interrupt_or_trap(self) -> bool:
+        """An IA-32e interrupt or trap gate type; any other type #GPs (SDM INT n)."""
+        return self.type in (GATE_INTERRUPT, GATE_TRAP)
 
 
 def tss_stack_slot(tss_base: int, *, cpl: int | None = None, ist: int | None = None) -> int:

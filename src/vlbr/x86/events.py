@@ -104,13 +104,14 @@ def _deliver(cpu: EventCpu, vector: int, return_ip: int, error_code: int | None,
     (idt_base, idt_limit), gdt, tss_base = cpu.tables()
     state = cpu.interrupted()
     gate = _gate(cpu, idt_base, idt_limit, vector)
+    # SDM vol. 2 INT n (IA-32e mode): the gate's type, then a software interrupt's DPL, then P
+    if not gate.interrupt_or_trap:
+        raise _GateFault(VECTOR_GP, vector, f"IDT vector {vector}: not a 64-bit "
+                         f"interrupt/trap gate (type {gate.type:#x})")
     if software_ip is not None and gate.dpl < state.cpl:
         raise _GateFault(VECTOR_GP, vector, f"INT {vector:#x} through a DPL {gate.dpl} gate")
     if not gate.present:
         raise _GateFault(VECTOR_NP, vector, f"IDT vector {vector}: gate not present")
-    if not gate.usable:
-        raise _GateFault(VECTOR_GP, vector, f"IDT vector {vector}: not a 64-bit "
-                         f"interrupt/trap gate (type {gate.type:#x})")
     cs = _code_segment(cpu, gdt, gate.selector, vector)
     cpl = cs.dpl
     if cpl > state.cpl:

@@ -70,6 +70,20 @@ static void user_read(void) { (void)*(volatile u64 *)TARGET; __asm__ volatile("i
 static void user_write(void) { *(volatile u64 *)TARGET = 1; __asm__ volatile("int 0x80"); }
 static void user_int_dpl0(void) { __asm__ volatile("int 0x81\n\tint 0x80"); }
 static void user_int_dpl3(void) { __asm__ volatile("int 0x80"); }
+static void user_int_91(void) { __asm__ volatile("int 0x91\n\tint 0x80"); }
+static void user_int_92(void) { __asm__ volatile("int 0x92\n\tint 0x80"); }
+
+/* IDT[vector] = IDT[0x80] with other type/DPL/P attributes (the runtime's IDT, found by SIDT). */
+static void set_gate_attr(int vector, u8 type_attr)
+{
+    struct __attribute__((packed)) { u16 limit; u64 base; } idtr;
+    __asm__ volatile("sidt %0" : "=m"(idtr));
+    volatile u8 *gate = (volatile u8 *)(idtr.base + 16 * (u64)vector);
+    const volatile u8 *model = (const volatile u8 *)(idtr.base + 16 * 0x80ull);
+    for (int i = 0; i < 16; i++)
+        gate[i] = model[i];
+    gate[5] = type_attr;
+}
 
 static void user_case(const char *name, void (*fn)(void))
 {
@@ -102,8 +116,14 @@ int guest_main(int cpu, int ncpus)
     __asm__ volatile("mov ax, 0x10\n\tmov ds, ax" ::: "rax");
     TRY("int1");
     report("db_icebp");
-    TRY("int 0x90");                            /* no gate: #NP(0x90 * 8 + 2), EXT clear */
-    report("np_int_without_gate");
+    TRY("int 0x90");                            /* a zero gate is of no gate type: #GP */
+    report("gp_int_without_gate");
+    set_gate_attr(0x91, 0x0E);                  /* interrupt gate, DPL 0, not present */
+    set_gate_attr(0x92, 0x6E);                  /* interrupt gate, DPL 3, not present */
+    TRY("int 0x91");
+    report("np_int_not_present_gate");
+    user_case("int_not_present_dpl0_gate_from_ring3", user_int_91);  /* DPL before P */
+    user_case("int_not_present_dpl3_gate_from_ring3", user_int_92);
     TRY("pushfq\n\tor qword ptr [rsp], 0x100\n\tpopfq\n\tnop");
     report("db_trap_flag");
     static u8 area[4096] __attribute__((aligned(64)));

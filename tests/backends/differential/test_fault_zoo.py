@@ -2,8 +2,9 @@
 
 Each line is checked against the architecture, not only across backends (both could be
 wrong alike): SDM vol. 3A 4.7 (#PF error code: P=1, W/R=2, U/S=4, I/D=16), 6.13 (#GP error
-code of a selector: its index, TI, EXT; #NP of a missing gate: vector * 8 | IDT), 6.12.1.1 (INT n through a gate with DPL < CPL:
-#GP(vector * 8 + 2)), 17.3.1.2 (ICEBP is a trap-like #DB), 13.12 (XRSTORS with XCOMP_BV[63]
+code of a selector: its index, TI, EXT; of a gate: vector * 8 | IDT), vol. 2 INT n in IA-32e
+mode (the gate's type is checked first, #GP for a zero gate; then DPL < CPL of a software
+interrupt, #GP; then P, #NP; as QEMU's target/i386 do_interrupt64), 17.3.1.2 (ICEBP is a trap-like #DB), 13.12 (XRSTORS with XCOMP_BV[63]
 clear: #GP(0)), 13.8.1 and vol. 2 XRSTOR/XSAVE (the standard form's header and alignment
 #GP(0))."""
 
@@ -33,7 +34,10 @@ EXPECTED = {
     "int_dpl0_gate_from_ring3": (0xD, 0x81 * 8 + 2, None),
     "gp_selector_beyond_gdt": (0xD, 0x1000, None),
     "db_icebp": (0x1, 0x0, None),
-    "np_int_without_gate": (0xB, 0x90 * 8 + 2, None),
+    "gp_int_without_gate": (0xD, 0x90 * 8 + 2, None),
+    "np_int_not_present_gate": (0xB, 0x91 * 8 + 2, None),
+    "int_not_present_dpl0_gate_from_ring3": (0xD, 0x91 * 8 + 2, None),
+    "int_not_present_dpl3_gate_from_ring3": (0xB, 0x92 * 8 + 2, None),
     "db_trap_flag": (0x1, 0x0, None),
     "xrstors_standard_header_gp": (0xD, 0x0, None),
     "xrstor_xstate_bv_outside_xcr0_gp": (0xD, 0x0, None),

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from iced_x86 import BlockEncoder, Code, Instruction, MemoryOperand, Register as R
 
 from vlbr.arch.cpuid import CpuidTable, Registers
-from vlbr.arch.x86 import CPUID1_ECX_XSAVE, MSR_FMASK, MSR_LSTAR, MSR_STAR
+from vlbr.arch.x86 import CPUID1_ECX_XSAVE, MSR_FMASK, MSR_LSTAR, MSR_STAR, VECTOR_BP, VECTOR_GP
+from vlbr.backends import layout
 from vlbr.backends.base import IMAGE_BASE
 from vlbr.backends.image import GuestImage
 from vlbr.backends.kvm.cpuid import rewritten_leaves
@@ -21,6 +22,7 @@ from vlbr.backends.kvm.ioctls import Vm
 from vlbr.backends.kvm.machine import create_machine
 from vlbr.host import kvm as k
 from vlbr.host.kvm import Kvm, KvmError
+from vlbr.x86.descriptors import GATE_INTERRUPT, GATE_SIZE, Gate
 
 USED_CAPS = [
     ("KVM_CAP_X86_USER_SPACE_MSR", k.KVM_CAP_X86_USER_SPACE_MSR),
@@ -264,6 +266,44 @@ def probe_user_syscall(kvm: Kvm) -> Probe:
         vm.close()
 
 
+_INT3_HANDLERS = {VECTOR_BP: IMAGE_BASE + 0x80, VECTOR_GP: IMAGE_BASE + 0xC0}
+_IDT_AT = IMAGE_BASE + 0x100
+
+
+def _int3_image() -> GuestImage:
+    """Ring 3 runs INT3; IDT gates 3 and 13 are DPL 0, each handler exits with its vector."""
+    handlers = {at: _image(_mov(R.RAX, vector), *_exit()).data
+                for vector, at in _INT3_HANDLERS.items()}
+    data = bytearray(_ring3_image(Instruction.create(Code.INT3)).data.ljust(0x200, b"\x90"))
+    for at, code in handlers.items():
+        data[at - IMAGE_BASE:at - IMAGE_BASE + len(code)] = code
+    for vector, at in _INT3_HANDLERS.items():
+        gate = Gate(at, layout.SEL_KERNEL_CODE, 0, GATE_INTERRUPT, 0, True).encode()
+        offset = _IDT_AT - IMAGE_BASE + GATE_SIZE * vector
+        data[offset:offset + GATE_SIZE] = gate
+    return GuestImage(bytes(data), IMAGE_BASE, IMAGE_BASE)
+
+
+def probe_user_int3(kvm: Kvm) -> Probe:
+    """INT3 at CPL3 through a DPL-0 gate: #GP(3 * 8 + 2) (SDM vol. 2 INT3), not #BP."""
+    vm, memory, _, (vcpu,) = create_machine(kvm, _int3_image(), _guest_table(kvm), 1)
+    try:
+        sregs = vcpu.get_sregs()
+        sregs.idt.base, sregs.idt.limit = _IDT_AT, GATE_SIZE * (VECTOR_GP + 1) - 1
+        vcpu.set_sregs(sregs)
+        reason = _first_exit(vcpu)
+        vector = vcpu.get_regs().rax & 0xFF if reason == k.KVM_EXIT_IO else None
+        ok = vector == VECTOR_GP
+        return Probe("INT3 at CPL3 through a DPL-0 gate", ok, "#GP, as the SDM says" if ok else
+                     f"KVM_RUN -> {_exit_text(vcpu, reason)}"
+                     + (" in the #BP handler: KVM skips the gate's DPL check (vlbr cannot "
+                        "patch a 1-byte INT3; while it records, ring 3 runs on unicorn, which "
+                        "raises the #GP)" if vector == VECTOR_BP else ""))
+    finally:
+        vcpu.close()
+        vm.close()
+
+
 def probe_user_single_step(kvm: Kvm) -> Probe:
     """IRETQ to CPL3, a few user instructions, exit port, single-stepped."""
     image = _ring3_image(Instruction.create(Code.NOPD), Instruction.create(Code.NOPD), *_exit())
@@ -297,7 +337,8 @@ def quirk_probes(kvm: Kvm) -> dict[str, Probe]:
     return {"cpuid_rewritten": probe_cpuid_kept(kvm),
             "int_n_fails": probe_emulation(kvm)[0],
             "user_syscall_fails": probe_user_syscall(kvm),
-            "user_single_step_fails": probe_user_single_step(kvm)}
+            "user_single_step_fails": probe_user_single_step(kvm),
+            "user_int3_skips_gate_dpl": probe_user_int3(kvm)}
 
 
 def host_report(path: str = k.KVM_PATH) -> HostReport:
@@ -311,6 +352,7 @@ def host_report(path: str = k.KVM_PATH) -> HostReport:
         report.probes += probe_single_step(kvm)
         report.probes.append(probe_user_single_step(kvm))
         report.probes.append(probe_user_syscall(kvm))
+        report.probes.append(probe_user_int3(kvm))
         report.probes += probe_xsaves(kvm)
         report.probes.append(probe_cpuid_kept(kvm))
         report.probes += probe_emulation(kvm)

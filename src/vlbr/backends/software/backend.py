@@ -594,6 +594,9 @@ class SoftwareMachine:
             self.cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
             self.stats["stretches"] += 1
             self.cr2, cr2 = None, uc.reg_read(X.UC_X86_REG_CR2)
+            # At an instruction boundary no delivery is in progress; a #PF QEMU raised inside
+            # the last stretch (a lazily scanned page) would make the next #GP a #DF.
+            self.privilege.exception_delivered()
             error = self._stretch(rip, budget)
             # Every stop leaves unicorn's CR2 at -2: put back what the guest had (a hook
             # saw it, with a #PF's new address), else what it had when the stretch began.
