@@ -4,7 +4,9 @@ with the vector and error code the SDM predicts, and LBREn as the architecture l
 
 - SDM vol. 2 INT n: INT 0x80 through the runtime's DPL-3 gate arrives; INT 0x81 and INT3
   through DPL-0 gates are #GP(vector * 8 + 2); INT1 (ICEBP) has no DPL check: #DB.
-- Vol. 3A 6.15: UD2 is #UD; HLT and RDMSR at CPL 3 are #GP(0) (vol. 2 HLT, RDMSR).
+- Vol. 3A 6.15: UD2 is #UD; HLT and RDMSR at CPL 3 are #GP(0) (vol. 2 HLT, RDMSR); a
+  non-canonical data address is #GP(0) (3.3.7.1). MOV DS (vol. 2 MOV): a selector beyond the
+  GDT limit is #GP(selector); the DPL-3 user data selector 0x1B loads.
 - Vol. 3A 18.1.2.4 (Arch LBR, ../shared/docs/arch-lbr-reference.md): a #DB clears
   IA32_LBR_CTL.LBREn; no other of these events does.
 On KVM a recorded excursion runs on unicorn under quirk user_single_step_fails (usermode.py),
@@ -33,6 +35,9 @@ EVENTS = {
     "ud2": ("ud2", VECTOR_UD, 0),
     "hlt": ("hlt", VECTOR_GP, 0),
     "rdmsr": ("mov ecx, 0x14ce\\n\\trdmsr", VECTOR_GP, 0),
+    "ds_beyond_gdt": ("mov ax, 0x1000\\n\\tmov ds, ax", VECTOR_GP, 0x1000),
+    "ds_user_data": ("mov ax, 0x1b\\n\\tmov ds, ax", 0x80, 0),
+    "non_canonical": ("mov rax, 0x8000000000000000\\n\\tmov rax, [rax]", VECTOR_GP, 0),
 }
 CASE = st.tuples(st.sampled_from(sorted(EVENTS)), st.booleans())  # event, recording
 RUNS = [("software", {}), ("kvm", {"kvm_recording": "hybrid"}),
@@ -55,7 +60,7 @@ static void one(const char *name, void (*fn)(void), int recording) {
 def user_function(name: str) -> str:
     body, _, _ = EVENTS[name]
     asm = (body + "\\n\\t" if body else "") + "int 0x80"
-    clobbers = ' ::: "rax", "rcx", "rdx"' if name == "rdmsr" else ""
+    clobbers = ' ::: "rax", "rcx", "rdx"'
     return f'static void u_{name}(void) {{ __asm__ volatile("{asm}"{clobbers}); }}\n'
 
 

@@ -5,19 +5,15 @@ and must give back all the other registers as they went in."""
 
 from __future__ import annotations
 
-import mmap
-from types import SimpleNamespace
-
 import pytest
 from kvm_machine import machine_config
 
 from vlbr.arch.x86 import RFLAGS_FIXED, RFLAGS_IF, RFLAGS_TF
-from vlbr.backends import branches
-from vlbr.backends.base import IMAGE_BASE, PORT_EXIT, RAM_SIZE
+from vlbr.backends.base import IMAGE_BASE, PORT_EXIT
 from vlbr.backends.image import GuestImage
 from vlbr.backends.kvm import hybrid, usermode
 from vlbr.backends.kvm.machine import create_machine
-from vlbr.backends.kvm.runner import Step
+from vlbr.backends.kvm.runner import VcpuRunner
 from vlbr.host.kvm import Kvm, kvm_regs
 from vlbr.vcpu import ArchLbrVcpu
 
@@ -64,26 +60,24 @@ def test_hybrid_stretch_carries_every_register():
             vm.close()
 
 
-def fake_runner() -> SimpleNamespace:
-    """What UserMode reads of a VcpuRunner: RAM, the model, decoding, patched sites."""
-    memory = mmap.mmap(-1, RAM_SIZE)
-    memory[IMAGE_BASE:IMAGE_BASE + 4] = NOT_R15 + OUT_DX_EAX
-
-    def decode(rip: int) -> Step:
-        insn = branches.decode(bytes(memory[rip:rip + 15]), rip)
-        return Step(insn, branches.classify(insn))
-    return SimpleNamespace(memory=memory, model=ArchLbrVcpu(machine_config().lbr),
-                           decode=decode, cpuid_sites=frozenset(), trap_sites={},
-                           console=[], kicked=False, branches=0)
-
-
 @pytest.mark.parametrize("fast", [False, True], ids=["step", "hybrid"])
 def test_ring3_excursion_carries_every_register(fast):
-    user = usermode.UserMode(fake_runner(), fast=fast)
-    before = distinct_regs(0)  # the IRETQ's own state: its frame gives RIP, RSP, RFLAGS
-    frame = (IMAGE_BASE, USER_CS, RFLAGS_IF | RFLAGS_TF, 0x6F_0000, USER_SS)
-    leave = user.enter(0xDEAD, before, frame)
-    assert (leave.kind, leave.return_ip) == ("exit", before.rax & 0xFFFF_FFFF)
-    after = kvm_regs()
-    user.user_regs(after)
-    assert_carried(before, after, frame[3])
+    # A real vCPU: the excursion takes KVM's system state (paging, GDT, TR and its I/O
+    # bitmap, which opens PORT_EXIT to ring 3) and x87/SSE from it.
+    config = machine_config()
+    img = GuestImage(NOT_R15 + OUT_DX_EAX, IMAGE_BASE, IMAGE_BASE)
+    with Kvm() as kvm:
+        vm, memory, sites, (vcpu,) = create_machine(kvm, img, config.cpuid, 1)
+        try:
+            runner = VcpuRunner(vcpu, ArchLbrVcpu(config.lbr), memory, False, config.cpuid,
+                                sites)
+            user = usermode.UserMode(runner, fast=fast)
+            before = distinct_regs(0)  # the IRETQ's own state: its frame gives RIP, RSP, RFLAGS
+            frame = (IMAGE_BASE, USER_CS, RFLAGS_IF | RFLAGS_TF, 0x6F_0000, USER_SS)
+            leave = user.enter(0xDEAD, before, frame)
+            assert (leave.kind, leave.return_ip) == ("exit", before.rax & 0xFFFF_FFFF)
+            after = kvm_regs()
+            user.user_regs(after)
+            assert_carried(before, after, frame[3])
+        finally:
+            vm.close()

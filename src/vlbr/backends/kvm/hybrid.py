@@ -27,6 +27,7 @@ from unicorn import x86_const as X
 from vlbr.arch.x86 import MAX_INSN, MSR_EFER, XFEATURES_LEGACY
 from vlbr.backends import branches
 from vlbr.backends.base import RAM_SIZE
+from vlbr.backends.layout import TSS_TYPE_AVAILABLE
 from vlbr.backends.kvm.xsaves import KvmXstate
 from vlbr.backends.software import native, uc_registers
 from vlbr.backends.software.backend import scratch_privilege_switch
@@ -38,6 +39,7 @@ from vlbr.backends.software.uc_cpu import shared_memory_cpu
 from vlbr.backends.software.privilege import (DESC_A, DESC_B, DESC_DPL_SHIFT, DESC_G, DESC_L,
                                               DESC_P, DESC_S, R_DS, R_ES, R_FS, R_GS,
                                               PrivilegeSwitch, SegmentCache)
+from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
 
 NO_END = (1 << 64) - 1
@@ -104,6 +106,73 @@ def segment_cache(seg) -> SegmentCache:
              | (DESC_P if seg.present else 0) | (DESC_L if seg.l else 0)
              | (DESC_B if seg.db else 0) | (DESC_G if seg.g else 0))
     return SegmentCache(seg.selector, seg.base, seg.limit, flags)
+
+
+def kvm_segment_of(cache: SegmentCache):
+    """The kvm_segment of a segment register as QEMU caches it (segment_cache's inverse)."""
+    f = cache.flags
+    return k.kvm_segment(base=cache.base, limit=cache.limit, selector=cache.selector,
+                         type=(f // DESC_A) & 0xF, present=int(bool(f & DESC_P)),
+                         dpl=(f >> DESC_DPL_SHIFT) & 3, db=int(bool(f & DESC_B)),
+                         s=int(bool(f & DESC_S)), l=int(bool(f & DESC_L)),
+                         g=int(bool(f & DESC_G)), unusable=int(not f & DESC_P))
+
+
+DATA_SEGMENTS = ((R_DS, "ds"), (R_ES, "es"), (R_FS, "fs"), (R_GS, "gs"))
+
+
+def store_data_segments(privilege: PrivilegeSwitch, sregs) -> None:
+    """unicorn's DS, ES, FS and GS into a kvm_sregs (the caller sets it)."""
+    for seg, name in DATA_SEGMENTS:
+        setattr(sregs, name, kvm_segment_of(privilege.read(seg)))
+
+
+def tr_cache(seg) -> SegmentCache:
+    """TR as QEMU caches it after LTR: the descriptor read before the busy bit was set, so
+    of type 9 (its I/O permission check wants that type)."""
+    cache = segment_cache(seg)
+    flags = (cache.flags & ~(0xF * DESC_A)) | TSS_TYPE_AVAILABLE * DESC_A
+    return SegmentCache(cache.selector, cache.base, cache.limit, flags)
+
+
+def load_system(uc: Uc, privilege: PrivilegeSwitch, sregs, cs: SegmentCache,
+                ss: SegmentCache) -> None:
+    """The vCPU's control, descriptor-table and segment registers into unicorn, with CS and
+    SS (and so CPL) as given: what 64-bit code at any CPL needs to run as KVM would run it."""
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, sregs.gdt.base, sregs.gdt.limit, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, sregs.idt.base, sregs.idt.limit, 0))
+    tr = tr_cache(sregs.tr)
+    uc.reg_write(X.UC_X86_REG_TR, (tr.selector, tr.base, tr.limit, tr.flags))
+    uc.reg_write(X.UC_X86_REG_CR3, sregs.cr3)  # also flushes unicorn's TLB
+    uc.reg_write(X.UC_X86_REG_CR4, sregs.cr4)
+    uc.msr_write(MSR_EFER, sregs.efer)
+    uc.reg_write(X.UC_X86_REG_CR0, sregs.cr0)
+    privilege.write_segments({seg: segment_cache(getattr(sregs, name))
+                              for seg, name in DATA_SEGMENTS})
+    privilege.load(cs, ss)
+
+
+class LegacySync:
+    """x87/SSE between KVM's XSAVE image and one unicorn CPU, copied only where changed
+    (that CPU holds what this last gave it or took from it)."""
+
+    def __init__(self, vcpu, table):
+        self.kvm = KvmXstate(vcpu, table)  # its layout comes from the guest CPUID
+        self.legacy = None
+
+    def to_unicorn(self, uc: Uc) -> None:
+        legacy = self.kvm.read_legacy()
+        if legacy != self.legacy:
+            UnicornLegacy(uc).write_legacy(legacy, XFEATURES_LEGACY)
+            self.legacy = legacy
+
+    def to_kvm(self, uc: Uc) -> None:
+        # QEMU's MXCSR_MASK is its own, not state (fpu.py): keep KVM's
+        legacy = dataclasses.replace(UnicornLegacy(uc).read_legacy(),
+                                     mxcsr_mask=self.legacy.mxcsr_mask)
+        if legacy != self.legacy:
+            self.kvm.write_legacy(legacy, XFEATURES_LEGACY)
+            self.legacy = legacy
 
 
 def privilege_switch(uc: Uc) -> PrivilegeSwitch:
@@ -291,8 +360,7 @@ class HybridCpu:
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.decoded: dict[int, tuple[bytes, bool]] = {}
         self.stopped_at: int | None = None
-        self.legacy = None  # the x87/SSE state unicorn holds, as loaded
-        self.kvm_xstate: KvmXstate | None = None
+        self.legacy: LegacySync | None = None  # x87/SSE, once a stretch has run
         self.stretches = self.retired = self.retired_before = 0
 
     @property
@@ -326,36 +394,19 @@ class HybridCpu:
     # --- state in and out -----------------------------------------------------------------
     def load(self, vcpu, regs, sregs) -> None:
         """The vCPU's registers into unicorn: what 64-bit code at any CPL needs to run."""
-        uc = self.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, sregs.gdt.base, sregs.gdt.limit, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, sregs.idt.base, sregs.idt.limit, 0))
-        uc.reg_write(X.UC_X86_REG_CR3, sregs.cr3)  # also flushes unicorn's TLB
-        uc.reg_write(X.UC_X86_REG_CR4, sregs.cr4)
-        uc.msr_write(MSR_EFER, sregs.efer)
-        uc.reg_write(X.UC_X86_REG_CR0, sregs.cr0)
-        self.privilege.write_segments({seg: segment_cache(getattr(sregs, name)) for seg, name
-                                       in ((R_DS, "ds"), (R_ES, "es"), (R_FS, "fs"), (R_GS, "gs"))})
-        self.privilege.load(segment_cache(sregs.cs), segment_cache(sregs.ss))
+        load_system(self.uc, self.privilege, sregs, segment_cache(sregs.cs),
+                    segment_cache(sregs.ss))
         self.branches.cpl = sregs.cs.selector & 3
-        uc_registers.load(uc, regs)
-        if self.kvm_xstate is None:  # its layout comes from the guest CPUID, once
-            self.kvm_xstate = KvmXstate(vcpu, self.model.config.table)
-        legacy = self.kvm_xstate.read_legacy()
-        if legacy != self.legacy:
-            UnicornLegacy(uc).write_legacy(legacy, XFEATURES_LEGACY)
-            self.legacy = legacy
+        uc_registers.load(self.uc, regs)
+        if self.legacy is None:
+            self.legacy = LegacySync(vcpu, self.model.config.table)
+        self.legacy.to_unicorn(self.uc)
 
     def store(self, vcpu, regs) -> None:
         """unicorn's registers back into the vCPU (`regs` is updated and set)."""
-        uc = self.uc
-        uc_registers.store(uc, regs)
+        uc_registers.store(self.uc, regs)
         vcpu.set_regs(regs)
-        # QEMU's MXCSR_MASK is its own, not state (fpu.py): keep KVM's
-        legacy = dataclasses.replace(UnicornLegacy(uc).read_legacy(),
-                                     mxcsr_mask=self.legacy.mxcsr_mask)
-        if legacy != self.legacy:
-            self.kvm_xstate.write_legacy(legacy, XFEATURES_LEGACY)
-            self.legacy = legacy
+        self.legacy.to_kvm(self.uc)
 
     # --- one stretch ----------------------------------------------------------------------
     def run(self, limit: int, kicked) -> HybridStop:

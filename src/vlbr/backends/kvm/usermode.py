@@ -7,9 +7,11 @@ relies on, and an IRETQ to CPL3 with TF set raises #UD; hardware and software br
 code runs on unicorn over the very same guest RAM (mem_map_ptr of the KVM memory slot), each
 taken branch retired with CPL 3, until it leaves ring 3 (INT n, INT3, a fault, SYSCALL). That
 event is delivered through the guest's IDT and TSS here too, and KVM resumes at the handler.
-unicorn runs without paging (linear = physical, guest RAM only): where it faults, past RAM,
-the guest's page tables give the #PF error code (x86.paging); a page they map there stops
-the vCPU, as unicorn cannot reach it.
+unicorn gets the vCPU's system state (hybrid.load_system: paging, descriptor tables, TR, data
+segments) with CS/SS from the IRETQ frame at CPL 3, and x87/SSE (hybrid.LegacySync), so QEMU
+raises ring 3's faults (#PF with its error code and CR2) as the CPU would; x87/SSE and the
+data segments go back to KVM when ring 3 ends. A linear address the guest maps outside
+guest RAM stops the vCPU, as unicorn cannot reach it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from vlbr.backends.software import uc_registers
 from vlbr.backends.software.uc_cpu import shared_memory_cpu
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
-from vlbr.x86.descriptors import SegmentDescriptor
+from vlbr.backends.software.privilege import SegmentCache
+from vlbr.x86.descriptors import DESCRIPTOR_SIZE, SegmentDescriptor
 from vlbr.x86.events import DeliveryFailed, Interrupted, deliver
 from vlbr.x86.paging import Access, PageFault, translate
 
@@ -92,6 +95,7 @@ class UserMode:
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        self.legacy: hybrid.LegacySync | None = None
         self.unmapped: int | None = None
         self.leave: Leave | None = None
         self.prev = None
@@ -107,6 +111,9 @@ class UserMode:
         self.user_cs, self.user_ss = cs, ss
         self.runner.model.retire_branch(Branch(iret_ip, rip, BranchType.OTHER, cs & 3))
         uc = self.uc
+        problem = self._load_system(cs, ss)
+        if problem is not None:
+            return Leave("fail", detail=f"IRETQ at {iret_ip:#x} to ring 3: {problem}")
         self.privilege.exception_delivered()  # the last excursion's fault is not in progress
         uc_registers.load(uc, regs, rsp=rsp, rflags=rflags, rip=rip)
         self.leave, self.prev, self.count, self.unmapped = None, None, 0, None
@@ -123,7 +130,40 @@ class UserMode:
             self.leave = Leave("fail", detail=f"ring 3 stopped at {self.current:#x} after "
                                f"{self.count} instructions without leaving ring 3")
         self.instructions += self.count
+        self._store_system()
         return self.leave
+
+    def _load_system(self, cs: int, ss: int) -> str | None:
+        """KVM's system state and x87/SSE into unicorn, CS and SS from the GDT as the IRETQ
+        loads them (CPL 3); what makes that impossible, else None."""
+        vcpu = self.runner.vcpu
+        sregs = vcpu.get_sregs()
+        try:
+            hybrid.load_system(self.uc, self.privilege, sregs, self._descriptor(sregs, cs),
+                               self._descriptor(sregs, ss))
+        except ValueError as err:
+            return str(err)
+        if self.legacy is None:
+            self.legacy = hybrid.LegacySync(vcpu, self.runner.model.config.table)
+        self.legacy.to_unicorn(self.uc)
+        return None
+
+    def _descriptor(self, sregs, selector: int) -> SegmentCache:
+        """The GDT entry `selector` names, as QEMU caches it."""
+        raw = self.runner.code.read(sregs.gdt.base + (selector & ~7), DESCRIPTOR_SIZE)
+        if len(raw) < DESCRIPTOR_SIZE or (selector & ~7) + 7 > sregs.gdt.limit:
+            raise ValueError(f"selector {selector:#x} is outside the GDT")
+        d = SegmentDescriptor.decode(raw)
+        return SegmentCache(selector, d.base, d.limit, d.high)
+
+    def _store_system(self) -> None:
+        """What ring 3 may have changed besides the general registers: x87/SSE and the data
+        segments, back into KVM."""
+        vcpu = self.runner.vcpu
+        self.legacy.to_kvm(self.uc)
+        sregs = vcpu.get_sregs()
+        hybrid.store_data_segments(self.privilege, sregs)
+        vcpu.set_sregs(sregs)
 
     def _run_fast(self, rip: int) -> None:
         """Ring 3 in pieces of at most the block log's room; a fetch from a page not yet
@@ -260,7 +300,8 @@ class UserMode:
             self._stop(Leave("event", intno, insn.ip, insn.next_ip, software=True))
         else:  # QEMU's error code is intact only inside the hook (software backend too)
             code = self.privilege.last_exception()[0] if intno in VECTORS_WITH_ERROR_CODE else None
-            self._stop(Leave("event", intno, self.current, self.current, code))
+            cr2 = uc.reg_read(X.UC_X86_REG_CR2) if intno == VECTOR_PF else None
+            self._stop(Leave("event", intno, self.current, self.current, code, cr2=cr2))
 
     def _on_out(self, uc, port, size, value, user_data) -> None:
         if port == PORT_CONSOLE:
@@ -302,8 +343,8 @@ class UserMode:
         except OutsideRam as err:
             physical = err.args[0]
         self._stop(Leave("fail", detail=(
-            f"ring 3 at {ip:#x}: {linear:#x} is mapped (paging reaches {physical:#x}), but "
-            f"unicorn runs ring 3 with linear = physical addresses inside guest RAM only")))
+            f"ring 3 at {ip:#x}: {linear:#x} is mapped to {physical:#x}, outside guest RAM, "
+            f"which unicorn cannot reach")))
 
     def _read_table(self, address: int, size: int) -> bytes:
         if not 0 <= address <= RAM_SIZE - size:
