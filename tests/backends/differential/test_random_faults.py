@@ -1,6 +1,8 @@
-"""Random page-fault scenarios on both backends (hypothesis): a PDE with random P/RW/US
-bits, a read or write from CPL0 or CPL3; each run must give exactly the #PF the SDM
-predicts (vol. 3A 4.6 access rights with CR0.WP=1, 4.7 error code), and CR2."""
+"""Random page-fault scenarios on both backends and both KVM recording modes (hypothesis): a
+PDE with random P/RW/US bits, a read or write from CPL0 or CPL3, with Arch LBR recording on or
+off; each run must give exactly the #PF the SDM predicts (vol. 3A 4.6 access rights with
+CR0.WP=1, 4.7 error code), and CR2. Recorded, KVM's faults go through the hybrid's stretches
+or single-steps at CPL 0 and the ring-3 excursion at CPL 3."""
 
 from __future__ import annotations
 
@@ -8,15 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guest_runs import run_guest
 from vlbr.arch.x86 import PF_PRESENT, PF_USER, PF_WRITE, PTE_P, PTE_RW, PTE_US
-from vlbr.backends.registry import make_backend
-from vlbr.guest.build import build_guest
-from vlbr.guest.conformance import machine_for
 
 TARGET = 0x300018  # in the page PD[1] maps
-CASE = st.tuples(st.sampled_from([0, PTE_P, PTE_P | PTE_RW, PTE_P | PTE_US,
-                                  PTE_P | PTE_RW | PTE_US]),
-                 st.booleans(), st.booleans())  # PDE flags, write, user
+CASE_FLAGS = [0, PTE_P, PTE_P | PTE_RW, PTE_P | PTE_US, PTE_P | PTE_RW | PTE_US]
+CASE = st.tuples(st.sampled_from(CASE_FLAGS),
+                 st.booleans(), st.booleans(), st.booleans())  # PDE flags, write, user, recording
+RUNS = [("software", {}), ("kvm", {"kvm_recording": "hybrid"}),
+        ("kvm", {"kvm_recording": "step"})]
 
 HEAD = r'''#include "runtime.h"
 #define PD ((volatile u64 *)0x3000)
@@ -39,9 +41,10 @@ static void kernel_access(int write) {
                          :: [p] "r"(TARGET), [recover] "r"(&f->recover) : "r10", "r11", "memory");
     f->recover = 0;
 }
-static void one(u64 flags, int write, int user) {
+static void one(u64 flags, int write, int user, int recording) {
     __asm__ volatile("mov cr2, %0" :: "r"(0ull));
     set_pde(flags);
+    if (recording) wrmsr(MSR_LBR_CTL, LBR_CTL_LBREN | LBR_CTL_OS | LBR_CTL_USR | LBR_CTL_BRANCH_BITS);
     u64 vector, error;
     if (user) {
         vector = rt_enter_user(write ? user_write : user_read, rt_user_stack_top());
@@ -53,6 +56,7 @@ static void one(u64 flags, int write, int user) {
         error = rt_fault()->error;
     }
     u64 cr2 = read_cr2();
+    wrmsr(MSR_LBR_CTL, 0);
     set_pde(7);
     if (vector == NO_FAULT) rt_printf("ok\n");
     else rt_printf("vector %lx error %lx cr2 %lx\n", vector, error, cr2);
@@ -62,7 +66,7 @@ int guest_main(int cpu, int ncpus) {
 '''
 
 
-def expected(flags: int, write: bool, user: bool) -> str:
+def expected(flags: int, write: bool, user: bool, recording: bool) -> str:
     present = bool(flags & PTE_P)
     allowed = present and (not write or flags & PTE_RW) and (not user or flags & PTE_US)
     if allowed:
@@ -72,19 +76,25 @@ def expected(flags: int, write: bool, user: bool) -> str:
 
 
 def source(cases) -> str:
-    body = "".join(f"    one({f}, {int(w)}, {int(u)});\n" for f, w, u in cases)
+    body = "".join(f"    one({f}, {int(w)}, {int(u)}, {int(r)});\n" for f, w, u, r in cases)
     return HEAD.replace("TARGET", hex(TARGET)) + body + "    return 0;\n}\n"
 
 
-@pytest.mark.parametrize("backend", ["software", "kvm"])
+@pytest.mark.parametrize("backend,changes", RUNS, ids=["software", "kvm-hybrid", "kvm-step"])
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cases=st.lists(CASE, min_size=1, max_size=8))
-def test_random_page_faults_are_the_architectural_ones(backend, cases, tmp_path):
-    b = make_backend(backend)
-    if b.unavailable_reason() is not None:
-        pytest.skip(f"{backend}: {b.unavailable_reason()}")
+def test_random_page_faults_are_the_architectural_ones(backend, changes, cases, tmp_path):
     src = tmp_path / "random_pf.c"
     src.write_text(source(cases))
-    result = b.run(build_guest(src), machine_for(backend))
-    assert result.ok, result.stops
+    result, _ = run_guest(backend, src, **changes)
     assert result.lines() == [expected(*c) for c in cases]
+
+
+def test_every_page_fault_case_once(tmp_path):
+    cases = [(f, w, u, r) for f in CASE_FLAGS for w in (False, True) for u in (False, True)
+             for r in (False, True)]
+    src = tmp_path / "every_pf.c"
+    src.write_text(source(cases))
+    for backend, changes in RUNS:
+        result, _ = run_guest(backend, src, **changes)
+        assert result.lines() == [expected(*c) for c in cases], (backend, changes)
