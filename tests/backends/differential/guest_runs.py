@@ -1,5 +1,6 @@
 """One differential guest on one backend: skipped with the reason where the backend cannot
-run here, else the finished run (checked to have ended well) and its machine."""
+run here, else the finished run (checked to have ended well) and its machine; and the runs
+the differential tests compare (EVERY_RUN: the software CPU, KVM in both recording modes)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from vlbr.backends.base import MachineConfig, RunResult
+from vlbr.backends.base import KVM_RECORDING_MODES, MachineConfig, RunResult
 from vlbr.backends.registry import make_backend
 from vlbr.guest.build import build_guest
 from vlbr.guest.conformance import machine_for
+
+
+EVERY_RUN = [pytest.param("software", {}, id="software")] + [
+    pytest.param("kvm", {"kvm_recording": mode}, id=f"kvm-{mode}") for mode in KVM_RECORDING_MODES]
 
 
 def run_guest(backend: str, source: Path, lbr_ctl: int | None = None,
@@ -27,3 +32,10 @@ def run_guest(backend: str, source: Path, lbr_ctl: int | None = None,
     result = b.run(image, machine)
     assert result.ok, result.stops
     return result, machine
+
+
+def guest_lines(backend: str, text: str, tmp_path: Path, **machine_changes) -> list[str]:
+    """The console lines of guest source `text` (written under tmp_path) on `backend`."""
+    source = tmp_path / "guest.c"
+    source.write_text(text)
+    return run_guest(backend, source, **machine_changes)[0].lines()

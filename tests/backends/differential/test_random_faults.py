@@ -10,15 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guest_runs import run_guest
+from guest_runs import EVERY_RUN, guest_lines
 from vlbr.arch.x86 import PF_PRESENT, PF_USER, PF_WRITE, PTE_P, PTE_RW, PTE_US
 
 TARGET = 0x300018  # in the page PD[1] maps
 CASE_FLAGS = [0, PTE_P, PTE_P | PTE_RW, PTE_P | PTE_US, PTE_P | PTE_RW | PTE_US]
 CASE = st.tuples(st.sampled_from(CASE_FLAGS),
                  st.booleans(), st.booleans(), st.booleans())  # PDE flags, write, user, recording
-RUNS = [("software", {}), ("kvm", {"kvm_recording": "hybrid"}),
-        ("kvm", {"kvm_recording": "step"})]
+
 
 HEAD = r'''#include "runtime.h"
 #define PD ((volatile u64 *)0x3000)
@@ -80,21 +79,16 @@ def source(cases) -> str:
     return HEAD.replace("TARGET", hex(TARGET)) + body + "    return 0;\n}\n"
 
 
-@pytest.mark.parametrize("backend,changes", RUNS, ids=["software", "kvm-hybrid", "kvm-step"])
+@pytest.mark.parametrize("backend,changes", EVERY_RUN)
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cases=st.lists(CASE, min_size=1, max_size=8))
 def test_random_page_faults_are_the_architectural_ones(backend, changes, cases, tmp_path):
-    src = tmp_path / "random_pf.c"
-    src.write_text(source(cases))
-    result, _ = run_guest(backend, src, **changes)
-    assert result.lines() == [expected(*c) for c in cases]
+    lines = guest_lines(backend, source(cases), tmp_path, **changes)
+    assert lines == [expected(*c) for c in cases]
 
 
-def test_every_page_fault_case_once(tmp_path):
+@pytest.mark.parametrize("backend,changes", EVERY_RUN)
+def test_every_page_fault_case_once(backend, changes, tmp_path):
     cases = [(f, w, u, r) for f in CASE_FLAGS for w in (False, True) for u in (False, True)
              for r in (False, True)]
-    src = tmp_path / "every_pf.c"
-    src.write_text(source(cases))
-    for backend, changes in RUNS:
-        result, _ = run_guest(backend, src, **changes)
-        assert result.lines() == [expected(*c) for c in cases], (backend, changes)
+    assert guest_lines(backend, source(cases), tmp_path, **changes) == [expected(*c) for c in cases]

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guest_runs import run_guest
+from guest_runs import EVERY_RUN, guest_lines
 from vlbr.arch.x86 import VECTOR_BP, VECTOR_DB, VECTOR_GP, VECTOR_UD
 from vlbr.backends.kvm.backend import KvmBackend
 from vlbr.backends.kvm.quirks import probe_quirks
@@ -41,8 +41,6 @@ EVENTS = {
     "non_canonical": ("mov rax, 0x8000000000000000\\n\\tmov rax, [rax]", VECTOR_GP, 0),
 }
 CASE = st.tuples(st.sampled_from(sorted(EVENTS)), st.booleans())  # event, recording
-RUNS = [("software", {}), ("kvm", {"kvm_recording": "hybrid"}),
-        ("kvm", {"kvm_recording": "step"})]
 
 HEAD = r'''#include "runtime.h"
 static int has_error_code(u64 v) { return v == 8 || (v >= 10 && v <= 14) || v == 17; }
@@ -84,22 +82,18 @@ def expected(name: str, recording: bool, backend: str) -> str:
     return f"{name} vector {vector:#x} error {error:#x} lbren {lbren}"
 
 
-@pytest.mark.parametrize("backend,changes", RUNS, ids=["software", "kvm-hybrid", "kvm-step"])
+@pytest.mark.parametrize("backend,changes", EVERY_RUN)
 @settings(max_examples=5, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cases=st.lists(CASE, min_size=1, max_size=8))
 def test_random_ring3_events_are_the_architectural_ones(backend, changes, cases, tmp_path):
-    src = tmp_path / "random_events.c"
-    src.write_text(source(cases))
-    result, _ = run_guest(backend, src, **changes)
-    assert result.lines() == [expected(*c, backend) for c in cases]
+    lines = guest_lines(backend, source(cases), tmp_path, **changes)
+    assert lines == [expected(*c, backend) for c in cases]
 
 
-def test_every_event_on_every_backend_once(tmp_path):
-    # The fixed list the random one draws from, recorded and not, on each run kind.
+@pytest.mark.parametrize("backend,changes", EVERY_RUN)
+def test_every_event_once(backend, changes, tmp_path):
+    # The fixed list the random one draws from, recorded and not.
     cases = [(n, r) for n in sorted(EVENTS) for r in (False, True)]
-    src = tmp_path / "every_event.c"
-    src.write_text(source(cases))
-    for backend, changes in RUNS:
-        result, _ = run_guest(backend, src, **changes)
-        assert result.lines() == [expected(*c, backend) for c in cases], (backend, changes)
+    lines = guest_lines(backend, source(cases), tmp_path, **changes)
+    assert lines == [expected(*c, backend) for c in cases]

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from guest_runs import run_guest
+from guest_runs import EVERY_RUN, run_guest
 
 GUEST = Path(__file__).with_name("ring3_sse.c")
 EXPECTED = [f"recording {r} user_saw_xmm0 1 kernel_sees_xmm1 1" for r in (0, 1)]
-RUNS = [("software", {}), ("kvm", {"kvm_recording": "hybrid"}),
-        ("kvm", {"kvm_recording": "step"})]
 
 
-@pytest.mark.parametrize("backend,changes", RUNS, ids=["software", "kvm-hybrid", "kvm-step"])
+@pytest.mark.parametrize("backend,changes", EVERY_RUN)
 def test_xmm_registers_cross_ring3_both_ways(backend, changes):
     result, _ = run_guest(backend, GUEST, **changes)
     assert result.lines() == EXPECTED
