@@ -53,6 +53,15 @@ MAX_INSTRUCTIONS = 20_000_000
 NO_END = (1 << 64) - 1
 
 
+def null_below_user(seg) -> None:
+    """SDM IRET, return to an outer privilege level: a data or non-conforming code segment
+    whose DPL is below the new CPL (3) is nulled; QEMU's validate_seg keeps base and limit
+    and clears P, which KVM calls unusable."""
+    conforming_code = seg.type & 0x8 and seg.type & 0x4
+    if not seg.unusable and seg.s and not conforming_code and seg.dpl < 3:
+        seg.selector, seg.present, seg.unusable = 0, 0, 1
+
+
 class OutsideRam(Exception):
     """A page walk reached a physical address outside guest RAM (args: the address)."""
 
@@ -138,6 +147,8 @@ class UserMode:
         loads them (CPL 3); what makes that impossible, else None."""
         vcpu = self.runner.vcpu
         sregs = vcpu.get_sregs()
+        for _, name in hybrid.DATA_SEGMENTS:
+            null_below_user(getattr(sregs, name))
         try:
             hybrid.load_system(self.uc, self.privilege, sregs, self._descriptor(sregs, cs),
                                self._descriptor(sregs, ss))
