@@ -50,7 +50,7 @@ def command(as_json: bool, device: str) -> None:
     for probe in report.probes:
         probes.add_row(probe.name, "[green]yes[/]" if probe.ok else "[red]no[/]", probe.detail)
     console.print(probes)
-    console.print(f"KVM quirks in force (quirks.py says what vlbr does about each): "
-                  f"{', '.join(quirks) or 'none'}")
+    console.print(f"KVM quirks in force: {', '.join(quirks) or 'none'} (the probes above say "
+                  f"what vlbr does about each)")
     console.print(f"--backend auto: {why}")
     console.print(f"vlbr linux: the software CPU ({LINUX_ON_KVM})")
