@@ -7,6 +7,7 @@ with the vector and error code the SDM predicts, and LBREn as the architecture l
 - Vol. 3A 6.15: UD2 is #UD; HLT and RDMSR at CPL 3 are #GP(0) (vol. 2 HLT, RDMSR); a
   non-canonical data address is #GP(0) (3.3.7.1). MOV DS (vol. 2 MOV): a selector beyond the
   GDT limit is #GP(selector); the DPL-3 user data selector 0x1B and a null selector load.
+- Vol. 3A 17.3.1.4: TF set by POPFQ traps after the next instruction: #DB.
 - Vol. 3A 18.1.2.4 (Arch LBR, ../shared/docs/arch-lbr-reference.md): a #DB clears
   IA32_LBR_CTL.LBREn; no other of these events does.
 On KVM a recorded excursion runs on unicorn under quirk user_single_step_fails (usermode.py),
@@ -38,6 +39,7 @@ EVENTS = {
     "ds_beyond_gdt": ("mov ax, 0x1000\\n\\tmov ds, ax", VECTOR_GP, 0x1000),
     "ds_user_data": ("mov ax, 0x1b\\n\\tmov ds, ax", 0x80, 0),
     "es_null": ("xor eax, eax\\n\\tmov es, ax", 0x80, 0),
+    "trap_flag": ("pushfq\\n\\tor qword ptr [rsp], 0x100\\n\\tpopfq\\n\\tnop", VECTOR_DB, 0),
     "non_canonical": ("mov rax, 0x8000000000000000\\n\\tmov rax, [rax]", VECTOR_GP, 0),
 }
 CASE = st.tuples(st.sampled_from(sorted(EVENTS)), st.booleans())  # event, recording
