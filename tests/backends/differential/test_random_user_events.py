@@ -7,6 +7,7 @@ with the vector and error code the SDM predicts, and LBREn as the architecture l
 - Vol. 3A 6.15: UD2 is #UD; HLT and RDMSR at CPL 3 are #GP(0) (vol. 2 HLT, RDMSR); a
   non-canonical data address is #GP(0) (3.3.7.1). MOV DS (vol. 2 MOV): a selector beyond the
   GDT limit is #GP(selector); the DPL-3 user data selector 0x1B and a null selector load.
+- Vol. 2 SYSCALL/SYSRET: through IA32_LSTAR to ring 0 and back, then INT 0x80 arrives.
 - Vol. 3A 17.3.1.4: TF set by POPFQ traps after the next instruction: #DB.
 - Vol. 3A 18.1.2.4 (Arch LBR, ../shared/docs/arch-lbr-reference.md): a #DB clears
   IA32_LBR_CTL.LBREn; no other of these events does.
@@ -39,12 +40,15 @@ EVENTS = {
     "ds_beyond_gdt": ("mov ax, 0x1000\\n\\tmov ds, ax", VECTOR_GP, 0x1000),
     "ds_user_data": ("mov ax, 0x1b\\n\\tmov ds, ax", 0x80, 0),
     "es_null": ("xor eax, eax\\n\\tmov es, ax", 0x80, 0),
+    "syscall": ("syscall", 0x80, 0),  # SYSCALL, SYSRET back, then INT 0x80
     "trap_flag": ("pushfq\\n\\tor qword ptr [rsp], 0x100\\n\\tpopfq\\n\\tnop", VECTOR_DB, 0),
     "non_canonical": ("mov rax, 0x8000000000000000\\n\\tmov rax, [rax]", VECTOR_GP, 0),
 }
 CASE = st.tuples(st.sampled_from(sorted(EVENTS)), st.booleans())  # event, recording
 
 HEAD = r'''#include "runtime.h"
+__asm__(".globl syscall_entry\nsyscall_entry:\n  sysretq\n");  /* straight back to ring 3 */
+void syscall_entry(void);
 static int has_error_code(u64 v) { return v == 8 || (v >= 10 && v <= 14) || v == 17; }
 static void one(const char *name, void (*fn)(void), int recording) {
     u64 ctl = LBR_CTL_LBREN | LBR_CTL_OS | LBR_CTL_USR | LBR_CTL_BRANCH_BITS;
@@ -58,6 +62,11 @@ static void one(const char *name, void (*fn)(void), int recording) {
 '''
 
 
+# STAR: SYSCALL CS 0x08, SYSRET CS 0x23 / SS 0x1B; LSTAR; FMASK clears IF (SDM vol. 2 SYSCALL)
+SYSCALL_MSRS = ("    wrmsr(0xC0000081, (0x10ull << 48) | (0x08ull << 32));\n"
+                "    wrmsr(0xC0000082, (u64)syscall_entry);\n    wrmsr(0xC0000084, 0x200);\n")
+
+
 def user_function(name: str) -> str:
     body, _, _ = EVENTS[name]
     asm = (body + "\\n\\t" if body else "") + "int 0x80"
@@ -68,7 +77,7 @@ def user_function(name: str) -> str:
 def source(cases) -> str:
     functions = "".join(user_function(n) for n in sorted(EVENTS))
     calls = "".join(f'    one("{n}", u_{n}, {int(r)});\n' for n, r in cases)
-    return (HEAD + functions + "int guest_main(int cpu, int ncpus) {\n" + calls
+    return (HEAD + functions + "int guest_main(int cpu, int ncpus) {\n" + SYSCALL_MSRS + calls
             + "    return 0;\n}\n")
 
 

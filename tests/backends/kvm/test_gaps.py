@@ -13,11 +13,11 @@ from iced_x86 import Code, Decoder
 
 from vlbr.arch.x86 import RFLAGS_IF, RFLAGS_TF
 from vlbr.backends.base import RAM_SIZE
-from vlbr.backends.kvm.gaps import iret_to_user, keep_trap_flag
+from vlbr.backends.kvm.gaps import enters_user, iret_to_user, keep_trap_flag
 from vlbr.backends.kvm.guest_code import GuestCode
 
 STACK = 0x8000
-POPFQ, IRETQ, NOP = b"\x9d", b"\x48\xcf", b"\x90"
+POPFQ, IRETQ, NOP, SYSRETQ = b"\x9d", b"\x48\xcf", b"\x90", b"\x48\x0f\x07"
 
 
 class Regs:
@@ -82,3 +82,19 @@ def test_guest_code_decodes_again_after_a_rewrite_and_reads_stop_at_the_end_of_r
     assert again.insn.code == Code.NOPD and again.cls is None
     assert code.read(RAM_SIZE - 2, 8) == bytes(2) and code.read(RAM_SIZE, 1) == b""
     assert code.read(-1, 1) == b""
+
+
+def test_iretq_to_ring3_and_sysretq_to_a_canonical_rcx_enter_user_mode():
+    # SDM vol. 2B SYSRET: always to CPL 3, unless RCX is not canonical (#GP(0) at CPL 0).
+    to_user = code_with_frame(0x2000, 0x2B, RFLAGS_IF, 0x9000, 0x33)
+    to_kernel = code_with_frame(0x2000, 0x08, RFLAGS_IF, 0x9000, 0x10)
+
+    class Rcx:
+        rsp, rcx = STACK, 0x40_1000
+
+    class BadRcx:
+        rsp, rcx = STACK, 0x8000_0000_0000_0000
+    assert enters_user(insn(IRETQ), Regs, to_user) and not enters_user(insn(IRETQ), Regs, to_kernel)
+    assert enters_user(insn(SYSRETQ), Rcx, to_kernel)
+    assert not enters_user(insn(SYSRETQ), BadRcx, to_kernel)
+    assert not enters_user(insn(POPFQ), Rcx, to_user)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from iced_x86 import Code, Instruction
 
 from vlbr.arch.cpuid import CpuidTable, Registers
+from vlbr.arch.msrs import is_canonical
 from vlbr.arch.x86 import (MSR_FMASK, MSR_LSTAR, MSR_STAR, RFLAGS_OF, RFLAGS_TF, VECTOR_DB,
                            VECTOR_GP, VECTOR_OF, XFEATURES_LEGACY)
 from vlbr.backends import branches
@@ -28,7 +29,7 @@ from vlbr.host import kvm as k
 from vlbr.policy.runtime_cpuid import runtime_cpuid
 from vlbr.vcpu.lbr import ArchLbrVcpu, Branch
 from vlbr.x86.events import DeliveryFailed
-from vlbr.x86.syscall import syscall_entry
+from vlbr.x86.syscall import syscall_entry, sysret_exit
 
 KVM_INTERNAL_ERROR_EMULATION = 1
 
@@ -92,6 +93,14 @@ def iret_to_user(regs, code: GuestCode) -> bool:
     """Whether the IRETQ about to run (RSP at its frame) returns to CPL3."""
     frame = code.read(regs.rsp + 8, 1)
     return bool(frame) and frame[0] & 3 == 3
+
+
+def enters_user(insn: Instruction, regs, code: GuestCode) -> bool:
+    """Whether `insn`, about to run at CPL 0, enters ring 3: an IRETQ whose frame says so, or
+    a SYSRETQ to a canonical RCX (else it #GPs at CPL 0, SDM vol. 2B SYSRET)."""
+    if insn.code == Code.IRETQ:
+        return iret_to_user(regs, code)
+    return insn.code == Code.SYSRETQ and is_canonical(regs.rcx)
 
 
 class Completer:
@@ -180,12 +189,19 @@ class Completer:
         return Resume(handler)
 
     # --- ring 3 on unicorn (quirk user_single_step_fails) ---------------------------------
-    def ring3(self, user: usermode.UserMode, iret: Instruction, kicked) -> Outcome | None:
-        """Perform the pending IRETQ to ring 3 and run ring 3 on unicorn (usermode.py) until
-        it leaves; None where a kick (timeout, Ctrl-C) cut it short: the run's stop."""
+    def ring3(self, user: usermode.UserMode, to_user: Instruction, kicked) -> Outcome | None:
+        """Perform the pending IRETQ or SYSRETQ to ring 3 and run ring 3 on unicorn
+        (usermode.py) until it leaves; None where a kick (timeout, Ctrl-C) cut it short: the
+        run's stop."""
         regs = self.vcpu.get_regs()
-        frame = struct.unpack_from("<5Q", self.code.memory, regs.rsp)
-        leave = user.enter(iret.ip, regs, frame)
+        if to_user.code == Code.SYSRETQ:
+            star = self.vcpu.get_msrs([MSR_STAR]).get(MSR_STAR, 0)
+            out = sysret_exit(regs.rcx, regs.r11, star)
+            frame = (out.rip, out.cs, out.rflags, regs.rsp, out.ss)
+            leave = user.enter(to_user.ip, regs, frame, flat=True)
+        else:
+            frame = struct.unpack_from("<5Q", self.code.memory, regs.rsp)
+            leave = user.enter(to_user.ip, regs, frame)
         if leave.kind == "exit":
             return Stopped(StopReason.EXIT, f"status {leave.return_ip}", leave.return_ip)
         if leave.kind == "fail":

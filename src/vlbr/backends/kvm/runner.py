@@ -21,8 +21,8 @@ from vlbr.backends import branches
 from vlbr.backends.base import (KVM_HYBRID as HYBRID, KVM_STEP as STEP, PORT_CONSOLE,
                                 PORT_EXIT, PORT_YIELD, StopReason, VcpuStop)
 from vlbr.backends.kvm import hybrid, usermode
-from vlbr.backends.kvm.gaps import (Completer, DebugTrap, Inject, Outcome, Resume, Stopped,
-                                   iret_to_user, keep_trap_flag)
+from vlbr.backends.kvm.gaps import (Completer, DebugTrap, Inject, Outcome, Stopped,
+                                   enters_user, keep_trap_flag)
 from vlbr.backends.kvm.guest_code import GuestCode, Step
 from vlbr.backends.kvm.ioctls import (InternalError, IoIn, IoOut, MsrRead, MsrWrite, Vcpu,
                                       VcpuExit)
@@ -198,11 +198,13 @@ class VcpuRunner:
             return
         self._sync_stepping(at_msr_exit=False)
         if isinstance(done, Inject):
-            self._injected = done.vector  # the step path delivers it (_event)
-        if self.stepping:
-            self.pending = self.decode(done.at)
-            if isinstance(done, Resume) and done.port_exit:
-                self._resumed_at = done.at
+            self._injected = done.vector  # the step path delivers it at the instruction (_event)
+            if self.stepping:
+                self.pending = self.decode(done.at)
+        elif self.stepping:
+            self._next_step(done.at, self.vcpu.get_regs())  # ring 3 may follow at once
+            if done.port_exit and self.pending is not None:
+                self._resumed_at = self.pending.insn.ip
 
     # --- port I/O (Guest ABI) -------------------------------------------------------------
     def _io_out(self, io: IoOut) -> bool:
@@ -287,23 +289,23 @@ class VcpuRunner:
             self._next_step(rip, regs)
 
     def _next_step(self, rip: int, regs) -> None:
-        """Decode what KVM steps next; an IRETQ to ring 3 under quirk user_single_step_fails
-        runs ring 3 on unicorn instead (usermode.py)."""
+        """Decode what KVM steps next; an IRETQ or SYSRETQ to ring 3 under quirk
+        user_single_step_fails runs ring 3 on unicorn instead (usermode.py)."""
         self.pending = self.decode(rip)
-        if (self.quirks.user_single_step_fails and self.pending.insn.code == Code.IRETQ
-                and iret_to_user(regs, self.code)):
+        if (self.quirks.user_single_step_fails
+                and enters_user(self.pending.insn, regs, self.code)):
             self._ring3()
         elif keep_trap_flag(self.pending.insn, regs, self.code):
             self._guest_tf = 2  # the guest sets TF itself: its #DB follows the next insn
 
     def _ring3(self) -> None:
-        """The pending IRETQ enters ring 3, which runs on unicorn (usermode.py); KVM resumes
-        at the ring-0 handler that ends it."""
-        iret, self.pending = self.pending.insn, None
+        """The pending IRETQ or SYSRETQ enters ring 3, which runs on unicorn (usermode.py);
+        KVM resumes at the ring-0 handler that ends it."""
+        to_user, self.pending = self.pending.insn, None
         if self._user is None:
             self._user = usermode.UserMode(self, fast=self.recording == HYBRID)
         self.excursions += 1
-        self._apply(self.completer.ring3(self._user, iret, lambda: self.kicked))
+        self._apply(self.completer.ring3(self._user, to_user, lambda: self.kicked))
 
     def _raise_debug(self) -> None:
         """A #DB for the guest: the model clears LBREn (no record of the delivery), KVM injects

@@ -34,7 +34,7 @@ from vlbr.backends.software import uc_registers
 from vlbr.backends.software.uc_cpu import shared_memory_cpu
 from vlbr.host import kvm as k
 from vlbr.vcpu.lbr import Branch
-from vlbr.backends.software.privilege import SegmentCache
+from vlbr.backends.software.privilege import SegmentCache, flat_code64, flat_data
 from vlbr.x86.descriptors import DESCRIPTOR_SIZE, SegmentDescriptor
 from vlbr.x86.events import DeliveryFailed, Interrupted, deliver
 from vlbr.x86.paging import Access, PageFault, translate
@@ -114,13 +114,15 @@ class UserMode:
         self.instructions = 0
 
     # --- the excursion --------------------------------------------------------------------
-    def enter(self, iret_ip: int, regs, frame: tuple[int, int, int, int, int]) -> Leave:
-        """Perform the IRETQ at iret_ip (frame: RIP, CS, RFLAGS, RSP, SS) and run ring 3."""
+    def enter(self, iret_ip: int, regs, frame: tuple[int, int, int, int, int],
+              flat: bool = False) -> Leave:
+        """Perform the IRETQ at iret_ip (frame: RIP, CS, RFLAGS, RSP, SS) and run ring 3;
+        flat: a SYSRETQ's (CS and SS are fixed flat segments, the data segments stay)."""
         rip, cs, rflags, rsp, ss = frame
         self.user_cs, self.user_ss = cs, ss
         self.runner.model.retire_branch(Branch(iret_ip, rip, BranchType.OTHER, cs & 3))
         uc = self.uc
-        problem = self._load_system(cs, ss)
+        problem = self._load_system(cs, ss, flat)
         if problem is not None:
             return Leave("fail", detail=f"IRETQ at {iret_ip:#x} to ring 3: {problem}")
         self.privilege.exception_delivered()  # the last excursion's fault is not in progress
@@ -142,16 +144,19 @@ class UserMode:
         self._store_system()
         return self.leave
 
-    def _load_system(self, cs: int, ss: int) -> str | None:
-        """KVM's system state and x87/SSE into unicorn, CS and SS from the GDT as the IRETQ
-        loads them (CPL 3); what makes that impossible, else None."""
+    def _load_system(self, cs: int, ss: int, flat: bool) -> str | None:
+        """KVM's system state and x87/SSE into unicorn, CS and SS (CPL 3) from the GDT as
+        an IRETQ loads them, or flat as SYSRETQ does; what makes that impossible, else None."""
         vcpu = self.runner.vcpu
         sregs = vcpu.get_sregs()
-        for _, name in hybrid.DATA_SEGMENTS:
-            null_below_user(getattr(sregs, name))
         try:
-            hybrid.load_system(self.uc, self.privilege, sregs, self._descriptor(sregs, cs),
-                               self._descriptor(sregs, ss))
+            if flat:
+                code, stack = flat_code64(cs, 3), flat_data(ss, 3)
+            else:
+                for _, name in hybrid.DATA_SEGMENTS:
+                    null_below_user(getattr(sregs, name))
+                code, stack = self._descriptor(sregs, cs), self._descriptor(sregs, ss)
+            hybrid.load_system(self.uc, self.privilege, sregs, code, stack)
         except ValueError as err:
             return str(err)
         if self.legacy is None:
