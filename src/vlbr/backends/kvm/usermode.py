@@ -346,8 +346,9 @@ class UserMode:
             self._stop(Leave("fail", detail=f"unicorn at {ip:#x}: {err}"))
 
     def _page_fault(self, ip: int, access: Access) -> None:
-        """unicorn runs ring 3 with linear = physical addresses, so it faults only past guest
-        RAM; the guest's page tables say which #PF a CPU raises there (x86.paging)."""
+        """unicorn stopped on an access outside guest RAM (QEMU raises ring 3's own #PFs
+        itself): the guest's page tables (x86.paging) name where it landed for the stop, and
+        a #PF the walk finds is delivered."""
         linear, sregs = self.unmapped, self.runner.vcpu.get_sregs()
         try:
             physical = translate(self._read_table, sregs.cr3, sregs.cr0, linear, access,

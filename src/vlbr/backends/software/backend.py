@@ -653,7 +653,7 @@ class SoftwareMachine:
         if error is not None:
             fault = self.watch.take_fetch_fault()
             if error.errno == UC_ERR_FETCH_PROT and fault is not None:
-                self.privilege.exception_delivered()  # unicorn raised it as a QEMU #PF
+                # QEMU raised it as a #PF: the next stretch starts with no exception in progress
                 if not self.watch.make_executable(fault):
                     uc.reg_write(X.UC_X86_REG_CR2, fault)
                     self._raise(14, uc.reg_read(X.UC_X86_REG_RIP), 0x10)
